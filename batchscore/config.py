@@ -1,0 +1,185 @@
+"""The one typed configuration: a TOML file validated once, when a command or flow starts.
+
+Every key a user may write lives here, with its default. Unknown keys and bad values fail
+with a message naming the table, the key and the value, so a typo never becomes a silent
+default.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+Name = Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")]
+ColumnName = Annotated[str, Field(min_length=1)]
+
+
+class ConfigError(ValueError):
+    """A configuration file that cannot be used; the message names the file and the key."""
+
+
+class _Table(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatasetConfig(_Table):
+    name: Name
+    id_columns: list[ColumnName] = Field(min_length=1)
+    features: list[ColumnName] = Field(min_length=1)
+    categorical: list[ColumnName] = []
+    label: ColumnName
+    task: Literal["binary", "regression"]
+
+    @model_validator(mode="after")
+    def _columns_are_consistent(self) -> DatasetConfig:
+        for key in ("id_columns", "features", "categorical"):
+            values = getattr(self, key)
+            dupes = sorted({v for v in values if values.count(v) > 1})
+            if dupes:
+                raise ValueError(f"{key} lists {dupes} more than once")
+        unknown = [c for c in self.categorical if c not in self.features]
+        if unknown:
+            raise ValueError(f"categorical {unknown} are not in features")
+        overlap = sorted(set(self.id_columns) & set(self.features))
+        if overlap:
+            raise ValueError(f"id_columns {overlap} are also features")
+        if self.label in self.features or self.label in self.id_columns:
+            raise ValueError(f"label {self.label!r} is also a feature or an id column")
+        return self
+
+    @property
+    def numeric(self) -> list[str]:
+        return [f for f in self.features if f not in self.categorical]
+
+
+class StorageConfig(_Table):
+    source: str
+    store: str
+
+    @field_validator("source", "store")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+
+class ScoringConfig(_Table):
+    # Rows per chunk task. Prefect costs ~0.14 s per task here (ENVIRONMENT.md), so a chunk must
+    # carry enough rows for that to vanish; memory is about chunk_rows x workers x row width.
+    chunk_rows: int = Field(default=250_000, gt=0)
+    # Worker processes; 0 means one per core.
+    workers: int = Field(default=0, ge=0)
+
+    @property
+    def worker_count(self) -> int:
+        return self.workers or (os.cpu_count() or 1)
+
+
+class ValidationConfig(_Table):
+    # A partition whose rejected rows exceed this share is held whole (DESIGN.md, Validation).
+    max_bad_row_fraction: float = Field(default=0.05, ge=0.0, le=1.0)
+    # A number is rejected when it lies beyond the training range by more than
+    # band_width_factor x the range's own width.
+    band_width_factor: float = Field(default=1.0, ge=0.0)
+    # Unseen categories are scored and counted by default; set true to quarantine them instead.
+    quarantine_unseen_categories: bool = False
+
+
+class LightGBMConfig(_Table):
+    num_leaves: int = Field(default=31, ge=2)
+    learning_rate: float = Field(default=0.05, gt=0.0)
+    max_rounds: int = Field(default=500, ge=1)
+    early_stopping_rounds: int = Field(default=30, ge=1)
+    min_data_in_leaf: int = Field(default=50, ge=1)
+    feature_fraction: float = Field(default=0.9, gt=0.0, le=1.0)
+    lambda_l2: float = Field(default=1.0, ge=0.0)
+    seed: int = 42
+
+
+class RetrainConfig(_Table):
+    # Labelled days (newest first) used for training; the newest `validation_days` of them
+    # are held out for early stopping and the reported metrics (a time-based split).
+    window_days: int = Field(default=30, ge=2)
+    validation_days: int = Field(default=1, ge=1)
+    min_labelled_rows: int = Field(default=1_000, ge=1)
+    lightgbm: LightGBMConfig = LightGBMConfig()
+
+    @model_validator(mode="after")
+    def _window_holds_validation(self) -> RetrainConfig:
+        if self.validation_days >= self.window_days:
+            raise ValueError(
+                f"validation_days ({self.validation_days}) must be smaller than "
+                f"window_days ({self.window_days})"
+            )
+        return self
+
+
+class Config(_Table):
+    dataset: DatasetConfig
+    storage: StorageConfig
+    scoring: ScoringConfig = ScoringConfig()
+    validation: ValidationConfig = ValidationConfig()
+    retrain: RetrainConfig = RetrainConfig()
+    # Where the file was read from; relative storage paths are resolved against its folder.
+    path: str = Field(default="", exclude=True)
+
+    @property
+    def source(self) -> str:
+        return _resolve(self.storage.source, self.path)
+
+    @property
+    def store(self) -> str:
+        return _resolve(self.storage.store, self.path)
+
+
+def _resolve(location: str, config_path: str) -> str:
+    if "://" in location or os.path.isabs(location):
+        return location
+    base = Path(config_path).resolve().parent if config_path else Path.cwd()
+    return str((base / location).resolve())
+
+
+def _describe(error: dict) -> str:
+    loc = [str(p) for p in error["loc"]]
+    if error["type"] == "extra_forbidden":
+        where = f"[{'.'.join(loc[:-1])}] " if len(loc) > 1 else ""
+        return f"{where}unknown key {loc[-1]!r}"
+    if len(loc) > 1:
+        where = f"[{'.'.join(loc[:-1])}] {loc[-1]}"
+    elif loc:
+        where = f"[{loc[0]}]" if error["type"] != "missing" else f"[{loc[0]}] table"
+    else:
+        where = "config"
+    message = error["msg"].removeprefix("Value error, ")
+    value = error.get("input")
+    shown = "" if error["type"] == "missing" or isinstance(value, dict) else f" (got {value!r})"
+    return f"{where}: {message}{shown}"
+
+
+def parse_config(data: dict, path: str = "") -> Config:
+    """Validate an already-parsed TOML document."""
+    try:
+        return Config.model_validate({**data, "path": path})
+    except ValidationError as exc:
+        lines = "\n  ".join(_describe(e) for e in exc.errors())
+        raise ConfigError(f"{path or 'config'}: invalid configuration:\n  {lines}") from exc
+
+
+def load_config(path: str | os.PathLike) -> Config:
+    """Read and validate a batchscore TOML file."""
+    path = str(path)
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: config file not found") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    if "path" in data:
+        raise ConfigError(f"{path}: unknown top-level key 'path'")
+    return parse_config(data, str(Path(path).resolve()))

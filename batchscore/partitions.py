@@ -1,0 +1,177 @@
+"""Partitions: which `dt=YYYY-MM-DD` folders exist, which are pending, and how each is chunked.
+
+A chunk is a `(partition, file, row-group range)` key: small enough to pass to a worker
+process, which reads the rows itself. Nothing here reads feature values; the plan reads the
+Parquet footers and the id columns only (for the partition-wide duplicate check).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from batchscore.config import Config
+from batchscore.registry import ModelRef
+from batchscore.storage import Location, parse_partition_dir
+from batchscore.validation import FileProblem, check_schema, find_duplicate_ids
+
+SUCCESS = "_SUCCESS"
+HELD = "_HELD"
+
+
+@dataclass(frozen=True)
+class Chunk:
+    partition: str
+    index: int
+    file: str  # path relative to the source root
+    row_groups: tuple[int, ...]
+    rows: int
+
+
+@dataclass(frozen=True)
+class PartitionPlan:
+    partition: str
+    files: tuple[str, ...]
+    rows_in: int
+    chunks: tuple[Chunk, ...]
+    duplicate_ids: frozenset = frozenset()
+    duplicate_rows: int = 0
+    extra_columns: tuple[str, ...] = ()
+    problems: tuple[FileProblem, ...] = ()
+    fingerprint: str = ""
+
+    @property
+    def held(self) -> bool:
+        return bool(self.problems)
+
+
+@dataclass
+class Discovery:
+    partitions: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)  # folder names that are not dt=YYYY-MM-DD
+
+
+def discover(config: Config) -> Discovery:
+    """Every partition folder under `<source>/incoming/`, oldest first."""
+    found = Discovery()
+    for entry in Location(config.source).list("incoming"):
+        day = parse_partition_dir(entry.base_name)
+        if day is None or entry.type.name != "Directory":
+            found.ignored.append(entry.base_name)
+        else:
+            found.partitions.append(day.isoformat())
+    found.partitions.sort()
+    return found
+
+
+def manifest(config: Config, partition: str) -> dict | None:
+    return Location(config.store).read_json_or_none("scores", f"dt={partition}", SUCCESS)
+
+
+def pending(config: Config, model: ModelRef, partitions: list[str], rescore: bool) -> list[str]:
+    """Partitions with no complete output from the current champion (all of them on rescore)."""
+    if rescore:
+        return list(partitions)
+    out = []
+    for p in partitions:
+        done = manifest(config, p)
+        if (
+            done is None
+            or done.get("model_version") != model.version
+            or done.get("model_name") != model.name
+        ):
+            out.append(p)
+    return out
+
+
+def plan_partition(config: Config, partition: str, model: ModelRef) -> PartitionPlan:
+    """Read the footers and id columns of one partition and cut it into chunks."""
+    dt.date.fromisoformat(partition)  # never build a path from an unchecked name
+    source = Location(config.source)
+    folder = f"incoming/dt={partition}"
+    problems: list[FileProblem] = []
+    extra: set[str] = set()
+    chunks: list[Chunk] = []
+    files: list[str] = []
+    id_tables: list[pa.Table] = []
+    described: list[dict] = []
+    rows_in = 0
+    for entry in source.list(folder):
+        if entry.base_name.startswith((".", "_")) or entry.type.name != "File":
+            continue
+        rel = f"{folder}/{entry.base_name}"
+        files.append(rel)
+        try:
+            parquet = pq.ParquetFile(source.fs.open_input_file(source.path(rel)))
+            schema = parquet.schema_arrow
+        except (pa.ArrowInvalid, OSError) as exc:
+            problems.append(FileProblem(rel, f"not a readable Parquet file: {exc}"))
+            continue
+        file_problems, file_extra = check_schema(schema, rel, config)
+        problems.extend(file_problems)
+        extra.update(file_extra)
+        if file_problems:
+            continue
+        meta = parquet.metadata
+        described.append({"file": rel, "size": entry.size, "rows": meta.num_rows})
+        rows_in += meta.num_rows
+        chunks.extend(_cut(partition, rel, meta, config.scoring.chunk_rows, len(chunks)))
+        try:
+            id_tables.append(parquet.read(columns=config.dataset.id_columns))
+        except (pa.ArrowInvalid, OSError) as exc:
+            problems.append(FileProblem(rel, f"cannot read the id columns: {exc}"))
+    duplicates, duplicate_rows = frozenset(), 0
+    if id_tables and not problems:
+        ids = pa.concat_tables(id_tables, promote_options="permissive")
+        duplicates, duplicate_rows = find_duplicate_ids(ids, config.dataset.id_columns)
+    fingerprint = hashlib.sha256(
+        json.dumps(
+            {
+                "files": described,
+                "chunk_rows": config.scoring.chunk_rows,
+                "model": model.sha256,
+                "validation": config.validation.model_dump(),
+            },
+            sort_keys=True,
+        ).encode()
+    ).hexdigest()[:16]
+    return PartitionPlan(
+        partition,
+        tuple(files),
+        rows_in,
+        tuple(chunks),
+        duplicates,
+        duplicate_rows,
+        tuple(sorted(extra)),
+        tuple(problems),
+        fingerprint,
+    )
+
+
+def _cut(
+    partition: str, file: str, meta: pq.FileMetaData, chunk_rows: int, first_index: int
+) -> list[Chunk]:
+    """Group consecutive row groups until a chunk holds at least `chunk_rows` rows."""
+    chunks: list[Chunk] = []
+    groups: list[int] = []
+    rows = 0
+    for i in range(meta.num_row_groups):
+        groups.append(i)
+        rows += meta.row_group(i).num_rows
+        if rows >= chunk_rows:
+            chunks.append(Chunk(partition, first_index + len(chunks), file, tuple(groups), rows))
+            groups, rows = [], 0
+    if groups:
+        chunks.append(Chunk(partition, first_index + len(chunks), file, tuple(groups), rows))
+    return chunks
+
+
+def plan_to_json(plan: PartitionPlan) -> dict:
+    out = asdict(plan)
+    out["duplicate_ids"] = sorted(map(str, plan.duplicate_ids))
+    return out

@@ -1,0 +1,201 @@
+"""The model registry under `<store>/models/<name>/` (DESIGN.md, Retraining).
+
+    v0001/model.txt        LightGBM text format (pickles are never loaded)
+    v0001/metadata.json    features, vocabularies, profile, window, metrics, sha256, parent
+    champion.json          the alias: {"version": "v0001", ...}, replaced by atomic rename
+    audit/*.json           one file per alias move: from, to, reason, time, run id
+
+A version folder is assembled under a hidden name and renamed into place, so a version is
+either complete or absent; two registrations at once get two numbers. Every load checks
+the model file's sha256 against its metadata.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import re
+import uuid
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import lightgbm as lgb
+
+from batchscore.features import FeatureSchema, TrainingProfile
+from batchscore.storage import Location
+
+VERSION_RE = re.compile(r"^v(\d{4,})$")
+
+
+class RegistryError(RuntimeError):
+    """The registry cannot do what was asked; the message says why and what to do."""
+
+
+class ModelIntegrityError(RegistryError):
+    """A stored model does not match its recorded sha256 or feature schema."""
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A small, picklable handle on one registered version: what tasks pass around."""
+
+    store: str
+    name: str
+    version: str
+    sha256: str
+
+    def load(self) -> LoadedModel:
+        return _load_cached(self)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    ref: ModelRef
+    booster: lgb.Booster
+    metadata: dict[str, Any]
+
+    @property
+    def schema(self) -> FeatureSchema:
+        return FeatureSchema.from_json(self.metadata["schema"])
+
+    @property
+    def profile(self) -> TrainingProfile:
+        return TrainingProfile.from_json(self.metadata["profile"])
+
+    @property
+    def task(self) -> str:
+        return self.metadata["task"]
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def utc_now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+class Registry:
+    def __init__(self, store: str, name: str):
+        self.store = store
+        self.name = name
+        self.root = Location(store).child("models", name)
+
+    # --- versions ------------------------------------------------------------------------
+    def versions(self) -> list[str]:
+        names = [e.base_name for e in self.root.list()]
+        return sorted((n for n in names if VERSION_RE.match(n)), key=lambda n: int(n[1:]))
+
+    def metadata(self, version: str) -> dict[str, Any]:
+        data = self.root.read_json_or_none(version, "metadata.json")
+        if data is None:
+            raise RegistryError(
+                f"model {self.name!r} has no version {version!r} under {self.root.uri}; "
+                f"known: {', '.join(self.versions()) or 'none'}"
+            )
+        return data
+
+    def ref(self, version: str) -> ModelRef:
+        return ModelRef(self.store, self.name, version, self.metadata(version)["sha256"])
+
+    def register(self, model_text: str, metadata: dict[str, Any]) -> str:
+        """Store a new version; returns its name (v0001, v0002, ...)."""
+        data = model_text.encode()
+        staging = self.root.child(f".staging-{uuid.uuid4().hex}")
+        staging.write_bytes(data, "model.txt")
+        for _ in range(100):
+            existing = self.versions()
+            version = f"v{(int(existing[-1][1:]) + 1) if existing else 1:04d}"
+            meta = {
+                **metadata,
+                "name": self.name,
+                "version": version,
+                "sha256": sha256_hex(data),
+                "created_at": utc_now(),
+            }
+            staging.write_json(meta, "metadata.json")
+            if self.root.exists(version):
+                continue  # another registration took this number between list and move
+            try:
+                self.root.fs.move(staging.root, self.root.path(version))
+            except OSError:
+                if self.root.exists(version):
+                    continue
+                raise
+            return version
+        raise RegistryError(f"could not allocate a version number under {self.root.uri}")
+
+    # --- the champion alias --------------------------------------------------------------
+    def champion(self) -> str | None:
+        alias = self.root.read_json_or_none("champion.json")
+        return alias["version"] if alias else None
+
+    def champion_ref(self) -> ModelRef:
+        version = self.champion()
+        if version is None:
+            raise RegistryError(
+                f"model {self.name!r} has no champion under {self.root.uri}: train one with "
+                "`batchscore train --config F` or promote a version with "
+                "`batchscore models promote VERSION --config F`"
+            )
+        return self.ref(version)
+
+    def promote(
+        self, version: str, reason: str, run_id: str | None = None, action: str = "promote"
+    ) -> None:
+        self.metadata(version)  # fails clearly on an unknown version
+        previous = self.champion()
+        event = {
+            "action": action,
+            "from": previous,
+            "to": version,
+            "reason": reason,
+            "at": utc_now(),
+            "run_id": run_id,
+        }
+        # The audit record goes first: an alias never moves without a trace.
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        self.root.write_json(event, "audit", f"{stamp}-{uuid.uuid4().hex[:8]}.json")
+        self.root.write_json(
+            {"version": version, "since": event["at"], "reason": reason}, "champion.json"
+        )
+
+    def rollback(self, reason: str = "manual rollback", run_id: str | None = None) -> str:
+        current = self.champion()
+        if current is None:
+            raise RegistryError(f"model {self.name!r} has no champion to roll back from")
+        for event in reversed(self.audit()):
+            if event["to"] == current and event["from"]:
+                self.promote(event["from"], reason, run_id, action="rollback")
+                return event["from"]
+        raise RegistryError(f"champion {current} of {self.name!r} has no previous champion")
+
+    def audit(self) -> list[dict[str, Any]]:
+        return [
+            self.root.read_json("audit", e.base_name)
+            for e in self.root.list("audit")
+            if e.base_name.endswith(".json") and not e.base_name.startswith(".")
+        ]
+
+
+@lru_cache(maxsize=4)
+def _load_cached(ref: ModelRef) -> LoadedModel:
+    # Cached per process: a worker loads (and checks) each model once, not once per chunk.
+    root = Registry(ref.store, ref.name).root.child(ref.version)
+    data = root.read_bytes("model.txt")
+    metadata = root.read_json("metadata.json")
+    actual = sha256_hex(data)
+    if actual != metadata["sha256"] or actual != ref.sha256:
+        raise ModelIntegrityError(
+            f"model {ref.name} {ref.version}: {root.path('model.txt')} has sha256 {actual}, "
+            f"but the registry recorded {metadata['sha256']}; the file was changed after "
+            "registration. Refusing to load it."
+        )
+    booster = lgb.Booster(model_str=data.decode())
+    if booster.feature_name() != metadata["schema"]["features"]:
+        raise ModelIntegrityError(
+            f"model {ref.name} {ref.version}: its trees use features {booster.feature_name()}, "
+            f"its metadata lists {metadata['schema']['features']}"
+        )
+    return LoadedModel(ref, booster, metadata)

@@ -1,0 +1,284 @@
+"""Scoring one chunk, and publishing one partition: the work behind the score flow's tasks.
+
+A chunk worker reads its row groups, validates them, scores the valid rows, and writes its
+scores and quarantined rows into the partition's staging folder, then a small JSON summary.
+The summary is written last, so its presence means the chunk is done; a rerun after a crash
+reuses finished chunks instead of recomputing them.
+
+Publishing checks the accounting (rows in = scored + quarantined), writes the `_SUCCESS`
+manifest into the staging folder and renames the folder into place: a reader sees a
+partition's scores whole, with their manifest, or not at all.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from batchscore.config import Config
+from batchscore.features import unseen_mask
+from batchscore.partitions import HELD, SUCCESS, Chunk, PartitionPlan, plan_to_json
+from batchscore.registry import LoadedModel, ModelRef, utc_now
+from batchscore.storage import Location
+from batchscore.validation import validate_chunk
+
+
+class AccountingError(RuntimeError):
+    """Rows in != rows scored + rows quarantined: nothing is published."""
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    partition: str
+    index: int
+    rows_in: int
+    rows_scored: int
+    rows_quarantined: int
+    failed: dict[str, int] = field(default_factory=dict)
+    unseen: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    reused: bool = False
+
+
+def staging_location(config: Config, plan: PartitionPlan, model: ModelRef) -> Location:
+    # Keyed by what determines the output, so a rerun of the same work finds its chunks.
+    return Location(config.store).child(
+        "_staging", f"dt={plan.partition}-{model.version}-{plan.fingerprint}"
+    )
+
+
+def _threads(config: Config) -> int:
+    return max(1, (os.cpu_count() or 1) // config.scoring.worker_count)
+
+
+def score_chunk(
+    config: Config, chunk: Chunk, model: ModelRef, plan: PartitionPlan, run_id: str
+) -> ChunkResult:
+    staging = staging_location(config, plan, model)
+    name = f"part-{chunk.index:05d}"
+    done = staging.read_json_or_none("chunks", f"{name}.json")
+    if done is not None:
+        return ChunkResult(**{**done, "reused": True})
+
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    source = Location(config.source)
+    table = pq.ParquetFile(source.fs.open_input_file(source.path(chunk.file))).read_row_groups(
+        list(chunk.row_groups)
+    )
+    if table.num_rows != chunk.rows:
+        raise RuntimeError(
+            f"{chunk.file}: row groups {chunk.row_groups} hold {table.num_rows} "
+            f"rows, the plan counted {chunk.rows}; the file changed while "
+            "the partition was being scored"
+        )
+    t1 = time.perf_counter()
+    timings["read"] = t1 - t0
+
+    loaded = model.load()
+    verdict = validate_chunk(table, config, loaded.profile, plan.duplicate_ids)
+    bad = verdict.bad_mask(table.num_rows)
+    good = table.filter(pa.array(~bad))
+    t2 = time.perf_counter()
+    timings["validate"] = t2 - t1
+
+    scores = predict(loaded, good, _threads(config))
+    t3 = time.perf_counter()
+    timings["score"] = t3 - t2
+
+    now = dt.datetime.now(dt.UTC)
+    staging.write_parquet(
+        scores_table(config, good, scores, model, now, run_id), "scores", f"{name}.parquet"
+    )
+    n_bad = int(bad.sum())
+    if n_bad:
+        rows = np.flatnonzero(bad)
+        rejected = table.take(pa.array(rows))
+        rejected = rejected.append_column("reason", pa.array(verdict.reason_column(rows)))
+        rejected = rejected.append_column("source_file", pa.array([chunk.file] * n_bad))
+        rejected = rejected.append_column(
+            "quarantined_at", pa.array([now] * n_bad, pa.timestamp("us", tz="UTC"))
+        )
+        rejected = rejected.append_column("run_id", pa.array([run_id] * n_bad))
+        staging.write_parquet(rejected, "quarantine", f"{name}.parquet")
+    unseen = {
+        col: int(unseen_mask(good.column(col), vocab).sum())
+        for col, vocab in loaded.schema.vocabularies.items()
+    }
+    timings["write"] = time.perf_counter() - t3
+    result = ChunkResult(
+        chunk.partition,
+        chunk.index,
+        table.num_rows,
+        good.num_rows,
+        n_bad,
+        dict(verdict.failed),
+        {k: v for k, v in unseen.items() if v},
+        timings,
+    )
+    staging.write_json(asdict(result), "chunks", f"{name}.json")
+    return result
+
+
+def predict(model: LoadedModel, table: pa.Table, threads: int) -> np.ndarray:
+    if table.num_rows == 0:
+        return np.empty(0, dtype=np.float64)
+    matrix = model.schema.to_matrix(table)
+    return np.asarray(model.booster.predict(matrix, num_threads=threads), dtype=np.float64)
+
+
+def scores_table(
+    config: Config,
+    rows: pa.Table,
+    scores: np.ndarray,
+    model: ModelRef,
+    now: dt.datetime,
+    run_id: str,
+) -> pa.Table:
+    n = rows.num_rows
+    columns = {c: rows.column(c) for c in config.dataset.id_columns}
+    columns["score"] = pa.array(scores, pa.float64())
+    columns["model_version"] = pa.array([model.version] * n, pa.string())
+    columns["scored_at"] = pa.array([now] * n, pa.timestamp("us", tz="UTC"))
+    columns["run_id"] = pa.array([run_id] * n, pa.string())
+    return pa.table(columns)
+
+
+@dataclass(frozen=True)
+class PartitionOutcome:
+    partition: str
+    status: str  # scored | empty | held
+    rows_in: int
+    rows_scored: int
+    rows_quarantined: int
+    seconds: float
+    reasons: tuple[str, ...] = ()
+    reused_chunks: int = 0
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows_in / self.seconds if self.seconds > 0 else 0.0
+
+
+def publish_partition(
+    config: Config, plan: PartitionPlan, model: ModelRef, results: list[ChunkResult], run_id: str
+) -> PartitionOutcome:
+    """Check the accounting, then make the partition's outputs visible in one rename each."""
+    store = Location(config.store)
+    staging = staging_location(config, plan, model)
+    results = sorted(results, key=lambda r: r.index)
+    scored = sum(r.rows_scored for r in results)
+    quarantined = sum(r.rows_quarantined for r in results)
+    read = sum(r.rows_in for r in results)
+    if [r.index for r in results] != [c.index for c in plan.chunks]:
+        raise AccountingError(
+            f"partition {plan.partition}: chunk results "
+            f"{[r.index for r in results]} do not match the plan's chunks"
+        )
+    if not (read == plan.rows_in == scored + quarantined):
+        raise AccountingError(
+            f"partition {plan.partition}: rows in {plan.rows_in} (footers), read {read}, "
+            f"scored {scored} + quarantined {quarantined} = {scored + quarantined}; "
+            "nothing was published"
+        )
+    failed: dict[str, int] = {}
+    unseen: dict[str, int] = {}
+    for r in results:
+        for k, v in r.failed.items():
+            failed[k] = failed.get(k, 0) + v
+        for k, v in r.unseen.items():
+            unseen[k] = unseen.get(k, 0) + v
+    # Worker seconds spent on this partition's chunks (partitions are scored concurrently,
+    # so wall time per partition would double-count).
+    seconds = sum(sum(r.seconds.values()) for r in results)
+    limit = config.validation.max_bad_row_fraction
+    base = {
+        "partition": plan.partition,
+        "rows_in": plan.rows_in,
+        "model_name": model.name,
+        "model_version": model.version,
+        "model_sha256": model.sha256,
+        "run_id": run_id,
+        "written_at": utc_now(),
+        "files": list(plan.files),
+        "chunks": len(plan.chunks),
+        "extra_columns": list(plan.extra_columns),
+        "failed_expectations": failed,
+        "unseen_categories": unseen,
+        "seconds": round(seconds, 3),
+    }
+    if plan.rows_in and quarantined / plan.rows_in > limit:
+        reason = (
+            f"{quarantined} of {plan.rows_in} rows ({quarantined / plan.rows_in:.1%}) "
+            f"failed validation, more than [validation] max_bad_row_fraction = {limit}"
+        )
+        staging.delete_dir("scores")
+        staging.write_json(
+            {
+                **base,
+                "status": "held",
+                "reasons": [reason],
+                "rows_scored": 0,
+                "rows_quarantined": plan.rows_in,
+            },
+            "quarantine",
+            HELD,
+        )
+        store.publish_dir(staging.child("quarantine"), "quarantine", f"dt={plan.partition}")
+        staging.delete_dir()
+        return PartitionOutcome(
+            plan.partition, "held", plan.rows_in, 0, quarantined, seconds, (reason,)
+        )
+    status = "scored" if plan.rows_in else "empty"
+    if quarantined:
+        staging.write_json(
+            {**base, "status": status, "rows_quarantined": quarantined}, "quarantine", "_MANIFEST"
+        )
+        store.publish_dir(staging.child("quarantine"), "quarantine", f"dt={plan.partition}")
+    else:
+        store.delete_dir("quarantine", f"dt={plan.partition}")
+    staging.makedirs("scores")
+    staging.write_json(
+        {**base, "status": status, "rows_scored": scored, "rows_quarantined": quarantined},
+        "scores",
+        SUCCESS,
+    )
+    store.publish_dir(staging.child("scores"), "scores", f"dt={plan.partition}")
+    staging.delete_dir()
+    reused = sum(r.reused for r in results)
+    return PartitionOutcome(
+        plan.partition, status, plan.rows_in, scored, quarantined, seconds, reused_chunks=reused
+    )
+
+
+def hold_partition(
+    config: Config, plan: PartitionPlan, model: ModelRef, run_id: str
+) -> PartitionOutcome:
+    """File-level problems: nothing of the partition is scored; the reasons go to quarantine."""
+    store = Location(config.store)
+    reasons = tuple(f"{p.file}: {p.reason}" for p in plan.problems)
+    store.write_json(
+        {
+            "partition": plan.partition,
+            "status": "held",
+            "reasons": list(reasons),
+            "plan": plan_to_json(plan),
+            "model_version": model.version,
+            "run_id": run_id,
+            "written_at": utc_now(),
+        },
+        "quarantine",
+        f"dt={plan.partition}",
+        HELD,
+    )
+    return PartitionOutcome(plan.partition, "held", plan.rows_in, 0, 0, 0.0, reasons)
+
+
+def partition_summary(outcomes: list[PartitionOutcome]) -> list[dict]:
+    return [{**asdict(o), "rows_per_second": round(o.rows_per_second)} for o in outcomes]

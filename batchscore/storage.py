@@ -1,0 +1,157 @@
+"""Storage: the two roots of DESIGN.md (`source`, read only; `store`, ours) on pyarrow filesystems.
+
+Owns the rules that keep readers safe: every file appears by an atomic rename from a hidden
+temporary name (`.name.<uuid>.tmp`, which neither pyarrow.dataset nor a `*.parquet` glob
+picks up), partition folders are published whole by renaming a finished staging folder, and
+partition folder names are parsed strictly so nothing outside `dt=YYYY-MM-DD` is ever read.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pyarrow import fs as pafs
+
+PARTITION_RE = re.compile(r"^dt=(\d{4}-\d{2}-\d{2})$")
+
+
+class StorageError(RuntimeError):
+    """A storage operation that failed; the message names the path."""
+
+
+def parse_partition_dir(name: str) -> dt.date | None:
+    """The date of a `dt=YYYY-MM-DD` folder name, or None for anything else."""
+    match = PARTITION_RE.match(name)
+    if not match:
+        return None
+    try:
+        return dt.date.fromisoformat(match.group(1))
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class Location:
+    """A root folder on a pyarrow filesystem, addressed by relative '/'-separated paths."""
+
+    uri: str
+
+    @property
+    def fs(self) -> pafs.FileSystem:
+        return _filesystem(self.uri)[0]
+
+    @property
+    def root(self) -> str:
+        return _filesystem(self.uri)[1]
+
+    def path(self, *parts: str) -> str:
+        return "/".join([self.root.rstrip("/"), *[p.strip("/") for p in parts if p]])
+
+    def child(self, *parts: str) -> Location:
+        return Location("/".join([self.uri.rstrip("/"), *[p.strip("/") for p in parts if p]]))
+
+    # --- reading -----------------------------------------------------------------------
+    def exists(self, *parts: str) -> bool:
+        return self.fs.get_file_info(self.path(*parts)).type != pafs.FileType.NotFound
+
+    def list(self, *parts: str) -> list[pafs.FileInfo]:
+        """Entries directly under a folder, sorted by name; empty when it does not exist."""
+        info = self.fs.get_file_info(self.path(*parts))
+        if info.type != pafs.FileType.Directory:
+            return []
+        entries = self.fs.get_file_info(pafs.FileSelector(self.path(*parts)))
+        return sorted(entries, key=lambda e: e.base_name)
+
+    def read_bytes(self, *parts: str) -> bytes:
+        with self.fs.open_input_stream(self.path(*parts)) as fh:
+            return fh.read()
+
+    def read_json(self, *parts: str) -> Any:
+        return json.loads(self.read_bytes(*parts))
+
+    def read_json_or_none(self, *parts: str) -> Any:
+        try:
+            return self.read_json(*parts)
+        except FileNotFoundError:
+            return None
+
+    # --- writing -----------------------------------------------------------------------
+    def makedirs(self, *parts: str) -> None:
+        self.fs.create_dir(self.path(*parts), recursive=True)
+
+    def write_bytes(self, data: bytes, *parts: str) -> None:
+        """Write a file so that it appears whole or not at all."""
+        final = self.path(*parts)
+        folder, name = final.rsplit("/", 1)
+        self.fs.create_dir(folder, recursive=True)
+        tmp = f"{folder}/.{name}.{uuid.uuid4().hex}.tmp"
+        with self.fs.open_output_stream(tmp) as fh:
+            fh.write(data)
+        _fsync_local(self, tmp)
+        self.fs.move(tmp, final)
+
+    def write_json(self, obj: Any, *parts: str) -> None:
+        self.write_bytes(json.dumps(obj, indent=2, sort_keys=True, default=str).encode(), *parts)
+
+    def write_parquet(self, table: pa.Table, *parts: str) -> None:
+        final = self.path(*parts)
+        folder, name = final.rsplit("/", 1)
+        self.fs.create_dir(folder, recursive=True)
+        tmp = f"{folder}/.{name}.{uuid.uuid4().hex}.tmp"
+        pq.write_table(table, tmp, filesystem=self.fs, compression="zstd")
+        _fsync_local(self, tmp)
+        self.fs.move(tmp, final)
+
+    def delete_dir(self, *parts: str) -> None:
+        if self.exists(*parts):
+            self.fs.delete_dir(self.path(*parts))
+
+    def publish_dir(self, staging: Location, *parts: str) -> None:
+        """Move a finished staging folder to `parts`, replacing what was there.
+
+        A reader sees the old folder or the new one, never a mix: the old one is first moved
+        aside under `_staging/`, then the new one renamed into place, then the old one deleted.
+        """
+        final = self.path(*parts)
+        self.fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
+        if self.exists(*parts):
+            self.fs.create_dir(self.path("_staging"), recursive=True)
+            trash = self.path("_staging", f".trash-{uuid.uuid4().hex}")
+            self.fs.move(final, trash)
+            self.fs.move(staging.root, final)
+            self.fs.delete_dir(trash)
+        else:
+            self.fs.move(staging.root, final)
+
+
+def _fsync_local(location: Location, path: str) -> None:
+    # A rename is only as durable as the data it points to: flush before publishing.
+    if isinstance(location.fs, pafs.LocalFileSystem):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+_FS_CACHE: dict[str, tuple[pafs.FileSystem, str]] = {}
+
+
+def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    if uri not in _FS_CACHE:
+        if "://" in uri:
+            try:
+                _FS_CACHE[uri] = pafs.FileSystem.from_uri(uri)
+            except (pa.ArrowInvalid, OSError) as exc:
+                raise StorageError(f"cannot open storage location {uri!r}: {exc}") from exc
+        else:
+            _FS_CACHE[uri] = (pafs.LocalFileSystem(), os.path.abspath(uri))
+    return _FS_CACHE[uri]

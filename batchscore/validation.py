@@ -1,0 +1,301 @@
+"""Validation (DESIGN.md, Validation): reject what is impossible or unreadable, not the unusual.
+
+Two levels:
+- file level, from the Parquet footer alone (pyarrow): unreadable files, missing columns,
+  types that cannot be cast safely. Any of these holds the whole partition.
+- row level, with a Great Expectations suite built in code from the dataset config and the
+  model's training profile, run on each chunk already in memory: null ids, numbers outside
+  the wide band around the training range (inf included), missing values where training
+  never saw one, and (only when configured) unseen categories. Duplicate ids are a
+  partition-wide property, checked by GX on the partition's id columns in the plan step.
+
+Every rejected row gets a readable reason naming the column and the value.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from batchscore.config import Config
+from batchscore.features import TrainingProfile
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+
+@dataclass(frozen=True)
+class FileProblem:
+    file: str
+    reason: str
+
+
+@dataclass
+class RowVerdict:
+    """Per-row reasons for one chunk (row position -> reasons) and per-expectation counts."""
+
+    reasons: dict[int, list[str]] = field(default_factory=lambda: defaultdict(list))
+    failed: dict[str, int] = field(default_factory=dict)
+
+    def add(self, rows, messages, expectation: str) -> None:
+        rows = list(rows)
+        for row, message in zip(rows, messages, strict=True):
+            self.reasons[int(row)].append(message)
+        if rows:
+            self.failed[expectation] = self.failed.get(expectation, 0) + len(rows)
+
+    def bad_mask(self, n_rows: int) -> np.ndarray:
+        mask = np.zeros(n_rows, dtype=bool)
+        if self.reasons:
+            mask[list(self.reasons)] = True
+        return mask
+
+    def reason_column(self, rows: np.ndarray) -> list[str]:
+        return ["; ".join(self.reasons[int(r)]) for r in rows]
+
+
+# --- file level ----------------------------------------------------------------------------
+
+
+def _is_numeric(t: pa.DataType) -> bool:
+    return (
+        pa.types.is_integer(t)
+        or pa.types.is_floating(t)
+        or pa.types.is_decimal(t)
+        or pa.types.is_boolean(t)
+        or pa.types.is_null(t)
+    )
+
+
+def _is_categorical(t: pa.DataType) -> bool:
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    return (
+        pa.types.is_string(t)
+        or pa.types.is_large_string(t)
+        or pa.types.is_integer(t)
+        or pa.types.is_boolean(t)
+        or pa.types.is_null(t)
+        or pa.types.is_string_view(t)
+    )
+
+
+def _is_id(t: pa.DataType) -> bool:
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    return (
+        pa.types.is_integer(t)
+        or pa.types.is_string(t)
+        or pa.types.is_large_string(t)
+        or pa.types.is_string_view(t)
+        or pa.types.is_date(t)
+        or pa.types.is_null(t)
+    )
+
+
+def check_schema(
+    schema: pa.Schema, file: str, config: Config
+) -> tuple[list[FileProblem], list[str]]:
+    """Problems that hold the partition, and the extra columns (ignored, reported)."""
+    ds = config.dataset
+    names = set(schema.names)
+    problems = [
+        FileProblem(file, f"missing column {c!r} (required as an id or feature)")
+        for c in [*ds.id_columns, *ds.features]
+        if c not in names
+    ]
+    for col, allowed, kind in (
+        *((c, _is_id, "an id (integer or string)") for c in ds.id_columns),
+        *((c, _is_numeric, "a numeric feature") for c in ds.numeric),
+        *(
+            (c, _is_categorical, "a categorical feature (string or integer)")
+            for c in ds.categorical
+        ),
+    ):
+        if col in names and not allowed(schema.field(col).type):
+            problems.append(
+                FileProblem(
+                    file,
+                    f"column {col!r} has type {schema.field(col).type}, which cannot be "
+                    f"cast safely to {kind}",
+                )
+            )
+    wanted = {*ds.id_columns, *ds.features, ds.label}
+    extra = [c for c in schema.names if c not in wanted]
+    return problems, extra
+
+
+# --- row level -----------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=1)
+def _batch_definition():
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    asset = context.data_sources.add_pandas("batchscore").add_dataframe_asset("chunk")
+    return asset.add_batch_definition_whole_dataframe("chunk")
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """One expectation and how to word a failure of it."""
+
+    expectation: object
+    column: str
+    describe: object  # value -> reason text
+
+
+def build_rules(config: Config, profile: TrainingProfile) -> list[_Rule]:
+    import great_expectations as gx
+
+    E = gx.expectations
+    factor = config.validation.band_width_factor
+    rules: list[_Rule] = []
+    for col in config.dataset.id_columns:
+        rules.append(
+            _Rule(E.ExpectColumnValuesToNotBeNull(column=col), col, lambda v, c=col: f"null id {c}")
+        )
+    for col, prof in profile.numeric.items():
+        lo, hi = prof.band(factor)
+        rules.append(
+            _Rule(
+                E.ExpectColumnValuesToBeBetween(column=col, min_value=lo, max_value=hi),
+                col,
+                lambda v, c=col, lo=lo, hi=hi, p=prof: (
+                    f"{c}={v!r} outside the validation band [{lo:.6g}, {hi:.6g}] "
+                    f"(training range [{p.min:.6g}, {p.max:.6g}])"
+                ),
+            )
+        )
+        if prof.n_missing == 0:
+            rules.append(
+                _Rule(
+                    E.ExpectColumnValuesToNotBeNull(column=col),
+                    col,
+                    lambda v, c=col: f"{c} is missing, and was never missing in training",
+                )
+            )
+    for col, prof in profile.categorical.items():
+        if prof.n_missing == 0:
+            rules.append(
+                _Rule(
+                    E.ExpectColumnValuesToNotBeNull(column=col),
+                    col,
+                    lambda v, c=col: f"{c} is missing, and was never missing in training",
+                )
+            )
+        if config.validation.quarantine_unseen_categories:
+            rules.append(
+                _Rule(
+                    E.ExpectColumnValuesToBeInSet(column=col, value_set=list(prof.counts)),
+                    col,
+                    lambda v, c=col: f"{c}={v!r} is a category unseen in training",
+                )
+            )
+    return rules
+
+
+def _suite(rules: list[_Rule]):
+    import great_expectations as gx
+
+    suite = gx.ExpectationSuite(name="batchscore")
+    for rule in rules:
+        suite.add_expectation(rule.expectation)
+    return suite
+
+
+def _run(frame: pd.DataFrame, rules: list[_Rule], verdict: RowVerdict) -> None:
+    batch = _batch_definition().get_batch(batch_parameters={"dataframe": frame})
+    result = batch.validate(_suite(rules), result_format={"result_format": "COMPLETE"})
+    for rule, res in zip(rules, result.results, strict=True):
+        if res.exception_info and res.exception_info.get("raised_exception"):
+            raise RuntimeError(
+                f"Great Expectations could not evaluate "
+                f"{res.expectation_config.type} on column {rule.column!r}: "
+                f"{res.exception_info.get('exception_message')}"
+            )
+        if res.success:
+            continue
+        rows = res.result.get("unexpected_index_list") or []
+        values = res.result.get("unexpected_list") or [None] * len(rows)
+        verdict.add(
+            rows,
+            [rule.describe(_plain(v)) for v in values],
+            f"{res.expectation_config.type}({rule.column})",
+        )
+
+
+def _plain(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def validate_chunk(
+    table: pa.Table, config: Config, profile: TrainingProfile, duplicate_ids: frozenset
+) -> RowVerdict:
+    """Row-level validation of one chunk; `duplicate_ids` comes from the partition's plan."""
+    rules = build_rules(config, profile)
+    needed = list(dict.fromkeys(r.column for r in rules))
+    frame = table.select(needed).to_pandas()
+    verdict = RowVerdict()
+    _run(frame, rules, verdict)
+    if duplicate_ids:
+        keys = id_keys(table, config.dataset.id_columns)
+        rows = [i for i, k in enumerate(keys) if k in duplicate_ids]
+        verdict.add(
+            rows,
+            [
+                f"duplicate id {_show_key(config, keys[i])}: the partition holds "
+                "this id more than once"
+                for i in rows
+            ],
+            "duplicate_id",
+        )
+    return verdict
+
+
+def id_keys(table: pa.Table, id_columns: list[str]) -> list:
+    columns = [table.column(c).to_pylist() for c in id_columns]
+    return columns[0] if len(columns) == 1 else list(zip(*columns, strict=True))
+
+
+def _show_key(config: Config, key) -> str:
+    ids = config.dataset.id_columns
+    values = key if len(ids) > 1 else (key,)
+    return ", ".join(f"{c}={v!r}" for c, v in zip(ids, values, strict=True))
+
+
+def find_duplicate_ids(ids: pa.Table, id_columns: list[str]) -> tuple[frozenset, int]:
+    """Ids present more than once in a partition (checked by GX), and how many rows hold them."""
+    import great_expectations as gx
+
+    E = gx.expectations
+    if len(id_columns) == 1:
+        expectation = E.ExpectColumnValuesToBeUnique(column=id_columns[0])
+    else:
+        expectation = E.ExpectCompoundColumnsToBeUnique(column_list=id_columns)
+    frame = ids.to_pandas()
+    batch = _batch_definition().get_batch(batch_parameters={"dataframe": frame})
+    suite = gx.ExpectationSuite(name="batchscore-ids")
+    suite.add_expectation(expectation)
+    result = batch.validate(suite, result_format={"result_format": "COMPLETE"}).results[0]
+    rows = result.result.get("unexpected_index_list") or []
+    if not rows:
+        return frozenset(), 0
+    keys = id_keys(ids.take(pa.array(rows, pa.int64())), id_columns)
+    # Null ids are rejected by their own rule; they are not "duplicates" of each other.
+    dupes = frozenset(
+        k
+        for k in keys
+        if k is not None and not (isinstance(k, tuple) and any(v is None for v in k))
+    )
+    return dupes, len(rows)

@@ -1,0 +1,1 @@
+"""Prefect flows: the orchestration (what runs, in which order, on which runner)."""

@@ -1,0 +1,110 @@
+"""Tasks of the score flow; the work itself lives in `batchscore.partitions` and `.scoring`."""
+
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+
+from batchscore import partitions, scoring
+from batchscore.config import Config
+from batchscore.partitions import Chunk, PartitionPlan
+from batchscore.registry import ModelIntegrityError, ModelRef, Registry
+from batchscore.scoring import ChunkResult, PartitionOutcome
+from tasks.common import IO_RETRIES, TASK_DEFAULTS
+
+
+@task(name="resolve-champion", **TASK_DEFAULTS, **IO_RETRIES)
+def resolve_champion(config: Config) -> ModelRef:
+    """The champion's handle, after checking it was trained on this config's features."""
+    registry = Registry(config.store, config.dataset.name)
+    ref = registry.champion_ref()
+    meta = registry.metadata(ref.version)
+    ds = config.dataset
+    schema = meta["schema"]
+    if schema["features"] != ds.features or sorted(schema["vocabularies"]) != sorted(
+        ds.categorical
+    ):
+        raise ModelIntegrityError(
+            f"champion {ref.name} {ref.version} was trained on features {schema['features']} "
+            f"(categorical {sorted(schema['vocabularies'])}); the config lists {ds.features} "
+            f"(categorical {sorted(ds.categorical)}). Retrain, or fix [dataset] in the config."
+        )
+    return ref
+
+
+@task(name="find-partitions", **TASK_DEFAULTS, **IO_RETRIES)
+def find_partitions(
+    config: Config, model: ModelRef, partition: str | None, rescore: bool
+) -> list[str]:
+    logger = get_run_logger()
+    found = partitions.discover(config)
+    for name in found.ignored:
+        logger.warning("ignored %s/incoming/%s: not a dt=YYYY-MM-DD folder", config.source, name)
+    candidates = found.partitions
+    if partition is not None:
+        if partition not in candidates:
+            raise ValueError(
+                f"partition {partition} not found under "
+                f"{config.source}/incoming (have: {', '.join(candidates) or 'none'})"
+            )
+        candidates = [partition]
+    todo = partitions.pending(config, model, candidates, rescore)
+    logger.info(
+        "%d partition(s) found, %d to score with %s %s",
+        len(candidates),
+        len(todo),
+        model.name,
+        model.version,
+    )
+    return todo
+
+
+@task(name="plan-partition", task_run_name="plan {partition}", **TASK_DEFAULTS, **IO_RETRIES)
+def plan_partition(config: Config, partition: str, model: ModelRef) -> PartitionPlan:
+    return partitions.plan_partition(config, partition, model)
+
+
+@task(
+    name="score-chunk",
+    task_run_name="score {chunk.partition} #{chunk.index}",
+    **TASK_DEFAULTS,
+    **IO_RETRIES,
+)
+def score_chunk(
+    config: Config, chunk: Chunk, model: ModelRef, plan: PartitionPlan, run_id: str
+) -> ChunkResult:
+    return scoring.score_chunk(config, chunk, model, plan, run_id)
+
+
+@task(name="publish-partition", task_run_name="publish {plan.partition}", **TASK_DEFAULTS)
+def publish_partition(
+    config: Config, plan: PartitionPlan, model: ModelRef, results: list[ChunkResult], run_id: str
+) -> PartitionOutcome:
+    outcome = scoring.publish_partition(config, plan, model, results, run_id)
+    _log(outcome)
+    return outcome
+
+
+@task(name="hold-partition", task_run_name="hold {plan.partition}", **TASK_DEFAULTS)
+def hold_partition(
+    config: Config, plan: PartitionPlan, model: ModelRef, run_id: str
+) -> PartitionOutcome:
+    outcome = scoring.hold_partition(config, plan, model, run_id)
+    _log(outcome)
+    return outcome
+
+
+def _log(o: PartitionOutcome) -> None:
+    logger = get_run_logger()
+    if o.status == "held":
+        logger.error("partition %s HELD: %s", o.partition, "; ".join(o.reasons))
+    else:
+        logger.info(
+            "partition %s %s: %d rows in, %d scored, %d quarantined, %.1f s, %.0f rows/s",
+            o.partition,
+            o.status,
+            o.rows_in,
+            o.rows_scored,
+            o.rows_quarantined,
+            o.seconds,
+            o.rows_per_second,
+        )

@@ -1,0 +1,38 @@
+"""Shared fixtures: a real Prefect API for the session, and sample data copied per test."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from helpers import write_config
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "data" / "sample"
+SAMPLE_CONFIG = ROOT / "batchscore.toml"
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    """One temporary Prefect server on 127.0.0.1 for every flow test, stopped at the end."""
+    from batchscore.prefect_api import one_api
+
+    with one_api() as url:
+        yield url
+
+
+@pytest.fixture
+def sample(tmp_path: Path) -> Path:
+    """A config for a private copy of the sample data and an empty store; returns its path."""
+    shutil.copytree(SAMPLE / "incoming", tmp_path / "source" / "incoming")
+    shutil.copytree(SAMPLE / "labels", tmp_path / "source" / "labels")
+    return write_config(
+        tmp_path / "batchscore.toml",
+        SAMPLE_CONFIG.read_text(),
+        storage={"source": "source", "store": "store"},
+    )

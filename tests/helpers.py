@@ -1,0 +1,37 @@
+"""Helpers shared by the tests (importable as `helpers`: tests/ is on pytest's pythonpath)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def write_config(path: Path, text: str, **tables: dict) -> Path:
+    """A config file: `text` with the given tables' keys replaced or added."""
+    import tomllib
+
+    data = tomllib.loads(text)
+    for table, values in tables.items():
+        data.setdefault(table, {}).update(values)
+    path.write_text(_toml(data))
+    return path
+
+
+def _toml(data: dict, prefix: str = "") -> str:
+    scalars = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    tables = {k: v for k, v in data.items() if isinstance(v, dict)}
+    lines = [f"[{prefix}]"] if prefix and scalars else []
+    lines += [f"{k} = {_value(v)}" for k, v in scalars.items()]
+    out = "\n".join(lines) + ("\n\n" if lines else "")
+    for k, v in tables.items():
+        out += _toml(v, f"{prefix}.{k}" if prefix else k)
+    return out
+
+
+def _value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, list):
+        return "[" + ", ".join(_value(x) for x in v) + "]"
+    return repr(v)

@@ -1,0 +1,136 @@
+"""Ring 3: the `score` flow end to end on the sample data, under a real Prefect API."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+from helpers import write_config
+
+from batchscore.config import load_config
+from batchscore.training import train
+from flows.score import score
+
+SAMPLE_DAYS = [f"2026-10-{d:02d}" for d in range(1, 15)]
+
+
+def _scores(store: Path, partition: str | None = None) -> pa.Table:
+    folder = store / "scores" / (f"dt={partition}" if partition else "")
+    table = pads.dataset(folder, format="parquet", partitioning="hive" if not partition else None)
+    return table.to_table().sort_by("customer_id")
+
+
+def _manifest(store: Path, partition: str) -> dict:
+    return json.loads((store / "scores" / f"dt={partition}" / "_SUCCESS").read_text())
+
+
+def test_sample_scores_every_partition_once_and_quarantines_the_invalid_rows(sample, prefect_api):
+    config = load_config(sample)
+    store = Path(config.store)
+    trained = train(config)
+    assert trained.promoted and trained.version == "v0001"
+
+    state = score(config=str(sample), return_state=True)
+    assert state.is_completed(), state.message
+    outcomes = {o["partition"]: o for o in state.result()}
+    assert sorted(outcomes) == SAMPLE_DAYS
+
+    for day in SAMPLE_DAYS:
+        manifest = _manifest(store, day)
+        source_rows = sum(
+            pq.ParquetFile(f).metadata.num_rows
+            for f in (Path(config.source) / "incoming" / f"dt={day}").glob("*.parquet")
+        )
+        assert manifest["rows_in"] == source_rows
+        assert manifest["rows_in"] == manifest["rows_scored"] + manifest["rows_quarantined"]
+        assert manifest["model_version"] == "v0001"
+        assert manifest["status"] == "scored"
+        assert _scores(store, day).num_rows == manifest["rows_scored"]
+
+    # The broken day: its five invalid rows are quarantined with readable reasons, the rest scored.
+    quarantine = pq.read_table(store / "quarantine" / "dt=2026-10-11").to_pylist()
+    reasons = sorted(r["reason"] for r in quarantine)
+    assert len(reasons) == 5
+    assert sum("duplicate id customer_id=11009121" in r for r in reasons) == 2
+    assert any(r == "null id customer_id" for r in reasons)
+    assert any("tenure_months=5000" in r and "outside the validation band" in r for r in reasons)
+    assert any("monthly_charges is missing" in r for r in reasons)
+    assert all(r["source_file"] == "incoming/dt=2026-10-11/part-0.parquet" for r in quarantine)
+    assert _manifest(store, "2026-10-11")["rows_quarantined"] == 5
+    assert sorted(p.name for p in (store / "quarantine").iterdir()) == ["dt=2026-10-11"]
+
+    # The scores table: DESIGN.md's schema, one row per valid input row, ids unique.
+    table = _scores(store)
+    assert table.schema.names[:5] == [
+        "customer_id",
+        "score",
+        "model_version",
+        "scored_at",
+        "run_id",
+    ]
+    assert table.schema.field("scored_at").type == pa.timestamp("us", tz="UTC")
+    assert table.num_rows == sum(o["rows_scored"] for o in outcomes.values())
+    assert pa.compute.count_distinct(table.column("customer_id")).as_py() == table.num_rows
+    scores = table.column("score").to_numpy()
+    assert np.all((scores > 0) & (scores < 1))
+
+    # Scoring again scores nothing and rewrites nothing.
+    before = {p: p.stat().st_mtime_ns for p in (store / "scores").rglob("*")}
+    again = score(config=str(sample), return_state=True)
+    assert again.is_completed() and again.name == "NothingToDo"
+    assert {p: p.stat().st_mtime_ns for p in (store / "scores").rglob("*")} == before
+    assert not [p for p in (store / "_staging").iterdir() if not p.name.startswith(".")]
+
+
+def test_rescore_replaces_a_partition_with_identical_scores(sample, prefect_api):
+    config = load_config(sample)
+    store = Path(config.store)
+    train(config)
+    assert score(config=str(sample), partition="2026-10-05", return_state=True).is_completed()
+    first = _scores(store, "2026-10-05")
+    first_run = _manifest(store, "2026-10-05")["run_id"]
+
+    time.sleep(0.01)
+    state = score(config=str(sample), partition="2026-10-05", rescore=True, return_state=True)
+    assert state.is_completed()
+    second = _scores(store, "2026-10-05")
+    assert _manifest(store, "2026-10-05")["run_id"] != first_run
+    assert second.column("customer_id").equals(first.column("customer_id"))
+    np.testing.assert_allclose(
+        second.column("score").to_numpy(), first.column("score").to_numpy(), rtol=0, atol=1e-12
+    )
+    # Only the new files are there: the old partition folder was replaced whole.
+    assert set(second.column("run_id").to_pylist()) == {_manifest(store, "2026-10-05")["run_id"]}
+    assert sorted(p.name for p in (store / "scores").iterdir()) == ["dt=2026-10-05"]
+    assert not list((store / "_staging").iterdir())
+
+
+def test_scores_do_not_depend_on_workers_or_chunk_size(sample, prefect_api, tmp_path):
+    config = load_config(sample)
+    train(config)
+    text = sample.read_text()
+    results = {}
+    for workers, chunk_rows in ((1, 3_000), (2, 100_000)):
+        path = write_config(
+            tmp_path / f"w{workers}.toml",
+            text,
+            storage={"source": config.source, "store": str(tmp_path / f"store-{workers}")},
+            scoring={"workers": workers, "chunk_rows": chunk_rows},
+        )
+        # Same registered model in both stores: copy the registry, not retrain.
+        shutil.copytree(Path(config.store) / "models", tmp_path / f"store-{workers}" / "models")
+        for day in ("2026-10-05", "2026-10-11"):
+            assert score(config=str(path), partition=day, return_state=True).is_completed()
+        results[workers] = _scores(tmp_path / f"store-{workers}")
+        chunks = _manifest(tmp_path / f"store-{workers}", "2026-10-05")["chunks"]
+        assert chunks == (6 if chunk_rows == 3_000 else 2)  # 2 files x 3 row groups, or 1 per file
+    one, two = results[1], results[2]
+    assert one.num_rows == two.num_rows == 20_987 + 20_771
+    assert one.column("customer_id").equals(two.column("customer_id"))
+    assert np.max(np.abs(one.column("score").to_numpy() - two.column("score").to_numpy())) <= 1e-12
