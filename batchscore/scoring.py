@@ -268,7 +268,7 @@ def hold_partition(
             "partition": plan.partition,
             "status": "held",
             "reasons": list(reasons),
-            "plan": plan_to_json(plan),
+            "partition_plan": plan_to_json(plan),
             "model_version": model.version,
             "run_id": run_id,
             "written_at": utc_now(),

@@ -58,7 +58,13 @@ def score(config: str = "batchscore.toml", partition: str | None = None, rescore
                 [
                     runner.submit(
                         score_chunk,
-                        {"config": cfg, "chunk": c, "model": model, "plan": plan, "run_id": run_id},
+                        {
+                            "config": cfg,
+                            "chunk": c,
+                            "model": model,
+                            "partition_plan": plan,
+                            "run_id": run_id,
+                        },
                     )
                     for c in plan.chunks
                 ]

@@ -70,9 +70,9 @@ def plan_partition(config: Config, partition: str, model: ModelRef) -> Partition
     **IO_RETRIES,
 )
 def score_chunk(
-    config: Config, chunk: Chunk, model: ModelRef, plan: PartitionPlan, run_id: str
+    config: Config, chunk: Chunk, model: ModelRef, partition_plan: PartitionPlan, run_id: str
 ) -> ChunkResult:
-    return scoring.score_chunk(config, chunk, model, plan, run_id)
+    return scoring.score_chunk(config, chunk, model, partition_plan, run_id)
 
 
 @task(name="publish-partition", task_run_name="publish {plan.partition}", **TASK_DEFAULTS)
