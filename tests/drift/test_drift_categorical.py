@@ -1,0 +1,161 @@
+"""Categorical PSI and chi2 against direct implementations and scipy's chi2_contingency."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from scipy import stats
+
+from drift import CategoricalReference
+from drift.methods import PSI, Chi2
+
+
+def categories(n: int, labels: list[str | None], p: list[float], seed: int) -> np.ndarray:
+    generator = np.random.default_rng(seed)
+    picked = generator.choice(len(labels), size=n, p=p)
+    return np.array([labels[i] for i in picked], dtype=object)
+
+
+def direct_bins(reference: np.ndarray, current: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Reference categories (sorted), then unseen, then missing - counted with Counter."""
+    known = sorted({v for v in reference if v is not None})
+
+    def bins(values: np.ndarray) -> np.ndarray:
+        tally = Counter(values.tolist())
+        missing = tally.pop(None, 0)
+        unseen = sum(n for category, n in tally.items() if category not in known)
+        return np.array([tally.get(c, 0) for c in known] + [unseen, missing], dtype=float)
+
+    return bins(reference), bins(current)
+
+
+def psi_direct(reference: np.ndarray, current: np.ndarray) -> float:
+    ref_bins, cur_bins = direct_bins(reference, current)
+    r = ref_bins / ref_bins.sum()
+    c = cur_bins / cur_bins.sum()
+    r[r == 0] = 1e-4
+    c[c == 0] = 1e-4
+    return float(np.sum((c - r) * np.log(c / r)))
+
+
+LABELS = ["basic", "plus", "pro", "team", None]
+CASES: dict[str, tuple[np.ndarray, np.ndarray]] = {
+    "similar": (
+        categories(20_000, LABELS, [0.4, 0.3, 0.2, 0.1, 0.0], 1),
+        categories(8_000, LABELS, [0.41, 0.29, 0.2, 0.1, 0.0], 2),
+    ),
+    "shifted": (
+        categories(20_000, LABELS, [0.4, 0.3, 0.2, 0.1, 0.0], 3),
+        categories(8_000, LABELS, [0.1, 0.2, 0.3, 0.4, 0.0], 4),
+    ),
+    "with_missing": (
+        categories(20_000, LABELS, [0.35, 0.3, 0.2, 0.1, 0.05], 5),
+        categories(8_000, LABELS, [0.3, 0.3, 0.2, 0.05, 0.15], 6),
+    ),
+    "unseen_in_current": (
+        categories(20_000, LABELS, [0.4, 0.3, 0.3, 0.0, 0.0], 7),  # no "team" in reference
+        categories(8_000, [*LABELS, "enterprise"], [0.3, 0.3, 0.2, 0.1, 0.05, 0.05], 8),
+    ),
+    "reference_category_absent_now": (
+        categories(20_000, LABELS, [0.4, 0.3, 0.2, 0.1, 0.0], 9),
+        categories(8_000, LABELS, [0.5, 0.5, 0.0, 0.0, 0.0], 10),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_categorical_psi_matches_direct_formula(case: str) -> None:
+    reference, current = CASES[case]
+    fitted = CategoricalReference.fit(reference)
+    result = PSI.compute("plan", "categorical", fitted, fitted.count(current), 0.2)
+    assert result.status == "ok"
+    assert result.statistic == pytest.approx(psi_direct(reference, current), abs=1e-9)
+    assert result.n_reference == reference.size and result.n_current == current.size
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_chi2_matches_chi2_contingency(case: str) -> None:
+    reference, current = CASES[case]
+    fitted = CategoricalReference.fit(reference)
+    result = Chi2.compute("plan", "categorical", fitted, fitted.count(current), 0.1)
+    ref_bins, cur_bins = direct_bins(reference, current)
+    table = np.vstack([ref_bins, cur_bins])
+    table = table[:, table.sum(axis=0) > 0]
+    expected = stats.chi2_contingency(table, correction=False)
+    cramers_v = math.sqrt(expected.statistic / (table.sum() * (min(table.shape) - 1)))
+    assert result.statistic == pytest.approx(cramers_v, rel=1e-12)
+    assert result.p_value == pytest.approx(expected.pvalue, rel=1e-9, abs=1e-300)
+    assert result.drifted is (cramers_v > 0.1)
+
+
+def test_unseen_and_missing_bins() -> None:
+    reference, current = CASES["unseen_in_current"]
+    fitted = CategoricalReference.fit(reference)
+    assert fitted.categories_ == ("basic", "plus", "pro")
+    assert fitted.counts_[-2] == 0  # unseen bin is empty in the reference by construction
+    counts = fitted.count(current)
+    expected_unseen = sum(v in ("team", "enterprise") for v in current)
+    assert counts.n_unseen == expected_unseen
+    assert counts.n_missing == sum(v is None for v in current)
+
+
+def test_chi2_not_computed_with_a_single_bin() -> None:
+    fitted = CategoricalReference.fit(np.array(["a"] * 50, dtype=object))
+    counts = fitted.count(np.array(["a"] * 20, dtype=object))
+    result = Chi2.compute("plan", "categorical", fitted, counts, 0.1)
+    assert result.status == "not_computed"
+    assert result.reason is not None and "one non-empty bin" in result.reason
+    assert PSI.compute("plan", "categorical", fitted, counts, 0.2).statistic == 0.0
+
+
+@pytest.mark.parametrize("method", [PSI, Chi2])
+def test_empty_current_is_not_computed(method) -> None:
+    fitted = CategoricalReference.fit(CASES["similar"][0])
+    result = method.compute("plan", "categorical", fitted, fitted.count([]), 0.1)
+    assert result.status == "not_computed"
+    assert result.reason == "current data is empty"
+    assert result.statistic is None and result.p_value is None and result.drifted is None
+
+
+def test_all_current_missing_is_computable() -> None:
+    reference = CASES["with_missing"][0]
+    current = np.array([None] * 100, dtype=object)
+    fitted = CategoricalReference.fit(reference)
+    counts = fitted.count(current)
+    result = PSI.compute("plan", "categorical", fitted, counts, 0.2)
+    assert result.statistic == pytest.approx(psi_direct(reference, current), abs=1e-9)
+    assert Chi2.compute("plan", "categorical", fitted, counts, 0.1).status == "ok"
+
+
+def test_pyarrow_inputs_count_like_numpy() -> None:
+    reference, current = CASES["unseen_in_current"]
+    fitted = CategoricalReference.fit(reference)
+    expected = fitted.count(current)
+    as_list = current.tolist()
+    for given in (
+        pa.array(as_list),
+        pa.array(as_list).dictionary_encode(),
+        pa.chunked_array([as_list[:100], as_list[100:]]),
+        as_list,
+        np.array([np.nan if v is None else v for v in as_list], dtype=object),
+    ):
+        assert fitted.count(given) == expected
+    assert CategoricalReference.fit(pa.array(reference.tolist())).counts_.tolist() == (
+        fitted.counts_.tolist()
+    )
+
+
+def test_categories_compared_as_strings() -> None:
+    fitted = CategoricalReference.fit(np.array([1, 2, 2, 3]))
+    assert fitted.categories_ == ("1", "2", "3")
+    assert fitted.count(np.array(["2", 3, None, "x"], dtype=object)).bin_counts.tolist() == [
+        0,
+        1,
+        1,
+        1,
+        1,
+    ]

@@ -1,0 +1,167 @@
+"""Partial counts: exact merging of uneven chunks, JSON round trips, speed of counting."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from drift import (
+    SCORE_FEATURE,
+    CategoricalCounts,
+    NumericCounts,
+    NumericReference,
+    ReferenceProfile,
+    counts_from_json,
+    evaluate,
+    merge,
+    merge_all,
+)
+
+
+def make_columns(n: int, seed: int, shift: float = 0.0) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    generator = np.random.default_rng(seed)
+    tenure = generator.gamma(2.0 + shift, 10.0, n)
+    tenure[generator.random(n) < 0.05] = np.nan
+    charges = np.round(generator.normal(70 + 10 * shift, 20, n), 2)
+    charges[:3] = [np.inf, -np.inf, np.inf]
+    plans = np.array(["basic", "plus", "pro", "team", "enterprise"], dtype=object)
+    p = [0.4, 0.3, 0.2, 0.1, 0.0] if shift == 0 else [0.3, 0.3, 0.2, 0.1, 0.1]
+    plan = plans[generator.choice(5, n, p=p)]
+    plan[generator.random(n) < 0.02] = None
+    scores = generator.beta(2 + shift, 5, n)
+    return {"tenure": tenure, "charges": charges, "plan": plan}, scores
+
+
+@pytest.fixture(scope="module")
+def profile() -> ReferenceProfile:
+    columns, scores = make_columns(50_000, 1)
+    return ReferenceProfile.fit(columns, categorical={"plan"}, scores=scores)
+
+
+@pytest.fixture(scope="module")
+def current() -> tuple[dict[str, np.ndarray], np.ndarray]:
+    return make_columns(30_011, 2, shift=0.4)
+
+
+def test_merging_seven_uneven_chunks_equals_counting_whole(profile, current) -> None:
+    columns, scores = current
+    whole = profile.count(columns, scores)
+    cuts = [0, 1, 17, 4_000, 4_001, 12_345, 29_000, 30_011]  # 7 chunks, one of a single row
+    parts = [
+        profile.count({k: v[a:b] for k, v in columns.items()}, scores[a:b])
+        for a, b in zip(cuts[:-1], cuts[1:], strict=True)
+    ]
+    merged = {feature: merge_all(part[feature] for part in parts) for feature in whole}
+    assert merged == whole
+    pairwise = {feature: parts[0][feature] for feature in whole}
+    for part in parts[1:]:
+        pairwise = {feature: merge(pairwise[feature], part[feature]) for feature in whole}
+    assert pairwise == whole
+    # Same counts, same statistics - exactly, not approximately.
+    assert evaluate(profile, merged) == evaluate(profile, whole)
+
+
+def test_profile_json_round_trip_gives_identical_results(profile, current) -> None:
+    text = profile.to_json()
+    json.loads(text, parse_constant=_reject_constant)  # plain JSON: no Infinity/NaN tokens
+    restored = ReferenceProfile.from_json(text)
+    assert list(restored) == list(profile)
+    for feature in profile:
+        assert restored[feature].reference_id == profile[feature].reference_id
+        assert restored[feature].to_dict() == profile[feature].to_dict()
+    columns, scores = current
+    assert evaluate(restored, restored.count(columns, scores)) == evaluate(
+        profile, profile.count(columns, scores)
+    )
+
+
+def test_counts_json_round_trip(profile, current) -> None:
+    columns, scores = current
+    for feature, counts in profile.count(columns, scores).items():
+        text = counts.to_json()
+        json.loads(text, parse_constant=_reject_constant)
+        restored = counts_from_json(text)
+        assert type(restored) is type(counts)
+        assert restored == counts
+        assert type(counts).from_json(text) == counts, feature
+
+
+def test_reference_json_keeps_infinite_grid_points() -> None:
+    values = np.array([-np.inf, 1.0, 2.0, np.inf, np.inf, np.nan])
+    fitted = NumericReference.fit(values)
+    restored = NumericReference.from_json(fitted.to_json())
+    assert restored.grid_.tolist() == fitted.grid_.tolist()
+    assert restored.count(values) == fitted.count(values)
+
+
+def test_merge_rejects_counts_of_other_bins(profile) -> None:
+    other = NumericReference.fit(np.arange(100.0))
+    a = profile["tenure"].count(np.arange(5.0))
+    b = other.count(np.arange(5.0))
+    with pytest.raises(ValueError, match="different references"):
+        merge(a, b)
+    with pytest.raises(TypeError):
+        merge(a, profile["plan"].count(["basic"]))  # type: ignore[type-var]
+    with pytest.raises(ValueError, match="at least one"):
+        merge_all([])
+
+
+def test_rolling_reference_from_merged_counts(profile, current) -> None:
+    """Stored counts of earlier partitions merge into a reference with the same bins."""
+    columns, _ = current
+    earlier = [profile["tenure"].count(columns["tenure"][i::3]) for i in range(3)]
+    rolling = profile["tenure"].with_counts(merge_all(earlier))
+    assert rolling.reference_id == profile["tenure"].reference_id
+    assert rolling.n_ == columns["tenure"].size
+    assert rolling.reference_counts() == profile["tenure"].count(columns["tenure"])
+    plan_counts = profile["plan"].count(columns["plan"])
+    rolling_plan = profile["plan"].with_counts(plan_counts)
+    assert rolling_plan.counts_[-2] > 0  # "enterprise" was unseen in training
+
+
+def test_counts_are_small_int64_arrays(profile, current) -> None:
+    columns, _ = current
+    counts = profile["charges"].count(columns["charges"])
+    assert isinstance(counts, NumericCounts)
+    assert counts.bin_counts.dtype == np.int64 and counts.sketch_counts.dtype == np.int64
+    assert counts.n == columns["charges"].size
+    assert counts.sketch_counts.size == 2 * profile["charges"].grid_.size + 1
+    plan = profile["plan"].count(columns["plan"])
+    assert isinstance(plan, CategoricalCounts)
+    assert plan.bin_counts.dtype == np.int64
+
+
+def test_counting_one_million_values_is_fast(note) -> None:
+    generator = np.random.default_rng(7)
+    fitted = NumericReference.fit(generator.normal(0, 1, 200_000))
+    values = generator.normal(0.1, 1.1, 1_000_000)
+    values[generator.random(values.size) < 0.01] = np.nan
+    fitted.count(values)  # warm-up
+    timings = []
+    for _ in range(5):
+        start = time.perf_counter()
+        fitted.count(values)
+        timings.append(time.perf_counter() - start)
+    best, median = min(timings), float(np.median(timings))
+    message = f"counting 1M numeric values: best {best * 1e3:.1f} ms, median {median * 1e3:.1f} ms"
+    print(message)
+    note(message)
+
+
+def test_profile_shape(profile) -> None:
+    assert profile.features == ["tenure", "charges", "plan"]
+    assert profile.score is not None
+    assert list(profile)[-1] == SCORE_FEATURE
+    with pytest.raises(ValueError, match="reserved"):
+        ReferenceProfile.fit({SCORE_FEATURE: np.zeros(3)})
+    with pytest.raises(ValueError, match="categorical features not among"):
+        ReferenceProfile.fit({"a": np.zeros(3)}, categorical={"b"})
+    with pytest.raises(ValueError, match="columns missing"):
+        profile.count({"tenure": np.zeros(3)})
+
+
+def _reject_constant(token: str) -> float:
+    raise AssertionError(f"non-standard JSON constant {token}")
