@@ -139,7 +139,16 @@ def _score(config, partition: str | None, rescore: bool) -> int:
 
 
 def _print_summary(config, outcomes: list[dict], seconds: float) -> None:
-    header = ("partition", "status", "rows", "scored", "quarantined", "seconds", "rows/s")
+    header = (
+        "partition",
+        "status",
+        "rows",
+        "scored",
+        "quarantined",
+        "seconds",
+        "rows/s",
+        "drifted",
+    )
     rows = [
         (
             o["partition"],
@@ -149,6 +158,7 @@ def _print_summary(config, outcomes: list[dict], seconds: float) -> None:
             f"{o['rows_quarantined']:,}",
             f"{o['seconds']:.2f}",
             f"{o['rows_in'] / o['seconds']:,.0f}" if o["seconds"] else "-",
+            ", ".join(o.get("drifted") or ()) or "-",
         )
         for o in outcomes
     ]
@@ -162,18 +172,18 @@ def _print_summary(config, outcomes: list[dict], seconds: float) -> None:
             f"{sum(o['rows_quarantined'] for o in outcomes):,}",
             f"{seconds:.2f}",
             f"{total / seconds:,.0f}" if seconds else "-",
+            "",
         )
     )
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for i, r in enumerate([header, *rows]):
         if i == len(rows):
             print("  ".join("-" * w for w in widths))
-        print(
-            "  ".join(
-                str(v).ljust(w) if j < 2 else str(v).rjust(w)
-                for j, (v, w) in enumerate(zip(r, widths, strict=True))
-            )
+        line = "  ".join(
+            str(v).ljust(w) if j < 2 or j == len(header) - 1 else str(v).rjust(w)
+            for j, (v, w) in enumerate(zip(r, widths, strict=True))
         )
+        print(line.rstrip())
     print(
         "(seconds per partition are worker seconds; the total is wall time, "
         "Prefect start-up included)"
@@ -183,6 +193,7 @@ def _print_summary(config, outcomes: list[dict], seconds: float) -> None:
             print(f"  {o['partition']} held: {reason}")
     print(f"scores:     {config.store}/scores/dt=*/  (complete where _SUCCESS exists)")
     print(f"quarantine: {config.store}/quarantine/dt=*/")
+    print(f"drift:      {config.store}/drift/dt=*/")
     print(f"models:     {config.store}/models/{config.dataset.name}/")
 
 

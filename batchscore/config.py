@@ -119,14 +119,52 @@ class RetrainConfig(_Table):
         return self
 
 
+DriftMethodName = Literal["ks", "psi", "chi2"]
+
+
+class DriftConfig(_Table):
+    # The reference window: the champion's stored training profile.
+    reference: Literal["training"] = "training"
+    # Default thresholds: drifted when the statistic exceeds them (KS D, PSI, Cramér's V).
+    ks: float = Field(default=0.1, gt=0.0)
+    psi: float = Field(default=0.2, gt=0.0)
+    chi2: float = Field(default=0.1, gt=0.0)
+    # Per-feature overrides, e.g. [drift.features.monthly_charges] psi = 0.3;
+    # `__score__` is the model's score distribution.
+    features: dict[str, dict[DriftMethodName, float]] = {}
+
+    def threshold(self, feature: str, method: str) -> float:
+        return self.features.get(feature, {}).get(method, getattr(self, method))
+
+
 class Config(_Table):
     dataset: DatasetConfig
     storage: StorageConfig
     scoring: ScoringConfig = ScoringConfig()
     validation: ValidationConfig = ValidationConfig()
     retrain: RetrainConfig = RetrainConfig()
+    drift: DriftConfig = DriftConfig()
     # Where the file was read from; relative storage paths are resolved against its folder.
     path: str = Field(default="", exclude=True)
+
+    @model_validator(mode="after")
+    def _drift_overrides_name_features(self) -> Config:
+        unknown = sorted(set(self.drift.features) - {*self.dataset.features, "__score__"})
+        if unknown:
+            raise ValueError(
+                f"[drift.features] names {unknown}, which are not in "
+                "[dataset] features (or __score__)"
+            )
+        for name, methods in self.drift.features.items():
+            allowed = {"psi", "chi2"} if name in self.dataset.categorical else {"ks", "psi"}
+            wrong = sorted(set(methods) - allowed)
+            if wrong:
+                raise ValueError(
+                    f"[drift.features.{name}] sets {wrong}; a "
+                    f"{'categorical' if name in self.dataset.categorical else 'numeric'}"
+                    f" feature is measured with {sorted(allowed)}"
+                )
+        return self
 
     @property
     def source(self) -> str:
@@ -178,8 +216,12 @@ def load_config(path: str | os.PathLike) -> Config:
             data = tomllib.load(fh)
     except FileNotFoundError as exc:
         raise ConfigError(f"{path}: config file not found") from exc
-    except tomllib.TOMLDecodeError as exc:
+    except IsADirectoryError as exc:
+        raise ConfigError(f"{path}: is a folder, not a config file") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file: {exc}") from exc
     if "path" in data:
         raise ConfigError(f"{path}: unknown top-level key 'path'")
     return parse_config(data, str(Path(path).resolve()))

@@ -96,6 +96,16 @@ def encode_categorical(
     return pc.fill_null(pc.cast(codes, pa.float64()), np.nan).to_numpy(zero_copy_only=False)
 
 
+def feature_columns(table: pa.Table, features: list[str], categorical: list[str]) -> dict:
+    """Columns as drift counts them: numbers as float64 (NaN missing), categories as strings."""
+    return {
+        f: pc.cast(table.column(f), pa.string()).combine_chunks()
+        if f in categorical
+        else numeric_values(table.column(f))
+        for f in features
+    }
+
+
 def unseen_mask(column: pa.ChunkedArray | pa.Array, vocabulary: tuple[str, ...]) -> np.ndarray:
     strings = pc.cast(column, pa.string())
     known = pc.is_in(strings, value_set=pa.array(vocabulary, pa.string()))

@@ -2,6 +2,7 @@
 
     v0001/model.txt        LightGBM text format (pickles are never loaded)
     v0001/metadata.json    features, vocabularies, profile, window, metrics, sha256, parent
+    v0001/reference.json   the drift reference profile (bins, sketch, counts), sha256 recorded
     champion.json          the alias: {"version": "v0001", ...}, replaced by atomic rename
     audit/*.json           one file per alias move: from, to, reason, time, run id
 
@@ -67,6 +68,11 @@ class LoadedModel:
     def task(self) -> str:
         return self.metadata["task"]
 
+    @property
+    def reference(self):
+        """The drift reference profile stored with this version (checked against its sha256)."""
+        return _load_reference(self.ref)
+
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
@@ -99,11 +105,17 @@ class Registry:
     def ref(self, version: str) -> ModelRef:
         return ModelRef(self.store, self.name, version, self.metadata(version)["sha256"])
 
-    def register(self, model_text: str, metadata: dict[str, Any]) -> str:
-        """Store a new version; returns its name (v0001, v0002, ...)."""
+    def register(
+        self, model_text: str, metadata: dict[str, Any], files: dict[str, bytes] | None = None
+    ) -> str:
+        """Store a new version (model, metadata and extra files); returns its name (v0001, ...)."""
         data = model_text.encode()
         staging = self.root.child(f".staging-{uuid.uuid4().hex}")
         staging.write_bytes(data, "model.txt")
+        checksums = {}
+        for name, content in (files or {}).items():
+            staging.write_bytes(content, name)
+            checksums[name] = sha256_hex(content)
         for _ in range(100):
             existing = self.versions()
             version = f"v{(int(existing[-1][1:]) + 1) if existing else 1:04d}"
@@ -112,6 +124,7 @@ class Registry:
                 "name": self.name,
                 "version": version,
                 "sha256": sha256_hex(data),
+                "files": checksums,
                 "created_at": utc_now(),
             }
             staging.write_json(meta, "metadata.json")
@@ -165,11 +178,26 @@ class Registry:
         current = self.champion()
         if current is None:
             raise RegistryError(f"model {self.name!r} has no champion to roll back from")
-        for event in reversed(self.audit()):
-            if event["to"] == current and event["from"]:
-                self.promote(event["from"], reason, run_id, action="rollback")
-                return event["from"]
-        raise RegistryError(f"champion {current} of {self.name!r} has no previous champion")
+        history = self.champion_history()
+        if len(history) < 2:
+            raise RegistryError(f"champion {current} of {self.name!r} has no previous champion")
+        previous = history[-2]
+        self.promote(previous, reason, run_id, action="rollback")
+        return previous
+
+    def champion_history(self) -> list[str]:
+        """Champions in the order they reigned, as a stack: a promotion of another version
+        pushes it, a rollback pops the current one, so repeated rollbacks keep going back."""
+        stack: list[str] = []
+        for event in self.audit():
+            if event["action"] == "rollback":
+                if stack:
+                    stack.pop()
+                if not stack or stack[-1] != event["to"]:
+                    stack.append(event["to"])
+            elif not stack or stack[-1] != event["to"]:
+                stack.append(event["to"])
+        return stack
 
     def audit(self) -> list[dict[str, Any]]:
         return [
@@ -177,6 +205,26 @@ class Registry:
             for e in self.root.list("audit")
             if e.base_name.endswith(".json") and not e.base_name.startswith(".")
         ]
+
+
+@lru_cache(maxsize=4)
+def _load_reference(ref: ModelRef):
+    from drift import ReferenceProfile
+
+    root = Registry(ref.store, ref.name).root.child(ref.version)
+    expected = root.read_json("metadata.json").get("files", {}).get("reference.json")
+    if expected is None:
+        raise RegistryError(
+            f"model {ref.name} {ref.version} has no drift reference profile "
+            f"(reference.json); retrain it to measure drift"
+        )
+    data = root.read_bytes("reference.json")
+    if sha256_hex(data) != expected:
+        raise ModelIntegrityError(
+            f"model {ref.name} {ref.version}: {root.path('reference.json')} has sha256 "
+            f"{sha256_hex(data)}, the registry recorded {expected}. Refusing to use it."
+        )
+    return ReferenceProfile.from_json(data.decode())
 
 
 @lru_cache(maxsize=4)

@@ -22,11 +22,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from batchscore.config import Config
-from batchscore.features import unseen_mask
+from batchscore.features import feature_columns, unseen_mask
 from batchscore.partitions import HELD, SUCCESS, Chunk, PartitionPlan, plan_to_json
 from batchscore.registry import LoadedModel, ModelRef, utc_now
 from batchscore.storage import Location
 from batchscore.validation import validate_chunk
+from drift import SCORE_FEATURE, counts_from_dict, evaluate, merge_all, results_to_table
 
 
 class AccountingError(RuntimeError):
@@ -43,6 +44,7 @@ class ChunkResult:
     failed: dict[str, int] = field(default_factory=dict)
     unseen: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    drift_counts: dict[str, dict] = field(default_factory=dict)  # feature -> partial counts
     reused: bool = False
 
 
@@ -111,7 +113,12 @@ def score_chunk(
         col: int(unseen_mask(good.column(col), vocab).sum())
         for col, vocab in loaded.schema.vocabularies.items()
     }
-    timings["write"] = time.perf_counter() - t3
+    t4 = time.perf_counter()
+    timings["write"] = t4 - t3
+    # Drift counts from the rows already in memory: the data is read once.
+    ds = config.dataset
+    counts = loaded.reference.count(feature_columns(good, ds.features, ds.categorical), scores)
+    timings["drift"] = time.perf_counter() - t4
     result = ChunkResult(
         chunk.partition,
         chunk.index,
@@ -121,6 +128,7 @@ def score_chunk(
         dict(verdict.failed),
         {k: v for k, v in unseen.items() if v},
         timings,
+        {k: v.to_dict() for k, v in counts.items()},
     )
     staging.write_json(asdict(result), "chunks", f"{name}.json")
     return result
@@ -160,6 +168,8 @@ class PartitionOutcome:
     seconds: float
     reasons: tuple[str, ...] = ()
     reused_chunks: int = 0
+    drifted: tuple[str, ...] = ()  # features with any drifted method
+    drift: tuple[dict, ...] = ()  # feature, method, statistic, threshold, drifted
 
     @property
     def rows_per_second(self) -> float:
@@ -243,18 +253,68 @@ def publish_partition(
         store.publish_dir(staging.child("quarantine"), "quarantine", f"dt={plan.partition}")
     else:
         store.delete_dir("quarantine", f"dt={plan.partition}")
+    drift = measure_drift(config, plan, model, results, run_id)
+    staging.write_parquet(drift, "drift", "part-00000.parquet")
+    store.publish_dir(staging.child("drift"), "drift", f"dt={plan.partition}")
+    drifted = sorted({r["feature"] for r in drift.to_pylist() if r["drifted"]})
     staging.makedirs("scores")
     staging.write_json(
-        {**base, "status": status, "rows_scored": scored, "rows_quarantined": quarantined},
+        {
+            **base,
+            "status": status,
+            "rows_scored": scored,
+            "rows_quarantined": quarantined,
+            "drifted_features": drifted,
+        },
         "scores",
         SUCCESS,
     )
     store.publish_dir(staging.child("scores"), "scores", f"dt={plan.partition}")
     staging.delete_dir()
     reused = sum(r.reused for r in results)
+    rows = drift.select(["feature", "method", "statistic", "threshold", "drifted"]).to_pylist()
     return PartitionOutcome(
-        plan.partition, status, plan.rows_in, scored, quarantined, seconds, reused_chunks=reused
+        plan.partition,
+        status,
+        plan.rows_in,
+        scored,
+        quarantined,
+        seconds,
+        reused_chunks=reused,
+        drifted=tuple(drifted),
+        drift=tuple(rows),
     )
+
+
+def measure_drift(
+    config: Config, plan: PartitionPlan, model: ModelRef, results: list[ChunkResult], run_id: str
+) -> pa.Table:
+    """Merge the chunks' partial counts and compute the partition's drift report rows."""
+    reference = model.load().reference
+    features = list(reference)
+    counts = {
+        f: merge_all(counts_from_dict(r.drift_counts[f]) for r in results if f in r.drift_counts)
+        for f in features
+        if any(f in r.drift_counts for r in results)
+    }
+    thresholds = {
+        (f, m): config.drift.threshold(f, m) for f in features for m in _methods(f, reference)
+    }
+    measured = evaluate(reference, counts, thresholds)
+    return results_to_table(
+        measured,
+        dt.date.fromisoformat(plan.partition),
+        f"training:{model.version}",
+        model.version,
+        run_id,
+        dt.datetime.now(dt.UTC),
+    )
+
+
+def _methods(feature: str, reference) -> tuple[str, ...]:
+    if feature == SCORE_FEATURE or reference[feature].kind == "numeric":
+        return ("ks", "psi")
+    return ("psi", "chi2")
 
 
 def hold_partition(

@@ -19,9 +19,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from batchscore.config import Config
-from batchscore.features import FeatureSchema, TrainingProfile
+from batchscore.features import FeatureSchema, TrainingProfile, feature_columns
 from batchscore.registry import Registry
 from batchscore.storage import Location, parse_partition_dir
+from drift import ReferenceProfile
 
 
 class TrainingError(RuntimeError):
@@ -165,7 +166,8 @@ def train(
         "run_id": run_id,
     }
     text = booster.model_to_string(num_iteration=booster.best_iteration or None)
-    version = registry.register(text, metadata)
+    reference = fit_reference(data, ds.features, ds.categorical, scores)
+    version = registry.register(text, metadata, {"reference.json": reference.to_json().encode()})
     promoted = parent is None or force
     if promoted:
         registry.promote(version, "first model" if parent is None else f"forced: {reason}", run_id)
@@ -176,6 +178,16 @@ def train(
         result_metrics,
         metadata["rows"],
         {"from": days[0], "to": days[-1]},
+    )
+
+
+def fit_reference(
+    table: pa.Table, features: list[str], categorical: list[str], scores: np.ndarray
+) -> ReferenceProfile:
+    """The drift reference: every feature over the training window, and the model's scores
+    on its held-out days (what scores look like when nothing has drifted)."""
+    return ReferenceProfile.fit(
+        feature_columns(table, features, categorical), categorical, scores=scores
     )
 
 

@@ -22,6 +22,7 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from batchscore.config import Config
 from batchscore.features import TrainingProfile
@@ -245,7 +246,13 @@ def validate_chunk(
     """Row-level validation of one chunk; `duplicate_ids` comes from the partition's plan."""
     rules = build_rules(config, profile)
     needed = list(dict.fromkeys(r.column for r in rules))
-    frame = table.select(needed).to_pandas()
+    # Categories are compared as strings, the form their training vocabulary is kept in
+    # (an integer-coded category 7 is the string "7" in the profile).
+    frame = table.select(needed)
+    for i, name in enumerate(frame.column_names):
+        if name in profile.categorical:
+            frame = frame.set_column(i, name, pc.cast(frame.column(name), pa.string()))
+    frame = frame.to_pandas()
     verdict = RowVerdict()
     _run(frame, rules, verdict)
     if duplicate_ids:
@@ -293,9 +300,9 @@ def find_duplicate_ids(ids: pa.Table, id_columns: list[str]) -> tuple[frozenset,
         return frozenset(), 0
     keys = id_keys(ids.take(pa.array(rows, pa.int64())), id_columns)
     # Null ids are rejected by their own rule; they are not "duplicates" of each other.
-    dupes = frozenset(
+    keys = [
         k
         for k in keys
         if k is not None and not (isinstance(k, tuple) and any(v is None for v in k))
-    )
-    return dupes, len(rows)
+    ]
+    return frozenset(keys), len(keys)

@@ -10,6 +10,8 @@ from batchscore.registry import ModelRef
 from batchscore.scoring import PartitionOutcome
 from tasks.common import TASK_DEFAULTS
 
+DRIFT_COLUMNS = ("feature", "method", "statistic", "threshold", "drifted")
+
 
 @task(name="report-run", **TASK_DEFAULTS)
 def report_run(
@@ -26,13 +28,14 @@ def report_run(
         f"{len(outcomes)} partition(s), {rows:,} rows in {seconds:.1f} s "
         f"({rows / seconds if seconds else 0:,.0f} rows/s wall).",
         "",
-        "| partition | status | rows | scored | quarantined | worker s | rows/s |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| partition | status | rows | scored | quarantined | worker s | rows/s | drifted |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
     ]
     for o in outcomes:
         lines.append(
             f"| {o.partition} | {o.status} | {o.rows_in:,} | {o.rows_scored:,} | "
-            f"{o.rows_quarantined:,} | {o.seconds:.2f} | {o.rows_per_second:,.0f} |"
+            f"{o.rows_quarantined:,} | {o.seconds:.2f} | {o.rows_per_second:,.0f} | "
+            f"{', '.join(o.drifted) or '-'} |"
         )
     if not outcomes:
         lines.append("| - | nothing to do | | | | | |")
@@ -47,6 +50,7 @@ def report_run(
         "",
         f"- scores: `{config.store}/scores/dt=*/` (complete where `_SUCCESS` exists)",
         f"- quarantine: `{config.store}/quarantine/dt=*/` (rows with a `reason` column)",
+        f"- drift reports: `{config.store}/drift/dt=*/` (one row per feature x method)",
     ]
     markdown = "\n".join(lines)
     create_markdown_artifact(
@@ -69,4 +73,17 @@ def report_run(
             ],
             description="rows in / scored / quarantined per partition",
         )
+        drift = [
+            {"partition": o.partition, **{k: row[k] for k in DRIFT_COLUMNS}}
+            for o in outcomes
+            for row in o.drift
+        ]
+        if drift:
+            # Drifted rows first, then by partition, feature and method.
+            drift.sort(key=lambda r: (not r["drifted"], r["partition"], r["feature"], r["method"]))
+            create_table_artifact(
+                key="drift",
+                table=drift,
+                description="drift per partition x feature x method (drifted first)",
+            )
     return markdown

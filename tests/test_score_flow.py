@@ -15,6 +15,7 @@ from helpers import write_config
 
 from batchscore.config import load_config
 from batchscore.training import train
+from drift import DRIFT_REPORT_SCHEMA
 from flows.score import score
 
 SAMPLE_DAYS = [f"2026-10-{d:02d}" for d in range(1, 15)]
@@ -80,6 +81,21 @@ def test_sample_scores_every_partition_once_and_quarantines_the_invalid_rows(sam
     scores = table.column("score").to_numpy()
     assert np.all((scores > 0) & (scores < 1))
 
+    # Drift: exactly the injected features on exactly the drifted days, nothing elsewhere.
+    report = pads.dataset(store / "drift", format="parquet", partitioning="hive").to_table()
+    assert report.schema.names[: len(DRIFT_REPORT_SCHEMA)] == DRIFT_REPORT_SCHEMA.names
+    assert report.schema.field("partition").type == pa.date32()
+    assert set(report.column("status").to_pylist()) == {"ok"}
+    drifted: dict[str, set[str]] = {}
+    for row in report.to_pylist():
+        if row["drifted"]:
+            drifted.setdefault(str(row["partition"]), set()).add(row["feature"])
+    injected = {"monthly_charges", "days_since_last_login", "plan"}
+    assert drifted == {day: injected for day in ("2026-10-12", "2026-10-13", "2026-10-14")}
+    per_day = len(config.dataset.features) * 2 + 2  # two methods per feature, and __score__
+    assert report.num_rows == per_day * len(SAMPLE_DAYS)
+    assert _manifest(store, "2026-10-13")["drifted_features"] == sorted(injected)
+
     # Scoring again scores nothing and rewrites nothing.
     before = {p: p.stat().st_mtime_ns for p in (store / "scores").rglob("*")}
     again = score(config=str(sample), return_state=True)
@@ -130,6 +146,15 @@ def test_scores_do_not_depend_on_workers_or_chunk_size(sample, prefect_api, tmp_
         results[workers] = _scores(tmp_path / f"store-{workers}")
         chunks = _manifest(tmp_path / f"store-{workers}", "2026-10-05")["chunks"]
         assert chunks == (6 if chunk_rows == 3_000 else 2)  # 2 files x 3 row groups, or 1 per file
+    # Drift from 8 chunks merged equals drift from 2: the counts add up exactly.
+    reports = [
+        pads.dataset(tmp_path / f"store-{w}" / "drift", partitioning="hive")
+        .to_table()
+        .sort_by([("partition", "ascending"), ("feature", "ascending"), ("method", "ascending")])
+        for w in (1, 2)
+    ]
+    for column in ("statistic", "p_value", "n_current", "drifted"):
+        assert reports[0].column(column).equals(reports[1].column(column))
     one, two = results[1], results[2]
     assert one.num_rows == two.num_rows == 20_987 + 20_771
     assert one.column("customer_id").equals(two.column("customer_id"))

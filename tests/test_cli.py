@@ -1,0 +1,261 @@
+"""Ring 2: the `batchscore` command through `batchscore.cli.main`, without a Prefect server.
+
+Training on the real sample runs once per module (twice, for two versions), with few boosting
+rounds to stay fast; each test gets its own copy of the resulting model store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from helpers import write_config
+
+# LightGBM's OpenMP threads spin while they wait; on a small shared machine (2 cores, other
+# test runs beside this one) spinning made the module's two trainings take ~40 s instead of ~3.
+# Read when OpenMP starts, so it must be set before lightgbm is first imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from batchscore.cli import main  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "data" / "sample"
+SAMPLE_TEXT = (ROOT / "batchscore.toml").read_text()
+# Fewer rounds than the default 500: the same code path, a few seconds instead of ~20.
+FAST = {"lightgbm": {"max_rounds": 20}}
+
+METRICS = r"auc=\d\.\d{4} brier=\d\.\d{4} log_loss=\d\.\d{4}"
+TIME = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00"
+
+
+def _version_line(version: str, champion: bool, parent: str) -> re.Pattern:
+    mark = "champion" if champion else " " * 8
+    return re.compile(
+        rf"{version}  {mark}  {TIME}  window 2026-10-01\.\.2026-10-10  {METRICS}"
+        rf"  parent={parent}  reason='manual'"
+    )
+
+
+def _run(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(argv))
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Train on the sample twice; keep a snapshot of the store after each training."""
+    base = tmp_path_factory.mktemp("cli")
+    shutil.copytree(SAMPLE / "incoming", base / "source" / "incoming")
+    shutil.copytree(SAMPLE / "labels", base / "source" / "labels")
+    config = write_config(
+        base / "batchscore.toml",
+        SAMPLE_TEXT,
+        storage={"source": "source", "store": "store"},
+        retrain=FAST,
+    )
+    first = _run("train", "--config", str(config))
+    shutil.copytree(base / "store", base / "after-one")
+    second = _run("train", "--config", str(config))
+    shutil.copytree(base / "store", base / "after-two")
+    return {"source": base / "source", "base": base, "first": first, "second": second}
+
+
+def _config_for(trained: dict, snapshot: str, tmp_path: Path) -> tuple[Path, Path]:
+    """A private copy of a store snapshot and a config pointing at it."""
+    store = tmp_path / "store"
+    shutil.copytree(trained["base"] / snapshot, store)
+    config = write_config(
+        tmp_path / "batchscore.toml",
+        SAMPLE_TEXT,
+        storage={"source": str(trained["source"]), "store": str(store)},
+        retrain=FAST,
+    )
+    return config, store
+
+
+def _version_lines(stdout: str) -> list[str]:
+    return [line for line in stdout.splitlines() if re.match(r"v\d{4}\b", line)]
+
+
+def _audit_lines(stdout: str) -> list[str]:
+    return [re.sub(TIME, "T", line) for line in stdout.splitlines() if line.startswith("  ")]
+
+
+def test_train_reports_the_version_and_whether_it_became_champion(trained: dict):
+    code, out, err = trained["first"]
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    assert re.fullmatch(
+        r"trained churn v0001 on 2026-10-01\.\.2026-10-10 \(160,367 rows, 39,974 held out\) "
+        rf"in \d+\.\d s: {METRICS.replace(' ', ', ')}",
+        lines[0],
+    ), lines[0]
+    assert lines[1:] == ["v0001 is the champion"]
+
+    code, out, err = trained["second"]
+    assert (code, err) == (0, "")
+    assert out.splitlines()[1:] == [
+        "v0002 registered; the champion stays v0001 "
+        "(promote with `batchscore models promote v0002` or train --force)"
+    ]
+
+
+def test_models_list_after_one_training(trained: dict, tmp_path: Path):
+    config, _ = _config_for(trained, "after-one", tmp_path)
+
+    code, out, err = _run("models", "list", "--config", str(config))
+
+    assert (code, err) == (0, "")
+    versions = _version_lines(out)
+    assert len(versions) == 1
+    assert _version_line("v0001", champion=True, parent="-").fullmatch(versions[0]), versions[0]
+    assert _audit_lines(out) == ["  T  promote: - -> v0001  (first model)"]
+    assert len(out.splitlines()) == 2
+
+
+def test_models_list_marks_exactly_one_champion(trained: dict, tmp_path: Path):
+    config, _ = _config_for(trained, "after-two", tmp_path)
+
+    code, out, err = _run("models", "list", "--config", str(config))
+
+    assert (code, err) == (0, "")
+    versions = _version_lines(out)
+    assert [line[:5] for line in versions] == ["v0001", "v0002"]
+    assert [line for line in versions if "champion" in line.split()] == [versions[0]]
+    assert _version_line("v0001", champion=True, parent="-").fullmatch(versions[0]), versions[0]
+    assert _version_line("v0002", champion=False, parent="v0001").fullmatch(versions[1]), versions[
+        1
+    ]
+    assert _audit_lines(out) == ["  T  promote: - -> v0001  (first model)"]
+
+
+def test_promoting_an_unknown_version_exits_2_naming_it_and_the_known_ones(
+    trained: dict, tmp_path: Path
+):
+    config, store = _config_for(trained, "after-two", tmp_path)
+
+    code, out, err = _run("models", "promote", "v9999", "--config", str(config))
+
+    assert (code, out) == (2, "")
+    assert err == (
+        f"batchscore: model 'churn' has no version 'v9999' under {store}/models/churn; "
+        "known: v0001, v0002\n"
+    )
+    _, listing, _ = _run("models", "list", "--config", str(config))
+    assert "champion" in _version_lines(listing)[0].split()
+
+
+def test_promote_then_rollback_restores_the_previous_champion(trained: dict, tmp_path: Path):
+    config, _ = _config_for(trained, "after-two", tmp_path)
+
+    promoted = _run("models", "promote", "v0002", "--config", str(config), "--reason", "try v2")
+    rolled = _run("models", "rollback", "--config", str(config))
+    code, out, _ = _run("models", "list", "--config", str(config))
+
+    assert promoted == (0, "champion of churn: v0001 -> v0002\n", "")
+    assert rolled == (0, "champion of churn: v0002 -> v0001 (rolled back)\n", "")
+    assert code == 0
+    versions = _version_lines(out)
+    assert [line for line in versions if "champion" in line.split()] == [versions[0]]
+    assert versions[0].startswith("v0001  champion  ")
+    assert _audit_lines(out) == [
+        "  T  promote: - -> v0001  (first model)",
+        "  T  promote: v0001 -> v0002  (try v2)",
+        "  T  rollback: v0002 -> v0001  (manual rollback)",
+    ]
+
+
+def test_rollback_of_the_first_champion_exits_2(trained: dict, tmp_path: Path):
+    config, _ = _config_for(trained, "after-one", tmp_path)
+
+    code, out, err = _run("models", "rollback", "--config", str(config))
+
+    assert (code, out) == (2, "")
+    assert err == "batchscore: champion v0001 of 'churn' has no previous champion\n"
+
+
+# --- without a trained model ---------------------------------------------------------------
+
+
+@pytest.fixture
+def empty(tmp_path: Path) -> Path:
+    """The sample's config with an empty source and store of its own."""
+    return write_config(
+        tmp_path / "batchscore.toml",
+        SAMPLE_TEXT,
+        storage={"source": "source", "store": "store"},
+    )
+
+
+def test_models_list_on_an_empty_store_says_there_are_no_versions(empty: Path):
+    code, out, err = _run("models", "list", "--config", str(empty))
+
+    assert (code, err) == (0, "")
+    assert out == f"no versions of churn under {empty.parent / 'store'}/models/churn\n"
+
+
+def test_rollback_on_an_empty_store_exits_2(empty: Path):
+    code, out, err = _run("models", "rollback", "--config", str(empty))
+
+    assert (code, out) == (2, "")
+    assert err == "batchscore: model 'churn' has no champion to roll back from\n"
+
+
+def test_train_without_labels_exits_2_saying_what_is_missing(empty: Path):
+    code, out, err = _run("train", "--config", str(empty))
+
+    assert (code, out) == (2, "")
+    assert err == (
+        f"batchscore: 0 labelled partition(s) under {empty.parent / 'source' / 'labels'}; "
+        "training needs more than [retrain] validation_days = 2\n"
+    )
+
+
+def test_a_config_with_an_unknown_key_exits_2_naming_the_key(tmp_path: Path, capsys):
+    config = write_config(tmp_path / "c.toml", SAMPLE_TEXT, scoring={"chunk_row": 5})
+
+    code = main(["models", "list", "--config", str(config)])
+
+    captured = capsys.readouterr()
+    assert (code, captured.out) == (2, "")
+    assert captured.err == (
+        f"batchscore: {config}: invalid configuration:\n  [scoring] unknown key 'chunk_row'\n"
+    )
+    assert not (tmp_path / ".batchscore").exists()
+
+
+def test_a_config_with_a_bad_value_exits_2_naming_the_key_and_value(tmp_path: Path, capsys):
+    config = write_config(tmp_path / "c.toml", SAMPLE_TEXT, scoring={"chunk_rows": -5})
+
+    code = main(["train", "--config", str(config)])
+
+    captured = capsys.readouterr()
+    assert (code, captured.out) == (2, "")
+    assert captured.err == (
+        f"batchscore: {config}: invalid configuration:\n"
+        "  [scoring] chunk_rows: Input should be greater than 0 (got -5)\n"
+    )
+
+
+def test_a_missing_config_exits_2_naming_the_file(tmp_path: Path, capsys):
+    missing = tmp_path / "nope.toml"
+
+    code = main(["models", "list", "--config", str(missing)])
+
+    assert code == 2
+    assert capsys.readouterr().err == f"batchscore: {missing}: config file not found\n"
+
+
+def test_models_without_an_action_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["models"])
+
+    assert info.value.code == 2
+    assert "the following arguments are required: action" in capsys.readouterr().err

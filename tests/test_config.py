@@ -1,0 +1,291 @@
+"""Ring 1: the TOML config is validated once, and every error names the file, table and key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from helpers import write_config
+
+from batchscore.config import ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE_CONFIG = ROOT / "batchscore.toml"
+SAMPLE_TEXT = SAMPLE_CONFIG.read_text()
+
+SAMPLE_FEATURES = [
+    "tenure_months",
+    "monthly_charges",
+    "total_charges",
+    "num_support_calls",
+    "avg_session_minutes",
+    "days_since_last_login",
+    "num_devices",
+    "age",
+    "payment_delay_days",
+    "discount_pct",
+    "data_usage_gb",
+    "satisfaction_score",
+    "plan",
+    "contract",
+    "payment_method",
+    "region",
+]
+SAMPLE_CATEGORICAL = ["plan", "contract", "payment_method", "region"]
+
+MINIMAL = """\
+[dataset]
+name = "m"
+id_columns = ["id"]
+features = ["a", "b"]
+label = "y"
+task = "regression"
+
+[storage]
+source = "src"
+store = "out"
+"""
+
+
+def _error(path: Path) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    return str(info.value)
+
+
+def _invalid(path: Path, *lines: str) -> str:
+    """The message load_config gives for a file that parses but does not validate."""
+    return f"{path.resolve()}: invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def test_the_sample_config_loads_with_its_values_and_the_defaults():
+    config = load_config(SAMPLE_CONFIG)
+
+    assert config.path == str(SAMPLE_CONFIG.resolve())
+    ds = config.dataset
+    assert (ds.name, ds.id_columns, ds.label, ds.task) == (
+        "churn",
+        ["customer_id"],
+        "churned",
+        "binary",
+    )
+    assert ds.features == SAMPLE_FEATURES
+    assert ds.categorical == SAMPLE_CATEGORICAL
+    assert ds.numeric == SAMPLE_FEATURES[:12]
+    assert (config.scoring.chunk_rows, config.scoring.workers) == (10_000, 2)
+    assert config.scoring.worker_count == 2
+    assert config.validation.max_bad_row_fraction == 0.05
+    assert config.validation.quarantine_unseen_categories is False
+    assert (config.retrain.window_days, config.retrain.validation_days) == (30, 2)
+    # Not written in the sample file: the documented defaults.
+    assert config.retrain.lightgbm.num_leaves == 31
+    assert config.retrain.lightgbm.max_rounds == 500
+    assert config.source == str(ROOT / "data" / "sample")
+    assert config.store == str(ROOT / ".batchscore")
+
+
+def test_defaults_fill_every_optional_table(tmp_path: Path):
+    path = tmp_path / "c.toml"
+    path.write_text(MINIMAL)
+    config = load_config(path)
+
+    assert config.dataset.categorical == []
+    assert config.dataset.numeric == ["a", "b"]
+    assert config.scoring.chunk_rows == 250_000
+    assert config.scoring.workers == 0
+    assert config.validation.max_bad_row_fraction == 0.05
+    assert config.validation.band_width_factor == 1.0
+    assert (config.retrain.window_days, config.retrain.validation_days) == (30, 1)
+
+
+def test_relative_storage_paths_resolve_against_the_config_folder_not_the_cwd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    folder = tmp_path / "project" / "conf"
+    folder.mkdir(parents=True)
+    path = write_config(
+        folder / "c.toml", MINIMAL, storage={"source": "data/in", "store": "../store"}
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+
+    config = load_config(path)
+
+    assert config.source == str(folder / "data" / "in")
+    assert config.store == str(tmp_path / "project" / "store")
+
+
+def test_absolute_paths_and_uris_are_kept_as_written(tmp_path: Path):
+    path = write_config(
+        tmp_path / "c.toml",
+        MINIMAL,
+        storage={"source": "s3://bucket/prefix/src", "store": "/srv/batchscore"},
+    )
+    config = load_config(path)
+
+    assert config.source == "s3://bucket/prefix/src"
+    assert config.store == "/srv/batchscore"
+
+
+def test_an_unknown_key_in_a_table_is_named_with_its_table(tmp_path: Path):
+    path = write_config(tmp_path / "c.toml", SAMPLE_TEXT, scoring={"chunk_row": 5})
+
+    assert _error(path) == _invalid(path, "[scoring] unknown key 'chunk_row'")
+
+
+def test_an_unknown_key_in_a_nested_table_is_named_with_its_dotted_table(tmp_path: Path):
+    path = write_config(tmp_path / "c.toml", SAMPLE_TEXT, retrain={"lightgbm": {"num_leavs": 7}})
+
+    assert _error(path) == _invalid(path, "[retrain.lightgbm] unknown key 'num_leavs'")
+
+
+def test_an_unknown_table_is_named(tmp_path: Path):
+    path = write_config(tmp_path / "c.toml", SAMPLE_TEXT, scorin={"chunk_rows": 5})
+
+    assert _error(path) == _invalid(path, "unknown key 'scorin'")
+
+
+@pytest.mark.parametrize(
+    ("tables", "line"),
+    [
+        (
+            {"scoring": {"chunk_rows": -5}},
+            "[scoring] chunk_rows: Input should be greater than 0 (got -5)",
+        ),
+        (
+            {"dataset": {"task": "multiclass"}},
+            "[dataset] task: Input should be 'binary' or 'regression' (got 'multiclass')",
+        ),
+        (
+            {"validation": {"max_bad_row_fraction": 2}},
+            "[validation] max_bad_row_fraction: Input should be less than or equal to 1 (got 2)",
+        ),
+        (
+            {"scoring": {"workers": -1}},
+            "[scoring] workers: Input should be greater than or equal to 0 (got -1)",
+        ),
+        (
+            {"storage": {"store": "  "}},
+            "[storage] store: must not be empty (got '  ')",
+        ),
+    ],
+)
+def test_a_bad_value_is_named_with_its_key_and_value(tmp_path: Path, tables: dict, line: str):
+    path = write_config(tmp_path / "c.toml", SAMPLE_TEXT, **tables)
+
+    assert _error(path) == _invalid(path, line)
+
+
+def test_every_bad_value_is_reported_not_only_the_first(tmp_path: Path):
+    path = write_config(
+        tmp_path / "c.toml",
+        SAMPLE_TEXT,
+        scoring={"chunk_rows": -5},
+        validation={"max_bad_row_fraction": 2},
+    )
+
+    assert _error(path) == _invalid(
+        path,
+        "[scoring] chunk_rows: Input should be greater than 0 (got -5)",
+        "[validation] max_bad_row_fraction: Input should be less than or equal to 1 (got 2)",
+    )
+
+
+@pytest.mark.parametrize(
+    ("dataset", "line"),
+    [
+        (
+            {"categorical": ["plan", "nope"]},
+            "[dataset]: categorical ['nope'] are not in features",
+        ),
+        (
+            {"id_columns": ["customer_id", "age"]},
+            "[dataset]: id_columns ['age'] are also features",
+        ),
+        (
+            {"label": "age"},
+            "[dataset]: label 'age' is also a feature or an id column",
+        ),
+        (
+            {"label": "customer_id"},
+            "[dataset]: label 'customer_id' is also a feature or an id column",
+        ),
+        (
+            {"features": [*SAMPLE_FEATURES, "age", "plan"]},
+            "[dataset]: features lists ['age', 'plan'] more than once",
+        ),
+        (
+            {"id_columns": ["customer_id", "customer_id"]},
+            "[dataset]: id_columns lists ['customer_id'] more than once",
+        ),
+    ],
+)
+def test_inconsistent_dataset_columns_are_rejected_naming_the_columns(
+    tmp_path: Path, dataset: dict, line: str
+):
+    path = write_config(tmp_path / "c.toml", SAMPLE_TEXT, dataset=dataset)
+
+    assert _error(path) == _invalid(path, line)
+
+
+def test_a_missing_dataset_table_is_named(tmp_path: Path):
+    path = tmp_path / "c.toml"
+    path.write_text('[storage]\nsource = "src"\nstore = "out"\n')
+
+    assert _error(path) == _invalid(path, "[dataset] table: Field required")
+
+
+def test_a_missing_key_is_named_with_its_table(tmp_path: Path):
+    path = tmp_path / "c.toml"
+    path.write_text(MINIMAL.replace('label = "y"\n', ""))
+
+    assert _error(path) == _invalid(path, "[dataset] label: Field required")
+
+
+@pytest.mark.parametrize("validation_days", [30, 31])
+def test_validation_days_must_be_smaller_than_window_days(tmp_path: Path, validation_days: int):
+    path = write_config(
+        tmp_path / "c.toml",
+        SAMPLE_TEXT,
+        retrain={"window_days": 30, "validation_days": validation_days},
+    )
+
+    assert _error(path) == _invalid(
+        path,
+        f"[retrain]: validation_days ({validation_days}) must be smaller than window_days (30)",
+    )
+
+
+def test_a_missing_file_is_named(tmp_path: Path):
+    path = tmp_path / "nowhere.toml"
+
+    assert _error(path) == f"{path}: config file not found"
+
+
+def test_a_text_file_that_is_not_toml_is_named(tmp_path: Path):
+    path = tmp_path / "notes.toml"
+    path.write_text("# notes\nthis is not toml\n")
+
+    assert _error(path) == (
+        f"{path}: not valid TOML: Expected '=' after a key in a key/value pair "
+        "(at line 2, column 6)"
+    )
+
+
+def test_a_binary_file_is_a_config_error_naming_the_path(tmp_path: Path):
+    path = tmp_path / "part-0.parquet"
+    path.write_bytes(b"PAR1\x15\xe6\x00\xff\xfe binary")
+
+    assert _error(path).startswith(f"{path}: not valid TOML")
+
+
+def test_a_folder_is_a_config_error_naming_the_path(tmp_path: Path):
+    assert _error(tmp_path).startswith(f"{tmp_path}: ")
+
+
+def test_a_top_level_path_key_is_refused(tmp_path: Path):
+    path = tmp_path / "c.toml"
+    path.write_text('path = "/elsewhere"\n' + MINIMAL)
+
+    assert _error(path) == f"{path}: unknown top-level key 'path'"

@@ -1,0 +1,301 @@
+"""Ring 2: the model registry on a local folder, with a tiny real LightGBM model.
+
+ModelRef.load is cached per ref (store, name, version, sha256); every test uses its own
+tmp_path store, so no test sees another's cached model.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import threading
+from pathlib import Path
+
+import lightgbm as lgb
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from batchscore.features import TrainingProfile
+from batchscore.registry import ModelIntegrityError, ModelRef, Registry, RegistryError
+
+FEATURES = ["x", "z", "kind"]
+
+
+@pytest.fixture(scope="module")
+def trained() -> dict:
+    """A small binary LightGBM model with the metadata `batchscore models list` prints."""
+    rng = np.random.default_rng(7)
+    n = 200
+    table = pa.table(
+        {
+            "x": rng.normal(size=n),
+            "z": rng.uniform(0, 10, size=n),
+            "kind": rng.choice(["a", "b", "c"], size=n),
+        }
+    )
+    profile = TrainingProfile.fit(table, FEATURES, ["kind"])
+    schema = profile.schema(FEATURES)
+    X = schema.to_matrix(table)
+    y = (X[:, 0] + 0.2 * X[:, 1] + (X[:, 2] == 1) + rng.normal(0, 0.5, n) > 1.0).astype(float)
+    params = {
+        "objective": "binary",
+        "num_leaves": 4,
+        "min_data_in_leaf": 5,
+        "num_threads": 1,
+        "deterministic": True,
+        "verbose": -1,
+    }
+    data = lgb.Dataset(X, y, feature_name=FEATURES, categorical_feature=schema.categorical_indices)
+    booster = lgb.train(params, data, num_boost_round=10)
+    metadata = {
+        "task": "binary",
+        "schema": schema.to_json(),
+        "profile": profile.to_json(),
+        "metrics": {"auc": 0.9, "log_loss": 0.3},
+        "training_window": {"from": "2026-10-01", "to": "2026-10-10"},
+        "reason": "test",
+    }
+    return {
+        "text": booster.model_to_string(),
+        "metadata": metadata,
+        "X": X,
+        "predictions": booster.predict(X),
+        "schema": schema,
+        "profile": profile,
+    }
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Registry:
+    return Registry(str(tmp_path / "store"), "churn")
+
+
+def _model_dir(registry: Registry, version: str) -> Path:
+    return Path(registry.root.path(version))
+
+
+def test_registering_twice_gives_v0001_then_v0002(registry: Registry, trained: dict):
+    assert registry.versions() == []
+
+    first = registry.register(trained["text"], trained["metadata"])
+    second = registry.register(trained["text"], {**trained["metadata"], "reason": "again"})
+
+    assert (first, second) == ("v0001", "v0002")
+    assert registry.versions() == ["v0001", "v0002"]
+    meta = registry.metadata("v0002")
+    assert meta["version"] == "v0002"
+    assert meta["name"] == "churn"
+    assert meta["reason"] == "again"
+    assert meta["sha256"] == hashlib.sha256(trained["text"].encode()).hexdigest()
+    assert dt.datetime.fromisoformat(meta["created_at"]).tzinfo is not None
+    assert (_model_dir(registry, "v0001") / "model.txt").read_text() == trained["text"]
+
+
+def test_there_is_no_champion_until_one_is_promoted(registry: Registry, trained: dict):
+    registry.register(trained["text"], trained["metadata"])
+
+    assert registry.champion() is None
+    with pytest.raises(RegistryError) as info:
+        registry.champion_ref()
+    assert str(info.value) == (
+        f"model 'churn' has no champion under {registry.root.uri}: train one with "
+        "`batchscore train --config F` or promote a version with "
+        "`batchscore models promote VERSION --config F`"
+    )
+
+
+def test_promote_and_rollback_move_the_alias_and_leave_an_audit_trail(
+    registry: Registry, trained: dict
+):
+    for _ in range(2):
+        registry.register(trained["text"], trained["metadata"])
+
+    registry.promote("v0001", "first model", run_id="run-1")
+    assert registry.champion() == "v0001"
+    registry.promote("v0002", "better auc")
+    assert registry.champion() == "v0002"
+    assert registry.champion_ref() == ModelRef(
+        registry.store, "churn", "v0002", registry.metadata("v0002")["sha256"]
+    )
+
+    assert registry.rollback("v0002 misbehaves") == "v0001"
+    assert registry.champion() == "v0001"
+
+    events = registry.audit()
+    keys = ("action", "from", "to", "reason", "run_id")
+    assert [tuple(e[k] for k in keys) for e in events] == [
+        ("promote", None, "v0001", "first model", "run-1"),
+        ("promote", "v0001", "v0002", "better auc", None),
+        ("rollback", "v0002", "v0001", "v0002 misbehaves", None),
+    ]
+    for event in events:
+        assert dt.datetime.fromisoformat(event["at"]).tzinfo is not None
+    alias = json.loads((Path(registry.root.path()) / "champion.json").read_text())
+    assert alias == {"version": "v0001", "since": events[-1]["at"], "reason": "v0002 misbehaves"}
+
+
+def test_rollback_without_a_champion_fails(registry: Registry, trained: dict):
+    registry.register(trained["text"], trained["metadata"])
+
+    with pytest.raises(RegistryError) as info:
+        registry.rollback()
+    assert str(info.value) == "model 'churn' has no champion to roll back from"
+    assert registry.audit() == []
+
+
+def test_rollback_of_the_first_champion_fails(registry: Registry, trained: dict):
+    registry.register(trained["text"], trained["metadata"])
+    registry.promote("v0001", "first model")
+
+    with pytest.raises(RegistryError) as info:
+        registry.rollback()
+    assert str(info.value) == "champion v0001 of 'churn' has no previous champion"
+    assert registry.champion() == "v0001"
+    assert len(registry.audit()) == 1
+
+
+def test_rollback_after_promoting_the_champion_again_still_restores_the_previous_one(
+    registry: Registry, trained: dict
+):
+    for _ in range(2):
+        registry.register(trained["text"], trained["metadata"])
+    registry.promote("v0001", "first model")
+    registry.promote("v0002", "better")
+    registry.promote("v0002", "retried the same command")
+
+    assert registry.rollback() == "v0001"
+    assert registry.champion() == "v0001"
+
+
+def test_repeated_rollbacks_keep_going_back_through_the_champions(
+    registry: Registry, trained: dict
+):
+    for _ in range(3):
+        registry.register(trained["text"], trained["metadata"])
+    for version in ("v0001", "v0002", "v0003"):
+        registry.promote(version, "next")
+
+    assert registry.rollback() == "v0002"
+    assert registry.rollback() == "v0001"
+    assert registry.champion_history() == ["v0001"]
+    with pytest.raises(RegistryError, match="has no previous champion"):
+        registry.rollback()
+    registry.promote("v0003", "forward again")
+    assert registry.rollback() == "v0001"
+
+
+def test_promoting_an_unknown_version_names_the_known_ones(registry: Registry, trained: dict):
+    for _ in range(2):
+        registry.register(trained["text"], trained["metadata"])
+    registry.promote("v0001", "first model")
+
+    with pytest.raises(RegistryError) as info:
+        registry.promote("v0009", "typo")
+    assert str(info.value) == (
+        f"model 'churn' has no version 'v0009' under {registry.root.uri}; known: v0001, v0002"
+    )
+    assert registry.champion() == "v0001"
+    assert len(registry.audit()) == 1
+
+
+def test_a_registered_model_loads_with_its_schema_and_profile(registry: Registry, trained: dict):
+    version = registry.register(trained["text"], trained["metadata"])
+
+    loaded = registry.ref(version).load()
+
+    assert loaded.ref == registry.ref(version)
+    assert loaded.task == "binary"
+    assert loaded.schema == trained["schema"]
+    assert loaded.profile == trained["profile"]
+    assert loaded.booster.feature_name() == FEATURES
+    np.testing.assert_allclose(loaded.booster.predict(trained["X"]), trained["predictions"])
+
+
+def test_a_model_file_changed_after_registration_refuses_to_load(registry: Registry, trained: dict):
+    version = registry.register(trained["text"], trained["metadata"])
+    ref = registry.ref(version)
+    model_file = _model_dir(registry, version) / "model.txt"
+    tampered = trained["text"].replace("learning_rate", "learning_rate ", 1)
+    assert tampered != trained["text"]
+    model_file.write_text(tampered)
+
+    with pytest.raises(ModelIntegrityError) as info:
+        ref.load()
+    actual = hashlib.sha256(tampered.encode()).hexdigest()
+    assert str(info.value) == (
+        f"model churn v0001: {model_file} has sha256 {actual}, but the registry recorded "
+        f"{ref.sha256}; the file was changed after registration. Refusing to load it."
+    )
+
+
+def test_a_ref_with_a_stale_sha256_refuses_to_load(registry: Registry, trained: dict):
+    registry.register(trained["text"], trained["metadata"])
+    stale = ModelRef(registry.store, "churn", "v0001", "0" * 64)
+
+    with pytest.raises(ModelIntegrityError, match="has sha256 [0-9a-f]{64}, but the registry"):
+        stale.load()
+
+
+def test_a_model_whose_trees_disagree_with_its_schema_refuses_to_load(
+    registry: Registry, trained: dict
+):
+    metadata = {
+        **trained["metadata"],
+        "schema": {"features": ["x", "y", "kind"], "vocabularies": {}},
+    }
+    version = registry.register(trained["text"], metadata)
+
+    with pytest.raises(ModelIntegrityError) as info:
+        registry.ref(version).load()
+    assert str(info.value) == (
+        "model churn v0001: its trees use features ['x', 'z', 'kind'], "
+        "its metadata lists ['x', 'y', 'kind']"
+    )
+
+
+def test_a_version_folder_is_complete_and_no_staging_is_left(registry: Registry, trained: dict):
+    for _ in range(2):
+        registry.register(trained["text"], trained["metadata"])
+    registry.promote("v0002", "first model")
+
+    root = Path(registry.root.path())
+    assert sorted(p.name for p in root.iterdir()) == ["audit", "champion.json", "v0001", "v0002"]
+    for version in ("v0001", "v0002"):
+        assert sorted(p.name for p in (root / version).iterdir()) == ["metadata.json", "model.txt"]
+    # No hidden staging folder or temporary file anywhere under the model's root.
+    assert [p for p in root.rglob(".*")] == []
+
+
+def test_registrations_from_several_threads_at_once_get_distinct_versions(
+    registry: Registry, trained: dict
+):
+    threads = 6
+    start = threading.Barrier(threads)
+    results: dict[int, str] = {}
+    errors: list[BaseException] = []
+
+    def register(i: int) -> None:
+        try:
+            start.wait()
+            results[i] = registry.register(
+                trained["text"], {**trained["metadata"], "reason": str(i)}
+            )
+        except BaseException as exc:  # reported below, with the thread's index
+            errors.append(exc)
+
+    workers = [threading.Thread(target=register, args=(i,)) for i in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=60)
+
+    assert errors == []
+    expected = [f"v{i:04d}" for i in range(1, threads + 1)]
+    assert sorted(results.values()) == expected
+    assert registry.versions() == expected
+    for i, version in results.items():
+        meta = registry.metadata(version)
+        assert (meta["version"], meta["reason"]) == (version, str(i))
+    assert [p for p in Path(registry.root.path()).rglob(".*")] == []

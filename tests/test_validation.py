@@ -1,0 +1,280 @@
+"""Ring 2: file-level and row-level validation, the row level through real Great Expectations."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from batchscore.config import Config, parse_config
+from batchscore.features import TrainingProfile
+from batchscore.validation import FileProblem, check_schema, find_duplicate_ids, validate_chunk
+
+DATASET = {
+    "name": "t",
+    "id_columns": ["id"],
+    "features": ["a", "b", "c"],
+    "categorical": ["c"],
+    "label": "y",
+    "task": "binary",
+}
+STORAGE = {"source": "src", "store": "out"}
+
+
+def _config(dataset: dict | None = None, **validation) -> Config:
+    return parse_config(
+        {"dataset": {**DATASET, **(dataset or {})}, "storage": STORAGE, "validation": validation}
+    )
+
+
+@pytest.fixture(scope="module")
+def profile() -> TrainingProfile:
+    # a: range [0, 10], never missing -> band [-10, 20] and NaN rejected
+    # b: range [1, 3], missing once -> band [-1, 5] and NaN accepted
+    # c: categories {x, y}, never missing
+    training = pa.table(
+        {
+            "a": pa.array([0.0, 10.0, 5.0, 5.0]),
+            "b": pa.array([1.0, None, 2.0, 3.0]),
+            "c": pa.array(["x", "y", "x", "x"]),
+        }
+    )
+    return TrainingProfile.fit(training, ["a", "b", "c"], ["c"])
+
+
+def _chunk() -> pa.Table:
+    return pa.table(
+        {
+            "id": pa.array([1, None, 3, 4, 5, 6, 7, 7, 9, 10], pa.int64()),
+            "a": pa.array([1.0, 2.0, 25.0, math.inf, math.nan, 3.0, -10.0, 4.0, -math.inf, 20.0]),
+            "b": pa.array([None, 1.0, 1.0, 1.0, 1.0, math.nan, 1.0, 1.0, 4.5, 1.0]),
+            "c": pa.array(["x", "x", "x", "zz", None, "y", "x", "x", "x", "x"]),
+            "y": pa.array([0, 1, 0, 1, 0, 1, 0, 1, 0, 1]),
+        }
+    )
+
+
+BAND_A = "outside the validation band [-10, 20] (training range [0, 10])"
+DUPLICATE_7 = "duplicate id id=7: the partition holds this id more than once"
+
+
+def test_validate_chunk_gives_one_reason_per_broken_rule_and_row(profile: TrainingProfile):
+    verdict = validate_chunk(_chunk(), _config(), profile, frozenset({7}))
+
+    # Row 0: b missing, but b was missing in training -> accepted.
+    # Row 3: unseen category zz -> accepted by default; only a=inf is rejected.
+    # Row 5: b NaN accepted; y is a known category.
+    # Row 6: a=-10 lies exactly on the band's edge -> accepted (its id 7 is duplicated, though).
+    # Rows 8, 9: b=4.5 inside [-1, 5]; a=20 on the band's upper edge.
+    assert dict(verdict.reasons) == {
+        1: ["null id id"],
+        2: [f"a=25.0 {BAND_A}"],
+        3: [f"a=inf {BAND_A}"],
+        4: [
+            "a is missing, and was never missing in training",
+            "c is missing, and was never missing in training",
+        ],
+        6: [DUPLICATE_7],
+        7: [DUPLICATE_7],
+        8: [f"a=-inf {BAND_A}"],
+    }
+    assert verdict.failed == {
+        "expect_column_values_to_not_be_null(id)": 1,
+        "expect_column_values_to_be_between(a)": 3,
+        "expect_column_values_to_not_be_null(a)": 1,
+        "expect_column_values_to_not_be_null(c)": 1,
+        "duplicate_id": 2,
+    }
+    np.testing.assert_array_equal(
+        verdict.bad_mask(10), [False, True, True, True, True, False, True, True, True, False]
+    )
+    assert verdict.reason_column(np.array([4, 2])) == [
+        "a is missing, and was never missing in training; "
+        "c is missing, and was never missing in training",
+        f"a=25.0 {BAND_A}",
+    ]
+
+
+def test_unseen_categories_are_rejected_only_when_the_config_says_so(profile: TrainingProfile):
+    chunk = _chunk()
+    default = validate_chunk(chunk, _config(), profile, frozenset())
+    strict = validate_chunk(chunk, _config(quarantine_unseen_categories=True), profile, frozenset())
+
+    assert default.reasons[3] == [f"a=inf {BAND_A}"]
+    assert "expect_column_values_to_be_in_set(c)" not in default.failed
+    assert strict.reasons[3] == [f"a=inf {BAND_A}", "c='zz' is a category unseen in training"]
+    assert strict.failed["expect_column_values_to_be_in_set(c)"] == 1
+    # A null category is the missing-value rule's business, not an unseen category.
+    assert strict.reasons[4] == default.reasons[4]
+    assert sorted(strict.reasons) == sorted(default.reasons) == [1, 2, 3, 4, 8]
+
+
+def test_a_wider_band_factor_accepts_what_the_default_rejects(profile: TrainingProfile):
+    verdict = validate_chunk(_chunk(), _config(band_width_factor=2.0), profile, frozenset())
+
+    assert verdict.reasons[3] == [
+        "a=inf outside the validation band [-20, 30] (training range [0, 10])"
+    ]
+    assert 2 not in verdict.reasons  # a=25 is inside [-20, 30]
+    assert verdict.failed["expect_column_values_to_be_between(a)"] == 2
+
+
+def test_a_dictionary_encoded_category_validates_like_a_plain_string(profile: TrainingProfile):
+    chunk = _chunk()
+    encoded = chunk.set_column(3, "c", pc.dictionary_encode(chunk.column("c")))
+    config = _config(quarantine_unseen_categories=True)
+
+    plain = validate_chunk(chunk, config, profile, frozenset())
+    dictionary = validate_chunk(encoded, config, profile, frozenset())
+
+    assert dict(dictionary.reasons) == dict(plain.reasons)
+    assert dictionary.failed == plain.failed
+
+
+def test_integer_categories_seen_in_training_are_not_called_unseen():
+    config = _config({"features": ["c"], "categorical": ["c"]}, quarantine_unseen_categories=True)
+    profile = TrainingProfile.fit(pa.table({"c": pa.array([1, 2, 2])}), ["c"], ["c"])
+    chunk = pa.table({"id": pa.array([1, 2, 3]), "c": pa.array([1, 2, 7])})
+
+    verdict = validate_chunk(chunk, config, profile, frozenset())
+
+    # categories are compared, and named, in their string form
+    assert dict(verdict.reasons) == {2: ["c='7' is a category unseen in training"]}
+
+
+def test_duplicate_compound_ids_are_named_with_every_id_column(profile: TrainingProfile):
+    config = _config({"id_columns": ["id", "day"]})
+    chunk = pa.table(
+        {
+            "id": pa.array([1, 1, 2]),
+            "day": pa.array(["mon", "mon", "mon"]),
+            "a": pa.array([1.0, 2.0, 3.0]),
+            "b": pa.array([1.0, 2.0, 3.0]),
+            "c": pa.array(["x", "y", "x"]),
+        }
+    )
+
+    verdict = validate_chunk(chunk, config, profile, frozenset({(1, "mon")}))
+
+    reason = "duplicate id id=1, day='mon': the partition holds this id more than once"
+    assert dict(verdict.reasons) == {0: [reason], 1: [reason]}
+    assert verdict.failed == {"duplicate_id": 2}
+
+
+def test_find_duplicate_ids_for_one_id_column_ignores_nulls():
+    ids = pa.table({"id": pa.array([1, 2, 2, None, None, 3, 3, 3, 4], pa.int64())})
+
+    assert find_duplicate_ids(ids, ["id"]) == (frozenset({2, 3}), 5)
+
+
+def test_find_duplicate_ids_for_string_ids():
+    ids = pa.table({"id": pa.array(["u", "v", "u", None, None])})
+
+    assert find_duplicate_ids(ids, ["id"]) == (frozenset({"u"}), 2)
+
+
+def test_find_duplicate_ids_without_duplicates():
+    ids = pa.table({"id": pa.array([3, 1, 2, None])})
+
+    assert find_duplicate_ids(ids, ["id"]) == (frozenset(), 0)
+
+
+def test_find_duplicate_ids_for_compound_ids():
+    ids = pa.table(
+        {
+            "a": pa.array([1, 1, 1, 2, 2, None, 3]),
+            "b": pa.array(["x", "x", "y", "x", None, "z", "x"]),
+        }
+    )
+
+    # (1, x) twice is a duplicate; (1, y) and (2, x) share one column only.
+    assert find_duplicate_ids(ids, ["a", "b"]) == (frozenset({(1, "x")}), 2)
+
+
+def test_find_duplicate_ids_does_not_count_rows_whose_compound_id_holds_a_null():
+    ids = pa.table(
+        {
+            "a": pa.array([1, 1, 2, 2, 3]),
+            "b": pa.array(["x", "x", None, None, "x"]),
+        }
+    )
+
+    assert find_duplicate_ids(ids, ["a", "b"]) == (frozenset({(1, "x")}), 2)
+
+
+# --- file level ----------------------------------------------------------------------------
+
+
+def _schema(**overrides: pa.DataType | None) -> pa.Schema:
+    types = {"id": pa.int64(), "a": pa.float64(), "b": pa.int32(), "c": pa.string()}
+    types.update(overrides)
+    return pa.schema([(name, t) for name, t in types.items() if t is not None])
+
+
+def test_a_good_schema_has_no_problems_and_the_label_is_not_extra():
+    schema = _schema(y=pa.int8(), c=pa.dictionary(pa.int32(), pa.string()))
+
+    assert check_schema(schema, "incoming/dt=2026-10-01/part-0.parquet", _config()) == ([], [])
+
+
+def test_a_missing_column_is_named_with_its_file():
+    file = "incoming/dt=2026-10-01/part-0.parquet"
+
+    problems, extra = check_schema(_schema(b=None, id=None), file, _config())
+
+    assert problems == [
+        FileProblem(file, "missing column 'id' (required as an id or feature)"),
+        FileProblem(file, "missing column 'b' (required as an id or feature)"),
+    ]
+    assert extra == []
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [
+        (
+            {"id": pa.float64()},
+            "column 'id' has type double, which cannot be cast safely to an id (integer or string)",
+        ),
+        (
+            {"a": pa.string()},
+            "column 'a' has type string, which cannot be cast safely to a numeric feature",
+        ),
+        (
+            {"b": pa.timestamp("us")},
+            "column 'b' has type timestamp[us], which cannot be cast safely to a numeric feature",
+        ),
+        (
+            {"c": pa.float32()},
+            "column 'c' has type float, which cannot be cast safely to a categorical feature "
+            "(string or integer)",
+        ),
+    ],
+)
+def test_a_column_of_the_wrong_type_is_named_with_its_file(overrides: dict, reason: str):
+    file = "incoming/dt=2026-10-02/part-1.parquet"
+
+    problems, extra = check_schema(_schema(**overrides), file, _config())
+
+    assert problems == [FileProblem(file, reason)]
+    assert extra == []
+
+
+def test_integer_and_string_kinds_that_cast_safely_are_accepted():
+    schema = _schema(
+        id=pa.string(), a=pa.int16(), b=pa.bool_(), c=pa.int64(), extra_date=pa.date32()
+    )
+
+    problems, extra = check_schema(schema, "f.parquet", _config())
+
+    assert problems == []
+    assert extra == ["extra_date"]
+
+
+def test_extra_columns_are_reported_in_file_order():
+    schema = _schema(zeta=pa.string(), y=pa.int8(), alpha=pa.float64())
+
+    assert check_schema(schema, "f.parquet", _config()) == ([], ["zeta", "alpha"])
