@@ -12,8 +12,6 @@ import sys
 import time
 
 from batchscore.config import ConfigError, load_config
-from batchscore.registry import Registry, RegistryError
-from batchscore.training import TrainingError, train
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
@@ -50,11 +48,48 @@ def _parser() -> argparse.ArgumentParser:
     rollback.add_argument("--reason", default="manual rollback")
 
     with_config(sub.add_parser("demo", help="train if there is no champion, score, summarise"))
+
+    d = sub.add_parser(
+        "drift",
+        help="drift between two Parquet files or folders; `drift show` prints a stored report",
+        description="Compare --current with --reference (Parquet files or folders) and write "
+        "a drift report (`batchscore drift --reference A --current B --out R`), or print a "
+        "stored partition's report (`batchscore drift show --config F`).",
+    )
+    d.add_argument("--reference", metavar="A", help="reference data: a Parquet file or folder")
+    d.add_argument("--current", metavar="B", help="current data: a Parquet file or folder")
+    d.add_argument("--out", metavar="R", help="the drift report to write (Parquet)")
+    d.add_argument(
+        "--config",
+        help="use its [dataset] features and categorical and its [drift] thresholds "
+        "(default: every shared column)",
+    )
+    d.add_argument(
+        "--partition", metavar="YYYY-MM-DD", help="the report's partition (default: today, UTC)"
+    )
+    dsub = d.add_subparsers(dest="drift_action", metavar="show")
+    show = dsub.add_parser("show", help="print a partition's drift report from <store>/drift/")
+    show.add_argument(
+        "--config",
+        dest="show_config",
+        metavar="F",
+        default="batchscore.toml",
+        help="TOML file (default: %(default)s)",
+    )
+    show.add_argument(
+        "--partition", dest="show_partition", metavar="YYYY-MM-DD", help="default: the latest"
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "drift":
+        # Before the model imports below: comparing files needs neither LightGBM nor Prefect.
+        return _drift(args)
+    from batchscore.registry import RegistryError
+    from batchscore.training import TrainingError
+
     try:
         config = load_config(args.config)
         if args.command == "score":
@@ -72,25 +107,40 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _train(config, reason: str, force: bool) -> int:
+    """The `retrain` flow, as `prefect deployment run retrain/retrain` runs it."""
+    from batchscore.prefect_api import one_api
+    from flows.retrain import retrain
+
     started = time.time()
-    result = train(config, reason=reason, force=force)
-    metrics = ", ".join(f"{k}={v:.4f}" for k, v in sorted(result.metrics.items()))
+    with one_api():
+        state = retrain(config=config.path, reason=reason, force=force, return_state=True)
+    result = state.result(raise_on_failure=False)
+    if not isinstance(result, dict):
+        print(f"batchscore: retrain ended {state.name}: {state.message}", file=sys.stderr)
+        return 1
+    if result["status"] == "skipped":
+        print(f"batchscore: {result['decision']}", file=sys.stderr)
+        return 2
+    rows = result["rows"]
+    metrics = ", ".join(f"{k}={v:.4f}" for k, v in sorted(result["challenger_metrics"].items()))
+    print(f"{result['status']}: {result['decision']}")
     print(
-        f"trained {config.dataset.name} {result.version} on {result.window['from']}.."
-        f"{result.window['to']} ({result.rows['fit']:,} rows, {result.rows['validation']:,} "
-        f"held out) in {time.time() - started:.1f} s: {metrics}"
+        f"{config.dataset.name} {result['version']} trained on {result['window']['from']}.."
+        f"{result['window']['to']} in {time.time() - started:.1f} s ({rows['fit']:,} fit, "
+        f"{rows['validation']:,} validation, {rows['holdout']:,} holdout rows): {metrics}"
     )
-    if result.promoted:
-        print(f"{result.version} is the champion")
-    else:
+    print(f"champion: {result['champion']}")
+    if result["status"] == "registered":
         print(
-            f"{result.version} registered; the champion stays {result.champion} "
-            f"(promote with `batchscore models promote {result.version}` or train --force)"
+            f"(promote {result['version']} with `batchscore models promote {result['version']}`"
+            " or train with --force)"
         )
     return 0
 
 
 def _models(config, args) -> int:
+    from batchscore.registry import Registry
+
     registry = Registry(config.store, config.dataset.name)
     if args.action == "promote":
         previous = registry.champion()
@@ -129,7 +179,7 @@ def _score(config, partition: str | None, rescore: bool) -> int:
     from flows.score import score
 
     started = time.time()
-    with one_api():
+    with one_api():  # reuses the demo's API when there is one
         state = score(config=config.path, partition=partition, rescore=rescore, return_state=True)
     outcomes = state.result(raise_on_failure=False)
     outcomes = outcomes if isinstance(outcomes, list) else []
@@ -198,13 +248,102 @@ def _print_summary(config, outcomes: list[dict], seconds: float) -> None:
 
 
 def _demo(config) -> int:
+    from batchscore.prefect_api import one_api
+    from batchscore.registry import Registry
+
     registry = Registry(config.store, config.dataset.name)
-    if registry.champion() is None:
-        print(f"no champion for {config.dataset.name}: training one")
-        _train(config, "demo: first model", False)
-    else:
-        print(f"champion of {config.dataset.name}: {registry.champion()}")
-    return _score(config, None, False)
+    with one_api():  # one temporary Prefect API for training and scoring
+        if registry.champion() is None:
+            print(f"no champion for {config.dataset.name}: training one")
+            if _train(config, "demo: first model", False) != 0:
+                return 1
+        else:
+            print(f"champion of {config.dataset.name}: {registry.champion()}")
+        code = _score(config, None, False)
+    champion = registry.champion()
+    retrains = [r for r in registry.retrains() if r.get("trigger")]
+    for r in retrains:
+        print(f"retrained on drift: {r['version'] or '-'} ({r['status']}): {r['decision']}")
+    print(f"champion of {config.dataset.name}: {champion}; `batchscore models list` shows why")
+    return code
+
+
+def _drift(args) -> int:
+    from batchscore.drift_compare import DriftInputError, compare, format_table
+
+    try:
+        if args.drift_action == "show":
+            return _drift_show(load_config(args.show_config), args.show_partition)
+        missing = [f"--{n}" for n in ("reference", "current", "out") if not getattr(args, n)]
+        if missing:
+            print(
+                f"batchscore drift: {' '.join(missing)} required "
+                "(batchscore drift --reference A --current B --out R [--config F]; "
+                "or batchscore drift show --config F)",
+                file=sys.stderr,
+            )
+            return 2
+        config = load_config(args.config) if args.config else None
+        partition = _date(args.partition) if args.partition else None
+        started = time.perf_counter()
+        result = compare(args.reference, args.current, args.out, config, partition)
+    except (ConfigError, DriftInputError) as exc:
+        print(f"batchscore: {exc}", file=sys.stderr)
+        return 2
+    for note in result.notes:
+        print(f"note: {note}")
+    print(format_table(result.table.to_pylist()))
+    drifted = sorted({r.feature for r in result.results if r.drifted})
+    print(
+        f"{len(drifted)} of {len(result.reference)} feature(s) drifted"
+        f"{': ' + ', '.join(drifted) if drifted else ''}; report written to {args.out} "
+        f"({time.perf_counter() - started:.2f} s)"
+    )
+    return 0
+
+
+def _date(text: str):
+    import datetime as dt
+
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(f"--partition {text!r}: expected a date, YYYY-MM-DD") from None
+
+
+def _drift_show(config, partition: str | None) -> int:
+    from batchscore.drift_compare import format_table
+    from batchscore.drift_store import DRIFT_DIR, HTML_FILE, drift_partitions, read_report
+    from batchscore.storage import Location
+
+    store = Location(config.store)
+    days = drift_partitions(store)
+    where = f"{store.uri}/{DRIFT_DIR}/"
+    if not days:
+        print(f"batchscore: no drift report under {where} (none scored yet)", file=sys.stderr)
+        return 1
+    day = _date(partition).isoformat() if partition else days[-1]
+    table = read_report(store, day)
+    if table is None:
+        print(
+            f"batchscore: no drift report for partition {day} under {where} "
+            f"(reports exist for: {', '.join(days)})",
+            file=sys.stderr,
+        )
+        return 1
+    rows = table.to_pylist()
+    first = rows[0]
+    n_current = max(r["n_current"] for r in rows)
+    drifted = sorted({r["feature"] for r in rows if r["drifted"]})
+    print(
+        f"partition {day}  reference {first['reference']}  model {first['model_version']}  "
+        f"{n_current:,} rows  computed {first['computed_at']:%Y-%m-%d %H:%M:%S} UTC"
+    )
+    print(format_table(rows))
+    print(f"{len(drifted)} feature(s) drifted{': ' + ', '.join(drifted) if drifted else ''}")
+    if store.exists(DRIFT_DIR, f"dt={day}", HTML_FILE):
+        print(f"HTML report: {store.child(DRIFT_DIR, f'dt={day}', HTML_FILE).uri}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -101,20 +101,37 @@ class LightGBMConfig(_Table):
     seed: int = 42
 
 
+MetricName = Literal["auc", "log_loss", "brier", "rmse", "mae"]
+BINARY_METRICS = ("auc", "log_loss", "brier")
+HIGHER_IS_BETTER = {"auc"}
+
+
 class RetrainConfig(_Table):
-    # Labelled days (newest first) used for training; the newest `validation_days` of them
-    # are held out for early stopping and the reported metrics (a time-based split).
-    window_days: int = Field(default=30, ge=2)
+    # Labelled days used for training, split by time (oldest first): fit | validation_days
+    # (early stopping) | holdout_days (challenger and champion are compared on these).
+    window_days: int = Field(default=30, ge=3)
     validation_days: int = Field(default=1, ge=1)
+    holdout_days: int = Field(default=1, ge=1)
     min_labelled_rows: int = Field(default=1_000, ge=1)
+    # The gate: promote when the challenger beats the champion on `metric` by at least
+    # `min_improvement` (0 = not worse). Default: auc for binary, rmse for regression.
+    metric: MetricName | None = None
+    min_improvement: float = Field(default=0.0, ge=0.0)
+    # The drift policy: retrain when at least this many features drifted in the latest
+    # partition (or the score distribution did), unless the last retrain is this recent.
+    min_drifted_features: int = Field(default=2, ge=1)
+    cooldown_hours: float = Field(default=24.0, ge=0.0)
+    # auto: emit the event; run `retrain` as a subflow unless the score run came from a
+    # deployment (whose `retrain` deployment's trigger acts on the event).
+    on_drift: Literal["auto", "event", "subflow", "off"] = "auto"
     lightgbm: LightGBMConfig = LightGBMConfig()
 
     @model_validator(mode="after")
-    def _window_holds_validation(self) -> RetrainConfig:
-        if self.validation_days >= self.window_days:
+    def _window_holds_the_split(self) -> RetrainConfig:
+        if self.validation_days + self.holdout_days >= self.window_days:
             raise ValueError(
-                f"validation_days ({self.validation_days}) must be smaller than "
-                f"window_days ({self.window_days})"
+                f"validation_days ({self.validation_days}) + holdout_days "
+                f"({self.holdout_days}) must be smaller than window_days ({self.window_days})"
             )
         return self
 
@@ -123,8 +140,10 @@ DriftMethodName = Literal["ks", "psi", "chi2"]
 
 
 class DriftConfig(_Table):
-    # The reference window: the champion's stored training profile.
-    reference: Literal["training"] = "training"
+    # The reference window: "training" = the champion's stored training profile;
+    # "rolling:N" = the merged counts of the N newest earlier partitions scored by the
+    # same champion (same bins).
+    reference: str = "training"
     # Default thresholds: drifted when the statistic exceeds them (KS D, PSI, Cramér's V).
     ks: float = Field(default=0.1, gt=0.0)
     psi: float = Field(default=0.2, gt=0.0)
@@ -132,6 +151,22 @@ class DriftConfig(_Table):
     # Per-feature overrides, e.g. [drift.features.monthly_charges] psi = 0.3;
     # `__score__` is the model's score distribution.
     features: dict[str, dict[DriftMethodName, float]] = {}
+
+    @field_validator("reference")
+    @classmethod
+    def _reference_window(cls, value: str) -> str:
+        n = value.removeprefix("rolling:")
+        rolling = n != value and n.isascii() and n.isdigit() and int(n) >= 1
+        if value != "training" and not rolling:
+            raise ValueError('must be "training" or "rolling:N" with a whole number N >= 1')
+        return value
+
+    @property
+    def rolling_window(self) -> int | None:
+        """N of `rolling:N`; None for the training reference."""
+        return (
+            int(self.reference.removeprefix("rolling:")) if self.reference != "training" else None
+        )
 
     def threshold(self, feature: str, method: str) -> float:
         return self.features.get(feature, {}).get(method, getattr(self, method))
@@ -146,6 +181,21 @@ class Config(_Table):
     drift: DriftConfig = DriftConfig()
     # Where the file was read from; relative storage paths are resolved against its folder.
     path: str = Field(default="", exclude=True)
+
+    @property
+    def metric(self) -> str:
+        """The gate's metric, defaulted by task."""
+        default = "auc" if self.dataset.task == "binary" else "rmse"
+        return self.retrain.metric or default
+
+    @model_validator(mode="after")
+    def _metric_fits_the_task(self) -> Config:
+        metric = self.retrain.metric
+        if metric and (metric in BINARY_METRICS) != (self.dataset.task == "binary"):
+            raise ValueError(
+                f"[retrain] metric {metric!r} does not apply to task {self.dataset.task!r}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _drift_overrides_name_features(self) -> Config:

@@ -199,12 +199,31 @@ class Registry:
                 stack.append(event["to"])
         return stack
 
-    def audit(self) -> list[dict[str, Any]]:
+    def record_retrain(self, record: dict[str, Any]) -> None:
+        """Append one (re)training attempt to `retrains/`: the drift policy's cooldown and the
+        audit of why each version exists (or why none was trained)."""
+        record = {**record, "at": utc_now()}
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        self.root.write_json(record, "retrains", f"{stamp}-{uuid.uuid4().hex[:8]}.json")
+
+    def retrains(self) -> list[dict[str, Any]]:
+        return self._read_log("retrains")
+
+    def last_retrain_at(self) -> dt.datetime | None:
+        """When a model was last retrained: trained while a champion existed (the first model
+        is not a retrain, so it does not start the drift policy's cooldown)."""
+        done = [r for r in self.retrains() if r["status"] != "skipped" and r.get("parent")]
+        return dt.datetime.fromisoformat(done[-1]["at"]) if done else None
+
+    def _read_log(self, folder: str) -> list[dict[str, Any]]:
         return [
-            self.root.read_json("audit", e.base_name)
-            for e in self.root.list("audit")
+            self.root.read_json(folder, e.base_name)
+            for e in self.root.list(folder)
             if e.base_name.endswith(".json") and not e.base_name.startswith(".")
         ]
+
+    def audit(self) -> list[dict[str, Any]]:
+        return self._read_log("audit")
 
 
 @lru_cache(maxsize=4)

@@ -15,19 +15,39 @@ from __future__ import annotations
 import datetime as dt
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from batchscore.config import Config
+from batchscore.drift_html import render_report
+from batchscore.drift_store import (
+    COUNTS_FILE,
+    DRIFT_DIR,
+    HTML_FILE,
+    REPORT_FILE,
+    ReferenceWindow,
+    counts_document,
+    html_report_uri,
+    rolling_reference,
+)
 from batchscore.features import feature_columns, unseen_mask
 from batchscore.partitions import HELD, SUCCESS, Chunk, PartitionPlan, plan_to_json
 from batchscore.registry import LoadedModel, ModelRef, utc_now
 from batchscore.storage import Location
 from batchscore.validation import validate_chunk
-from drift import SCORE_FEATURE, counts_from_dict, evaluate, merge_all, results_to_table
+from drift import (
+    SCORE_FEATURE,
+    Counts,
+    DriftResult,
+    ReferenceProfile,
+    counts_from_dict,
+    evaluate,
+    merge_all,
+    results_to_table,
+)
 
 
 class AccountingError(RuntimeError):
@@ -170,6 +190,8 @@ class PartitionOutcome:
     reused_chunks: int = 0
     drifted: tuple[str, ...] = ()  # features with any drifted method
     drift: tuple[dict, ...] = ()  # feature, method, statistic, threshold, drifted
+    drift_report: str = ""  # the partition's static HTML drift report
+    drift_warnings: tuple[str, ...] = ()  # e.g. a rolling reference shorter than asked
 
     @property
     def rows_per_second(self) -> float:
@@ -253,9 +275,20 @@ def publish_partition(
         store.publish_dir(staging.child("quarantine"), "quarantine", f"dt={plan.partition}")
     else:
         store.delete_dir("quarantine", f"dt={plan.partition}")
-    drift = measure_drift(config, plan, model, results, run_id)
-    staging.write_parquet(drift, "drift", "part-00000.parquet")
-    store.publish_dir(staging.child("drift"), "drift", f"dt={plan.partition}")
+    measured = measure_drift(config, plan, model, results, run_id)
+    drift = measured.table
+    # The report, its counts (a later rolling reference merges them) and its HTML page are
+    # staged together, so they appear in one rename.
+    staging.write_parquet(drift, DRIFT_DIR, REPORT_FILE)
+    staging.write_bytes(
+        counts_document(
+            plan.partition, model.name, model.version, measured.reference_name, measured.counts
+        ),
+        DRIFT_DIR,
+        COUNTS_FILE,
+    )
+    staging.write_bytes(measured.html(plan.partition).encode(), DRIFT_DIR, HTML_FILE)
+    store.publish_dir(staging.child(DRIFT_DIR), DRIFT_DIR, f"dt={plan.partition}")
     drifted = sorted({r["feature"] for r in drift.to_pylist() if r["drifted"]})
     staging.makedirs("scores")
     staging.write_json(
@@ -283,31 +316,77 @@ def publish_partition(
         reused_chunks=reused,
         drifted=tuple(drifted),
         drift=tuple(rows),
+        drift_report=html_report_uri(store, plan.partition),
+        drift_warnings=measured.warnings,
     )
+
+
+@dataclass(frozen=True)
+class DriftMeasurement:
+    """A partition's drift: report rows, and what they were computed from."""
+
+    table: pa.Table  # the drift report rows (drift.DRIFT_REPORT_SCHEMA)
+    results: list[DriftResult]
+    reference: ReferenceProfile  # the reference measured against (training or rolling)
+    reference_name: str  # training:vNNNN or rolling:N
+    counts: dict[str, Counts]  # the partition's merged counts, in the champion's bins
+    model_version: str
+    warnings: tuple[str, ...] = ()
+
+    def html(self, partition: str) -> str:
+        return render_report(
+            self.results,
+            self.reference,
+            self.counts,
+            partition=partition,
+            reference_name=self.reference_name,
+            model_version=self.model_version,
+        )
 
 
 def measure_drift(
     config: Config, plan: PartitionPlan, model: ModelRef, results: list[ChunkResult], run_id: str
-) -> pa.Table:
-    """Merge the chunks' partial counts and compute the partition's drift report rows."""
-    reference = model.load().reference
-    features = list(reference)
+) -> DriftMeasurement:
+    """Merge the chunks' partial counts and measure them against `[drift] reference`.
+
+    `training`: the champion's stored profile. `rolling:N`: the same bins with the merged
+    stored counts of the N newest earlier partitions scored by the same version (fewer, or
+    the training profile when there are none, with a warning in the report's `reason`).
+    """
+    profile = model.load().reference
+    features = list(profile)
     counts = {
         f: merge_all(counts_from_dict(r.drift_counts[f]) for r in results if f in r.drift_counts)
         for f in features
         if any(f in r.drift_counts for r in results)
     }
+    window = config.drift.rolling_window
+    if window is None:
+        reference = ReferenceWindow(profile, f"training:{model.version}")
+    else:
+        reference = rolling_reference(
+            Location(config.store), plan.partition, profile, model.version, window
+        )
     thresholds = {
-        (f, m): config.drift.threshold(f, m) for f in features for m in _methods(f, reference)
+        (f, m): config.drift.threshold(f, m) for f in features for m in _methods(f, profile)
     }
-    measured = evaluate(reference, counts, thresholds)
-    return results_to_table(
+    measured = evaluate(reference.profile, counts, thresholds)
+    if reference.warning:
+        measured = [
+            replace(r, reason=f"{r.reason}; {reference.warning}" if r.reason else reference.warning)
+            for r in measured
+        ]
+    table = results_to_table(
         measured,
         dt.date.fromisoformat(plan.partition),
-        f"training:{model.version}",
+        reference.name,
         model.version,
         run_id,
         dt.datetime.now(dt.UTC),
+    )
+    warnings = (reference.warning,) if reference.warning else ()
+    return DriftMeasurement(
+        table, measured, reference.profile, reference.name, counts, model.version, warnings
     )
 
 

@@ -12,7 +12,11 @@ import datetime as dt
 import json
 import os
 import re
+import socket
+import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,6 +134,69 @@ class Location:
             self.fs.delete_dir(trash)
         else:
             self.fs.move(staging.root, final)
+
+
+class LeaseBusy(StorageError):
+    """Another live holder has the lease."""
+
+
+@contextmanager
+def lease(
+    location: Location, name: str, ttl_seconds: float = 900.0, wait_seconds: float = 300.0
+) -> Iterator[dict]:
+    """An exclusive lease on `name` under `location`: a file created with O_EXCL.
+
+    A lease whose expiry has passed belongs to a holder that died; it is taken over (moved
+    aside by rename, which only one contender can win). Waits up to `wait_seconds` for a
+    live holder, then raises LeaseBusy naming it.
+    """
+    if not isinstance(location.fs, pafs.LocalFileSystem):
+        raise StorageError(f"leases need a local store; {location.uri} is not local")
+    folder = location.path()
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, name)
+    token = {"token": uuid.uuid4().hex, "pid": os.getpid(), "host": socket.gethostname()}
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        now = time.time()
+        body = {**token, "acquired_at": now, "expires_at": now + ttl_seconds}
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = _read_lease(path)
+            if holder is not None and holder.get("expires_at", 0) < now:
+                aside = f"{path}.expired-{uuid.uuid4().hex}"
+                with suppress(FileNotFoundError):
+                    os.rename(path, aside)
+                    os.remove(aside)
+                continue
+            if time.monotonic() > deadline:
+                raise LeaseBusy(
+                    f"{path} is held by {holder} (waited {wait_seconds:.0f} s)"
+                ) from None
+            time.sleep(0.2)
+            continue
+        with os.fdopen(fd, "w") as fh:
+            json.dump(body, fh)
+        break
+    try:
+        yield body
+    finally:
+        current = _read_lease(path)
+        if current is not None and current.get("token") == token["token"]:
+            with suppress(FileNotFoundError):
+                os.remove(path)
+
+
+def _read_lease(path: str) -> dict | None:
+    try:
+        with open(path) as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        # Created but not yet written by its holder: treat as fresh, never as expired.
+        return {"expires_at": float("inf")}
 
 
 def _fsync_local(location: Location, path: str) -> None:

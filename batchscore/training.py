@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import lightgbm as lgb
 import numpy as np
@@ -18,10 +18,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from batchscore.config import Config
+from batchscore.config import HIGHER_IS_BETTER, Config
 from batchscore.features import FeatureSchema, TrainingProfile, feature_columns
 from batchscore.registry import Registry
-from batchscore.storage import Location, parse_partition_dir
+from batchscore.storage import Location, lease, parse_partition_dir
 from drift import ReferenceProfile
 
 
@@ -31,12 +31,21 @@ class TrainingError(RuntimeError):
 
 @dataclass(frozen=True)
 class TrainResult:
-    version: str
-    promoted: bool
+    """What a (re)training run did: `status` is promoted, registered or skipped."""
+
+    status: str
+    version: str | None
     champion: str | None
-    metrics: dict[str, float]
-    rows: dict[str, int]
-    window: dict[str, str]
+    decision: str  # why it was (not) promoted, or why nothing was trained
+    metric: str
+    challenger_metrics: dict[str, float] = field(default_factory=dict)
+    champion_metrics: dict[str, float] = field(default_factory=dict)
+    rows: dict[str, int] = field(default_factory=dict)
+    window: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def promoted(self) -> bool:
+        return self.status == "promoted"
 
 
 def labelled_partitions(config: Config) -> list[str]:
@@ -112,36 +121,76 @@ def metrics(task: str, y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
 
 
 def train(
-    config: Config, reason: str = "manual", force: bool = False, run_id: str | None = None
+    config: Config,
+    reason: str = "manual",
+    force: bool = False,
+    run_id: str | None = None,
+    trigger: dict | None = None,
 ) -> TrainResult:
+    """Train a challenger on the labelled window; register it; promote it through the gate.
+
+    The window is split by time: fit | validation_days (early stopping) | holdout_days.
+    Challenger and champion are both scored on the holdout; the challenger is promoted when
+    it beats the champion on the configured metric by at least `min_improvement` (or when
+    there is no champion, or with `force`), and only if the champion it was compared with is
+    still the champion: of two retrains racing, at most one promotes.
+    """
     ds, rt = config.dataset, config.retrain
+    registry = Registry(config.store, ds.name)
+    # The champion this run competes with is the one in place when it starts: a champion
+    # promoted while it trains (by a racing retrain) makes its comparison stale.
+    parent = registry.champion()
     days = labelled_partitions(config)[-rt.window_days :]
-    if len(days) <= rt.validation_days:
-        raise TrainingError(
-            f"{len(days)} labelled partition(s) under {Location(config.source).path('labels')}; "
-            f"training needs more than [retrain] validation_days = {rt.validation_days}"
+    needed = rt.validation_days + rt.holdout_days + 1
+    if len(days) < needed:
+        return _skipped(
+            config,
+            registry,
+            reason,
+            run_id,
+            trigger,
+            f"{len(days)} labelled partition(s) under "
+            f"{Location(config.source).path('labels')}; training needs at least "
+            f"{needed} (validation_days + holdout_days + 1)",
         )
-    tables = [labelled_rows(config, d) for d in days]
-    data = pa.concat_tables(tables, promote_options="permissive")
+    data = pa.concat_tables([labelled_rows(config, d) for d in days], promote_options="permissive")
     if data.num_rows < rt.min_labelled_rows:
-        raise TrainingError(
+        return _skipped(
+            config,
+            registry,
+            reason,
+            run_id,
+            trigger,
             f"{data.num_rows} labelled rows in {days[0]}..{days[-1]}; "
-            f"[retrain] min_labelled_rows = {rt.min_labelled_rows}"
+            f"[retrain] min_labelled_rows = {rt.min_labelled_rows}",
         )
-    fit_days, valid_days = days[: -rt.validation_days], days[-rt.validation_days :]
+    holdout_days = days[-rt.holdout_days :]
+    valid_days = days[-(rt.holdout_days + rt.validation_days) : -rt.holdout_days]
+    fit_days = days[: -(rt.holdout_days + rt.validation_days)]
+    part = data.column("__partition__")
+    in_holdout = pc.is_in(part, pa.array(holdout_days)).to_numpy(zero_copy_only=False)
+    in_valid = pc.is_in(part, pa.array(valid_days)).to_numpy(zero_copy_only=False)
+    in_fit = ~(in_holdout | in_valid)
+
     profile = TrainingProfile.fit(data, ds.features, ds.categorical)
     schema = profile.schema(ds.features)
-    in_valid = pc.is_in(data.column("__partition__"), pa.array(valid_days)).to_numpy(
-        zero_copy_only=False
-    )
     X = schema.to_matrix(data)
     y = data.column(ds.label).to_numpy(zero_copy_only=False).astype(np.float64)
-    booster = _fit(config, schema, X[~in_valid], y[~in_valid], X[in_valid], y[in_valid])
-    scores = booster.predict(X[in_valid], num_iteration=booster.best_iteration or None)
-    result_metrics = metrics(ds.task, y[in_valid], scores)
+    booster = _fit(config, schema, X[in_fit], y[in_fit], X[in_valid], y[in_valid])
+    best = booster.best_iteration or None
+    held_out = in_valid | in_holdout
+    challenger_metrics = metrics(
+        ds.task, y[in_holdout], booster.predict(X[in_holdout], num_iteration=best)
+    )
 
-    registry = Registry(config.store, ds.name)
-    parent = registry.champion()
+    champion_metrics: dict[str, float] = {}
+    if parent is not None:
+        champion = registry.ref(parent).load()
+        holdout = data.filter(pa.array(in_holdout))
+        champion_metrics = metrics(
+            ds.task, y[in_holdout], champion.booster.predict(champion.schema.to_matrix(holdout))
+        )
+
     metadata = {
         "task": ds.task,
         "label": ds.label,
@@ -154,31 +203,116 @@ def train(
             "partitions": days,
             "fit": fit_days,
             "validation": valid_days,
+            "holdout": holdout_days,
         },
-        "rows": {"fit": int((~in_valid).sum()), "validation": int(in_valid.sum())},
-        "metrics": result_metrics,
-        "metrics_on": f"validation days {', '.join(valid_days)}",
+        "rows": {
+            "fit": int(in_fit.sum()),
+            "validation": int(in_valid.sum()),
+            "holdout": int(in_holdout.sum()),
+        },
+        "metrics": challenger_metrics,
+        "metrics_on": f"holdout days {', '.join(holdout_days)}",
+        "champion_metrics": {"version": parent, **champion_metrics} if parent else None,
         "best_iteration": booster.best_iteration,
         "params": rt.lightgbm.model_dump(),
         "lightgbm_version": lgb.__version__,
         "parent": parent,
         "reason": reason,
+        "trigger": trigger,
         "run_id": run_id,
     }
-    text = booster.model_to_string(num_iteration=booster.best_iteration or None)
-    reference = fit_reference(data, ds.features, ds.categorical, scores)
+    text = booster.model_to_string(num_iteration=best)
+    # Drift reference: the whole window's features, and scores on days the model never fit.
+    reference = fit_reference(
+        data, ds.features, ds.categorical, booster.predict(X[held_out], num_iteration=best)
+    )
     version = registry.register(text, metadata, {"reference.json": reference.to_json().encode()})
-    promoted = parent is None or force
-    if promoted:
-        registry.promote(version, "first model" if parent is None else f"forced: {reason}", run_id)
-    return TrainResult(
+
+    metric = config.metric
+    with lease(registry.root, "_promotion.lock"):
+        current = registry.champion()
+        if current != parent:
+            status, decision = (
+                "registered",
+                (
+                    f"not promoted: the champion changed from {parent} to {current} while "
+                    f"{version} was trained; compare again with a new retrain"
+                ),
+            )
+        elif parent is None:
+            status, decision = "promoted", "first model"
+        elif force:
+            status, decision = "promoted", f"forced: {reason}"
+        else:
+            ok, decision = gate(
+                metric, challenger_metrics, champion_metrics, rt.min_improvement, version, parent
+            )
+            status = "promoted" if ok else "registered"
+        if status == "promoted":
+            registry.promote(version, f"{reason}: {decision}", run_id)
+    result = TrainResult(
+        status,
         version,
-        promoted,
         registry.champion(),
-        result_metrics,
+        decision,
+        metric,
+        challenger_metrics,
+        champion_metrics,
         metadata["rows"],
         {"from": days[0], "to": days[-1]},
     )
+    registry.record_retrain(_record(result, reason, run_id, trigger, parent))
+    return result
+
+
+def gate(
+    metric: str,
+    challenger: dict[str, float],
+    champion: dict[str, float],
+    min_improvement: float,
+    version: str,
+    parent: str,
+) -> tuple[bool, str]:
+    """Promote when the challenger beats the champion by at least `min_improvement`."""
+    new, old = challenger[metric], champion[metric]
+    improvement = (new - old) if metric in HIGHER_IS_BETTER else (old - new)
+    verdict = improvement >= min_improvement
+    return verdict, (
+        f"{metric}: {version} {new:.5f} vs champion {parent} {old:.5f} "
+        f"(improvement {improvement:+.5f}, required {min_improvement:+.5f}): "
+        f"{'promoted' if verdict else 'not promoted'}"
+    )
+
+
+def _skipped(
+    config: Config,
+    registry: Registry,
+    reason: str,
+    run_id: str | None,
+    trigger: dict | None,
+    why: str,
+) -> TrainResult:
+    result = TrainResult("skipped", None, registry.champion(), f"no training: {why}", config.metric)
+    registry.record_retrain(_record(result, reason, run_id, trigger, registry.champion()))
+    return result
+
+
+def _record(
+    result: TrainResult, reason: str, run_id: str | None, trigger: dict | None, parent: str | None
+) -> dict:
+    return {
+        "status": result.status,
+        "version": result.version,
+        "parent": parent,
+        "champion": result.champion,
+        "decision": result.decision,
+        "reason": reason,
+        "trigger": trigger,
+        "run_id": run_id,
+        "metric": result.metric,
+        "challenger_metrics": result.challenger_metrics,
+        "champion_metrics": result.champion_metrics,
+    }
 
 
 def fit_reference(

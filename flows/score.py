@@ -10,13 +10,18 @@ from __future__ import annotations
 import time
 
 from prefect import flow, get_run_logger
-from prefect.runtime import flow_run
+from prefect.runtime import deployment, flow_run
 from prefect.states import Completed, Failed
 from prefect.task_runners import ProcessPoolTaskRunner
 
-from batchscore.config import load_config
+from batchscore.config import Config, load_config
+from batchscore.policy import RetrainDecision
+from batchscore.registry import ModelRef
 from batchscore.scoring import PartitionOutcome
+from flows.retrain import retrain
+from tasks.performance import find_labelled, measure_performance, report_performance
 from tasks.report import report_run
+from tasks.retrain import DRIFT_EVENT, decide_retrain, emit_drift_event
 from tasks.scoring import (
     find_partitions,
     hold_partition,
@@ -35,54 +40,20 @@ def score(config: str = "batchscore.toml", partition: str | None = None, rescore
     run_id = flow_run.get_id() or "local"
     model = resolve_champion(cfg)
     todo = find_partitions(cfg, model, partition, rescore)
+    with ProcessPoolTaskRunner(max_workers=cfg.scoring.worker_count) as runner:
+        outcomes, failures = score_partitions(runner, cfg, model, todo, run_id)
+        performance = measure_all(runner, cfg, run_id)
+    report_run(cfg, model, outcomes, failures, time.time() - started)
+    report_performance(cfg, performance)
     if not todo:
-        report_run(cfg, model, [], [], time.time() - started)
         return Completed(
             name="NothingToDo",
             data=[],
             message=f"nothing to do: every partition is scored by {model.version}",
         )
-
-    outcomes: list[PartitionOutcome] = []
-    failures: list[str] = []
-    with ProcessPoolTaskRunner(max_workers=cfg.scoring.worker_count) as runner:
-        planned = {
-            p: runner.submit(plan_partition, {"config": cfg, "partition": p, "model": model})
-            for p in todo
-        }
-        chunks = {}
-        for p, future in planned.items():
-            plan = future.result()
-            chunks[p] = (
-                plan,
-                [
-                    runner.submit(
-                        score_chunk,
-                        {
-                            "config": cfg,
-                            "chunk": c,
-                            "model": model,
-                            "partition_plan": plan,
-                            "run_id": run_id,
-                        },
-                    )
-                    for c in plan.chunks
-                ]
-                if not plan.held
-                else [],
-            )
-        for p, (plan, futures) in chunks.items():
-            try:
-                if plan.held:
-                    outcomes.append(hold_partition(cfg, plan, model, run_id))
-                else:
-                    results = [f.result() for f in futures]
-                    outcomes.append(publish_partition(cfg, plan, model, results, run_id))
-            except Exception as exc:  # one partition's failure must not hide the others'
-                get_run_logger().error("partition %s FAILED: %s", p, exc)
-                failures.append(f"{p}: {exc}")
-
-    report_run(cfg, model, outcomes, failures, time.time() - started)
+    decision = decide_retrain(cfg, outcomes)
+    if decision.retrain and cfg.retrain.on_drift != "off":
+        act_on_drift(cfg, model, decision)
     data = [o.__dict__ for o in outcomes]
     held = [o.partition for o in outcomes if o.status == "held"]
     if failures:
@@ -96,3 +67,79 @@ def score(config: str = "batchscore.toml", partition: str | None = None, rescore
             message=f"{len(held)} partition(s) held: {', '.join(held)}",
         )
     return Completed(data=data, message=f"{len(outcomes)} partition(s) scored")
+
+
+def score_partitions(
+    runner: ProcessPoolTaskRunner, cfg: Config, model: ModelRef, todo: list[str], run_id: str
+) -> tuple[list[PartitionOutcome], list[str]]:
+    """Plan every partition, score all their chunks at once, publish each when its are done."""
+    planned = [
+        runner.submit(plan_partition, {"config": cfg, "partition": p, "model": model}) for p in todo
+    ]
+    work = []
+    failures: list[str] = []
+    for p, future in zip(todo, planned, strict=True):
+        try:
+            plan = future.result()
+        except Exception as exc:  # an unplannable partition must not stop the others
+            get_run_logger().error("partition %s FAILED while planning: %s", p, exc)
+            failures.append(f"{p}: {exc}")
+            continue
+        chunks = (
+            []
+            if plan.held
+            else [
+                runner.submit(
+                    score_chunk,
+                    {
+                        "config": cfg,
+                        "chunk": c,
+                        "model": model,
+                        "partition_plan": plan,
+                        "run_id": run_id,
+                    },
+                )
+                for c in plan.chunks
+            ]
+        )
+        work.append((plan, chunks))
+    outcomes: list[PartitionOutcome] = []
+    for plan, chunks in work:
+        try:
+            if plan.held:
+                outcomes.append(hold_partition(cfg, plan, model, run_id))
+            else:
+                results = [f.result() for f in chunks]
+                outcomes.append(publish_partition(cfg, plan, model, results, run_id))
+        except Exception as exc:  # one partition's failure must not hide the others'
+            get_run_logger().error("partition %s FAILED: %s", plan.partition, exc)
+            failures.append(f"{plan.partition}: {exc}")
+    return outcomes, failures
+
+
+def measure_all(runner: ProcessPoolTaskRunner, cfg: Config, run_id: str) -> list[dict]:
+    """Realised performance of scored partitions whose labels arrived (or changed)."""
+    measured = [
+        runner.submit(measure_performance, {"config": cfg, "partition": p, "run_id": run_id})
+        for p in find_labelled(cfg)
+    ]
+    return [row for f in measured for row in f.result()]
+
+
+def act_on_drift(cfg: Config, model: ModelRef, decision: RetrainDecision) -> None:
+    """Emit the drift event; retrain in a subflow unless a deployment's trigger will."""
+    event_id = emit_drift_event(cfg, model, decision)
+    from_deployment = deployment.get_id() is not None
+    if cfg.retrain.on_drift == "subflow" or (
+        cfg.retrain.on_drift == "auto" and not from_deployment
+    ):
+        state = retrain(
+            config=cfg.path,
+            reason=f"drift in {decision.partition}: {', '.join(decision.drifted_features)} "
+            f"({DRIFT_EVENT} {event_id})",
+            event_id=event_id,
+            partition=decision.partition,
+            return_state=True,
+        )
+        if not state.is_completed():
+            get_run_logger().error("retrain subflow ended %s: %s", state.name, state.message)

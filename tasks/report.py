@@ -52,6 +52,18 @@ def report_run(
         f"- quarantine: `{config.store}/quarantine/dt=*/` (rows with a `reason` column)",
         f"- drift reports: `{config.store}/drift/dt=*/` (one row per feature x method)",
     ]
+    reports = [o for o in outcomes if o.drift_report]
+    if reports:
+        # Static pages in the store (inline SVG, open offline); browsers do not follow file
+        # links from the UI, so the path is shown to copy.
+        lines += ["", "## Drift reports (HTML)", ""]
+        lines += [
+            f"- {o.partition}: `{o.drift_report}`"
+            + (f" ({', '.join(o.drifted)} drifted)" if o.drifted else "")
+            for o in reports
+        ]
+        for o in outcomes:
+            lines += [f"- {o.partition}: {w}" for w in o.drift_warnings]
     markdown = "\n".join(lines)
     create_markdown_artifact(
         markdown=markdown,

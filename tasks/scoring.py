@@ -108,3 +108,5 @@ def _log(o: PartitionOutcome) -> None:
             o.seconds,
             o.rows_per_second,
         )
+    for warning in o.drift_warnings:
+        logger.warning("partition %s drift: %s", o.partition, warning)

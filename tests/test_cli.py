@@ -62,6 +62,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     )
     first = _run("train", "--config", str(config))
     shutil.copytree(base / "store", base / "after-one")
+    # The same data again ties the champion; demanding an improvement keeps v0002 a challenger.
+    write_config(config, config.read_text(), retrain={"min_improvement": 0.5})
     second = _run("train", "--config", str(config))
     shutil.copytree(base / "store", base / "after-two")
     return {"source": base / "source", "base": base, "first": first, "second": second}
@@ -90,20 +92,28 @@ def _audit_lines(stdout: str) -> list[str]:
 
 def test_train_reports_the_version_and_whether_it_became_champion(trained: dict):
     code, out, err = trained["first"]
-    assert (code, err) == (0, "")
+    # stderr carries the flow's log lines (progress in the terminal), never a traceback
+    assert code == 0 and "Traceback" not in err
     lines = out.splitlines()
+    assert lines[0] == "promoted: first model"
     assert re.fullmatch(
-        r"trained churn v0001 on 2026-10-01\.\.2026-10-10 \(160,367 rows, 39,974 held out\) "
-        rf"in \d+\.\d s: {METRICS.replace(' ', ', ')}",
-        lines[0],
-    ), lines[0]
-    assert lines[1:] == ["v0001 is the champion"]
+        r"churn v0001 trained on 2026-10-01\.\.2026-10-10 in \d+\.\d s \(160,367 fit, "
+        rf"19,976 validation, 19,998 holdout rows\): {METRICS.replace(' ', ', ')}",
+        lines[1],
+    ), lines[1]
+    assert lines[2:] == ["champion: v0001"]
 
     code, out, err = trained["second"]
-    assert (code, err) == (0, "")
-    assert out.splitlines()[1:] == [
-        "v0002 registered; the champion stays v0001 "
-        "(promote with `batchscore models promote v0002` or train --force)"
+    assert code == 0 and "Traceback" not in err
+    lines = out.splitlines()
+    assert re.fullmatch(
+        r"registered: auc: v0002 0\.\d{5} vs champion v0001 0\.\d{5} \(improvement "
+        r"[+-]0\.\d{5}, required \+0\.50000\): not promoted",
+        lines[0],
+    ), lines[0]
+    assert lines[2:] == [
+        "champion: v0001",
+        "(promote v0002 with `batchscore models promote v0002` or train with --force)",
     ]
 
 
@@ -116,7 +126,7 @@ def test_models_list_after_one_training(trained: dict, tmp_path: Path):
     versions = _version_lines(out)
     assert len(versions) == 1
     assert _version_line("v0001", champion=True, parent="-").fullmatch(versions[0]), versions[0]
-    assert _audit_lines(out) == ["  T  promote: - -> v0001  (first model)"]
+    assert _audit_lines(out) == ["  T  promote: - -> v0001  (manual: first model)"]
     assert len(out.splitlines()) == 2
 
 
@@ -133,7 +143,7 @@ def test_models_list_marks_exactly_one_champion(trained: dict, tmp_path: Path):
     assert _version_line("v0002", champion=False, parent="v0001").fullmatch(versions[1]), versions[
         1
     ]
-    assert _audit_lines(out) == ["  T  promote: - -> v0001  (first model)"]
+    assert _audit_lines(out) == ["  T  promote: - -> v0001  (manual: first model)"]
 
 
 def test_promoting_an_unknown_version_exits_2_naming_it_and_the_known_ones(
@@ -166,7 +176,7 @@ def test_promote_then_rollback_restores_the_previous_champion(trained: dict, tmp
     assert [line for line in versions if "champion" in line.split()] == [versions[0]]
     assert versions[0].startswith("v0001  champion  ")
     assert _audit_lines(out) == [
-        "  T  promote: - -> v0001  (first model)",
+        "  T  promote: - -> v0001  (manual: first model)",
         "  T  promote: v0001 -> v0002  (try v2)",
         "  T  rollback: v0002 -> v0001  (manual rollback)",
     ]
@@ -212,9 +222,10 @@ def test_train_without_labels_exits_2_saying_what_is_missing(empty: Path):
     code, out, err = _run("train", "--config", str(empty))
 
     assert (code, out) == (2, "")
-    assert err == (
-        f"batchscore: 0 labelled partition(s) under {empty.parent / 'source' / 'labels'}; "
-        "training needs more than [retrain] validation_days = 2\n"
+    assert err.splitlines()[-1] + "\n" == (
+        "batchscore: no training: 0 labelled partition(s) under "
+        f"{empty.parent / 'source' / 'labels'}; "
+        "training needs at least 3 (validation_days + holdout_days + 1)\n"
     )
 
 

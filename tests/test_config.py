@@ -76,7 +76,9 @@ def test_the_sample_config_loads_with_its_values_and_the_defaults():
     assert config.scoring.worker_count == 2
     assert config.validation.max_bad_row_fraction == 0.05
     assert config.validation.quarantine_unseen_categories is False
-    assert (config.retrain.window_days, config.retrain.validation_days) == (30, 2)
+    retrain = config.retrain
+    assert (retrain.window_days, retrain.validation_days, retrain.holdout_days) == (30, 1, 1)
+    assert (config.metric, retrain.min_drifted_features, retrain.on_drift) == ("auc", 2, "auto")
     # Not written in the sample file: the documented defaults.
     assert config.retrain.lightgbm.num_leaves == 31
     assert config.retrain.lightgbm.max_rounds == 500
@@ -243,8 +245,10 @@ def test_a_missing_key_is_named_with_its_table(tmp_path: Path):
     assert _error(path) == _invalid(path, "[dataset] label: Field required")
 
 
-@pytest.mark.parametrize("validation_days", [30, 31])
-def test_validation_days_must_be_smaller_than_window_days(tmp_path: Path, validation_days: int):
+@pytest.mark.parametrize("validation_days", [29, 30])
+def test_validation_and_holdout_days_must_be_smaller_than_window_days(
+    tmp_path: Path, validation_days: int
+):
     path = write_config(
         tmp_path / "c.toml",
         SAMPLE_TEXT,
@@ -253,7 +257,8 @@ def test_validation_days_must_be_smaller_than_window_days(tmp_path: Path, valida
 
     assert _error(path) == _invalid(
         path,
-        f"[retrain]: validation_days ({validation_days}) must be smaller than window_days (30)",
+        f"[retrain]: validation_days ({validation_days}) + holdout_days (1) must be smaller "
+        "than window_days (30)",
     )
 
 

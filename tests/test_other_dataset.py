@@ -102,8 +102,8 @@ def test_a_regression_data_set_with_composite_ids_trains_and_scores(tmp_path, pr
     config = load_config(tmp_path / "deliveries.toml")
 
     result = train(config)
-    assert set(result.metrics) == {"rmse", "mae"}
-    assert result.metrics["rmse"] < 6.0  # noise sd is 3; a useless model would be ~10
+    assert set(result.challenger_metrics) == {"rmse", "mae"}
+    assert result.challenger_metrics["rmse"] < 6.0  # noise sd is 3; a useless model would be ~10
     meta = Registry(config.store, "delivery-eta").metadata(result.version)
     assert meta["schema"]["vocabularies"] == {
         "weather": ["dry", "rain", "snow"],

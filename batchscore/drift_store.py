@@ -1,0 +1,168 @@
+"""The `<store>/drift/` folder: what a partition's drift folder holds, and reading it back.
+
+    <store>/drift/dt=D/part-00000.parquet   the drift report rows (drift.DRIFT_REPORT_SCHEMA)
+    <store>/drift/dt=D/_COUNTS.json         the partition's merged counts per feature, in the
+                                            champion's bins, with the model version
+    <store>/drift/dt=D/_report.html         the static HTML report (batchscore.drift_html)
+
+The two extra files start with `_` so that `pyarrow.dataset` (and Spark) skip them and read
+`<store>/drift/` as one table; a `*.parquet` glob (DuckDB) never sees them either.
+
+This module also owns the rolling reference: the merged stored counts of the N newest earlier
+partitions made against the same model version (same bins), applied to the champion's
+profile with `with_counts`. Only pyarrow and `drift` are imported, so `batchscore drift show`
+starts quickly.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from batchscore.storage import Location, parse_partition_dir
+from drift import Counts, ReferenceProfile, counts_from_dict, merge_all
+from drift._encoding import dumps
+
+DRIFT_DIR = "drift"
+REPORT_FILE = "part-00000.parquet"
+COUNTS_FILE = "_COUNTS.json"
+HTML_FILE = "_report.html"
+COUNTS_FORMAT = "batchscore.drift.counts/1"
+
+
+def counts_document(
+    partition: str,
+    model_name: str,
+    model_version: str,
+    reference_name: str,
+    counts: Mapping[str, Counts],
+) -> bytes:
+    """The `_COUNTS.json` of one partition: its merged counts, keyed by feature."""
+    rows = max((c.n for c in counts.values()), default=0)
+    return dumps(
+        {
+            "format": COUNTS_FORMAT,
+            "partition": partition,
+            "model_name": model_name,
+            "model_version": model_version,
+            "reference": reference_name,
+            "rows": rows,
+            "counts": {feature: c.to_dict() for feature, c in counts.items()},
+        }
+    ).encode()
+
+
+def drift_partitions(store: Location) -> list[str]:
+    """Partitions (YYYY-MM-DD, oldest first) that have a drift folder."""
+    days = (parse_partition_dir(e.base_name) for e in store.list(DRIFT_DIR))
+    return sorted(d.isoformat() for d in days if d is not None)
+
+
+@dataclass(frozen=True)
+class ReferenceWindow:
+    """The reference a partition is measured against, and how it was made."""
+
+    profile: ReferenceProfile
+    name: str  # the report's `reference` column: training:vNNNN or rolling:N
+    partitions: tuple[str, ...] = ()  # the earlier partitions merged (rolling only)
+    warning: str | None = None  # a shorter window than asked, or a fallback to training
+
+
+def rolling_reference(
+    store: Location,
+    partition: str,
+    profile: ReferenceProfile,
+    model_version: str,
+    window: int,
+) -> ReferenceWindow:
+    """`rolling:N` for `partition`: merged counts of the N newest earlier partitions.
+
+    A partition qualifies when its `_COUNTS.json` was made with `model_version` (so its bins
+    are the profile's), holds counts for every profiled feature in those bins, and is not
+    empty. Fewer than N qualifying partitions: as many as there are, with a warning; none:
+    the training profile itself (`training:<version>`), with a warning.
+    """
+    used: list[tuple[str, dict[str, Counts]]] = []
+    for day in reversed([d for d in drift_partitions(store) if d < partition]):
+        counts = _qualifying_counts(store, day, profile, model_version)
+        if counts is not None:
+            used.append((day, counts))
+            if len(used) == window:
+                break
+    name = f"rolling:{window}"
+    if not used:
+        return ReferenceWindow(
+            profile,
+            f"training:{model_version}",
+            warning=(
+                f"{name}: no partition before {partition} has drift counts made with "
+                f"{model_version}; measured against the training reference instead"
+            ),
+        )
+    merged = {
+        feature: profile[feature].with_counts(merge_all(c[feature] for _, c in used))  # type: ignore[arg-type]
+        for feature in profile
+    }
+    days = tuple(sorted(day for day, _ in used))
+    warning = None
+    if len(used) < window:
+        warning = (
+            f"{name}: only {len(used)} partition(s) before {partition} have drift counts "
+            f"made with {model_version} ({', '.join(days)}); the reference merges those"
+        )
+    return ReferenceWindow(ReferenceProfile(merged), name, days, warning)
+
+
+def _qualifying_counts(
+    store: Location, day: str, profile: ReferenceProfile, model_version: str
+) -> dict[str, Counts] | None:
+    try:
+        data = store.read_bytes(DRIFT_DIR, f"dt={day}", COUNTS_FILE)
+    except FileNotFoundError:
+        return None
+    if json.dumps(model_version).encode() not in data:
+        return None  # another version's counts: skip without parsing a large document
+    document = json.loads(data)
+    if document.get("format") != COUNTS_FORMAT or document.get("model_version") != model_version:
+        return None
+    stored = document.get("counts") or {}
+    if set(stored) != set(profile):
+        return None
+    counts = {feature: counts_from_dict(payload) for feature, payload in stored.items()}
+    for feature, c in counts.items():
+        if c.kind != profile[feature].kind or c.reference_id != profile[feature].reference_id:
+            return None
+    if all(c.n == 0 for c in counts.values()):
+        return None  # an empty partition says nothing about the distribution
+    return counts
+
+
+def read_report(store: Location, partition: str) -> pa.Table | None:
+    """A partition's drift report rows, or None when it has none."""
+    folder = store.path(DRIFT_DIR, f"dt={partition}")
+    files = [
+        e
+        for e in store.list(DRIFT_DIR, f"dt={partition}")
+        if e.base_name.endswith(".parquet") and not e.base_name.startswith(("_", "."))
+    ]
+    if not files:
+        return None
+    tables = [pq.read_table(f"{folder}/{e.base_name}", filesystem=store.fs) for e in files]
+    return pa.concat_tables(tables)
+
+
+def html_report_uri(store: Location, partition: str) -> str:
+    return store.child(DRIFT_DIR, f"dt={partition}", HTML_FILE).uri
+
+
+def parse_day(text: str) -> str:
+    """A YYYY-MM-DD partition name, checked; raises ValueError naming the text otherwise."""
+    try:
+        return dt.date.fromisoformat(text).isoformat()
+    except ValueError:
+        raise ValueError(f"not a partition date (YYYY-MM-DD): {text!r}") from None

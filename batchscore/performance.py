@@ -1,0 +1,121 @@
+"""Realised performance: once labels arrive for a scored partition, how good were the scores?
+
+Joins `<store>/scores/dt=D/` with `<source>/labels/dt=D/` by the id columns and writes one
+row per partition x model version x metric to `<store>/performance/dt=D/`, published whole
+with a `_SUCCESS` that records what it was computed from, so it is recomputed only when the
+scores or the labels change.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from batchscore.config import Config
+from batchscore.partitions import SUCCESS
+from batchscore.storage import Location
+from batchscore.training import labelled_partitions, metrics
+
+SCHEMA = pa.schema(
+    [
+        pa.field("partition", pa.date32(), nullable=False),
+        pa.field("model_version", pa.string(), nullable=False),
+        pa.field("metric", pa.string(), nullable=False),
+        pa.field("value", pa.float64()),
+        pa.field("n_scored", pa.int64(), nullable=False),
+        pa.field("n_labelled", pa.int64(), nullable=False),
+        pa.field("n_joined", pa.int64(), nullable=False),
+        pa.field("computed_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("run_id", pa.string(), nullable=False),
+    ]
+)
+
+
+def _parquet_files(location: Location, folder: str) -> list:
+    return [
+        e
+        for e in location.list(folder)
+        if e.type.name == "File" and not e.base_name.startswith((".", "_"))
+    ]
+
+
+def _fingerprint(config: Config, partition: str) -> dict:
+    scores = Location(config.store).read_json("scores", f"dt={partition}", SUCCESS)
+    labels = _parquet_files(Location(config.source), f"labels/dt={partition}")
+    return {
+        "scores_run_id": scores["run_id"],
+        "model_version": scores["model_version"],
+        "labels": [[e.base_name, e.size, e.mtime_ns] for e in labels],
+    }
+
+
+def pending(config: Config) -> list[str]:
+    """Labelled partitions with published scores whose performance is missing or stale."""
+    store = Location(config.store)
+    out = []
+    for partition in labelled_partitions(config):
+        if not store.exists("scores", f"dt={partition}", SUCCESS):
+            continue
+        done = store.read_json_or_none("performance", f"dt={partition}", SUCCESS)
+        if done is None or done.get("computed_from") != _fingerprint(config, partition):
+            out.append(partition)
+    return out
+
+
+def _read(location: Location, folder: str, columns: list[str]) -> pa.Table:
+    tables = [
+        pq.read_table(location.fs.open_input_file(e.path), columns=columns)
+        for e in _parquet_files(location, folder)
+    ]
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+def measure(config: Config, partition: str, run_id: str) -> list[dict]:
+    """Compute and publish one partition's realised metrics; returns its rows."""
+    ds = config.dataset
+    store, source = Location(config.store), Location(config.source)
+    computed_from = _fingerprint(config, partition)
+    scores = _read(store, f"scores/dt={partition}", [*ds.id_columns, "score", "model_version"])
+    labels = _read(source, f"labels/dt={partition}", [*ds.id_columns, ds.label])
+    labels = labels.filter(pc.is_valid(labels.column(ds.label)))
+    joined = scores.join(labels, keys=ds.id_columns, join_type="inner")
+    now = dt.datetime.now(dt.UTC)
+    rows = []
+    for version in sorted(set(joined.column("model_version").to_pylist())):
+        part = joined.filter(pc.equal(joined.column("model_version"), version))
+        y = part.column(ds.label).to_numpy(zero_copy_only=False).astype(np.float64)
+        values = metrics(ds.task, y, part.column("score").to_numpy(zero_copy_only=False))
+        for name, value in sorted(values.items()):
+            rows.append(
+                {
+                    "partition": dt.date.fromisoformat(partition),
+                    "model_version": version,
+                    "metric": name,
+                    "value": None if np.isnan(value) else value,
+                    "n_scored": scores.num_rows,
+                    "n_labelled": labels.num_rows,
+                    "n_joined": part.num_rows,
+                    "computed_at": now,
+                    "run_id": run_id,
+                }
+            )
+    staging = store.child("_staging", f"performance-{partition}-{uuid.uuid4().hex[:8]}")
+    staging.write_parquet(pa.Table.from_pylist(rows, schema=SCHEMA), "part-00000.parquet")
+    staging.write_json(
+        {
+            "partition": partition,
+            "computed_from": computed_from,
+            "run_id": run_id,
+            "rows": len(rows),
+            "written_at": now.isoformat(),
+        },
+        SUCCESS,
+    )
+    store.publish_dir(staging, "performance", f"dt={partition}")
+    return json.loads(json.dumps(rows, default=str))

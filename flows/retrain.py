@@ -1,0 +1,36 @@
+"""The `retrain` flow: train a challenger, compare it with the champion, promote or not.
+
+Started by hand (`batchscore train`, `prefect deployment run retrain/retrain`), by the
+`retrain` deployment's trigger on `batchscore.drift.detected`, or as a subflow of `score`
+when that runs without deployments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from prefect import flow
+from prefect.runtime import flow_run
+from prefect.states import Completed
+
+from batchscore.config import load_config
+from tasks.retrain import DRIFT_EVENT, report_retrain, train_challenger
+
+
+@flow(name="retrain")
+def retrain(
+    config: str = "batchscore.toml",
+    reason: str = "manual",
+    force: bool = False,
+    event_id: str | None = None,
+    partition: str | None = None,
+):
+    """Retrain on the labelled window; `force` promotes without the gate."""
+    cfg = load_config(config)
+    trigger = (
+        {"event": DRIFT_EVENT, "event_id": event_id, "partition": partition} if event_id else None
+    )
+    result = train_challenger(cfg, reason, force, flow_run.get_id(), trigger)
+    report_retrain(cfg, result, reason)
+    name = {"promoted": "Promoted", "registered": "NotPromoted", "skipped": "NotTrained"}
+    return Completed(name=name[result.status], data=asdict(result), message=result.decision)

@@ -1,0 +1,119 @@
+"""Tasks of the retrain loop: train through the gate, decide on drift, emit the drift event."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+
+from batchscore import training
+from batchscore.config import Config
+from batchscore.policy import RetrainDecision, should_retrain
+from batchscore.registry import ModelRef, Registry
+from batchscore.scoring import PartitionOutcome
+from batchscore.training import TrainResult
+from tasks.common import TASK_DEFAULTS
+
+DRIFT_EVENT = "batchscore.drift.detected"
+
+
+@task(name="train-challenger", **TASK_DEFAULTS)
+def train_challenger(
+    config: Config, reason: str, force: bool, run_id: str | None, trigger: dict | None
+) -> TrainResult:
+    result = training.train(config, reason=reason, force=force, run_id=run_id, trigger=trigger)
+    logger = get_run_logger()
+    (logger.info if result.status != "skipped" else logger.warning)(
+        "%s: %s", result.status, result.decision
+    )
+    return result
+
+
+@task(name="report-retrain", **TASK_DEFAULTS)
+def report_retrain(config: Config, result: TrainResult, reason: str) -> str:
+    lines = [
+        f"# retrain {config.dataset.name}: {result.status}",
+        "",
+        f"- reason: {reason}",
+        f"- decision: {result.decision}",
+        f"- new version: {result.version or '-'}; champion now: {result.champion or '-'}",
+    ]
+    if result.window:
+        lines.append(
+            f"- window: {result.window['from']} .. {result.window['to']}, rows {result.rows}"
+        )
+    if result.challenger_metrics:
+        names = sorted(result.challenger_metrics)
+        lines += ["", "| model | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+        lines.append(
+            f"| challenger {result.version} | "
+            + " | ".join(f"{result.challenger_metrics[n]:.5f}" for n in names)
+            + " |"
+        )
+        if result.champion_metrics:
+            lines.append(
+                "| previous champion | "
+                + " | ".join(f"{result.champion_metrics[n]:.5f}" for n in names)
+                + " |"
+            )
+    markdown = "\n".join(lines)
+    create_markdown_artifact(
+        markdown=markdown,
+        key="retrain-summary",
+        description=f"{config.dataset.name}: what this retrain did",
+    )
+    return markdown
+
+
+@task(name="decide-retrain", **TASK_DEFAULTS)
+def decide_retrain(config: Config, outcomes: list[PartitionOutcome]) -> RetrainDecision:
+    """Apply the drift policy to the newest partition scored in this run; store the decision."""
+    scored = [o for o in outcomes if o.status == "scored"]
+    latest = max(scored, key=lambda o: o.partition) if scored else None
+    registry = Registry(config.store, config.dataset.name)
+    decision = should_retrain(
+        latest.partition if latest else None,
+        list(latest.drift) if latest else [],
+        registry.last_retrain_at(),
+        dt.datetime.now(dt.UTC),
+        config.retrain,
+    )
+    get_run_logger().info("drift policy: %s", "; ".join(decision.reasons))
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    registry.root.write_json(
+        decision.to_json(), "decisions", f"{stamp}-{uuid.uuid4().hex[:8]}.json"
+    )
+    return decision
+
+
+@task(name="emit-drift-event", **TASK_DEFAULTS)
+def emit_drift_event(config: Config, model: ModelRef, decision: RetrainDecision) -> str | None:
+    """Tell Prefect: the `retrain` deployment's trigger listens for this event."""
+    from prefect.events import emit_event
+
+    event = emit_event(
+        event=DRIFT_EVENT,
+        resource={
+            "prefect.resource.id": f"batchscore.model.{config.dataset.name}",
+            "prefect.resource.name": config.dataset.name,
+        },
+        payload={
+            "partition": decision.partition,
+            "drifted": list(decision.drifted),
+            "drifted_features": decision.drifted_features,
+            "model_version": model.version,
+            "reasons": list(decision.reasons),
+            "config": config.path,
+        },
+    )
+    event_id = str(event.id) if event else None
+    get_run_logger().warning(
+        "drift in %s (%s): emitted %s %s",
+        decision.partition,
+        ", ".join(decision.drifted_features) or "__score__",
+        DRIFT_EVENT,
+        event_id,
+    )
+    return event_id

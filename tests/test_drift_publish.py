@@ -1,0 +1,240 @@
+"""Publishing a partition's drift: the report, `_COUNTS.json` and `_report.html` appear
+together; `rolling:N` merges earlier partitions' stored counts; `<store>/drift/` reads as one
+table; `batchscore drift show` prints a stored report.
+
+A real (tiny) LightGBM model with a real reference profile is registered in a temporary
+store, and `publish_partition` is given chunk results whose drift counts were made with that
+profile, as score workers make them. No Prefect server is needed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import lightgbm as lgb
+import numpy as np
+import pyarrow.dataset as pads
+import pytest
+from helpers import write_config
+
+from batchscore.cli import main
+from batchscore.config import ConfigError, load_config
+from batchscore.drift_store import COUNTS_FILE, HTML_FILE, REPORT_FILE
+from batchscore.partitions import Chunk, PartitionPlan
+from batchscore.registry import Registry
+from batchscore.scoring import ChunkResult, publish_partition
+from drift import DRIFT_REPORT_SCHEMA, ReferenceProfile, evaluate, merge_all
+
+FEATURES = ["amount", "channel"]
+DAYS = ["2026-10-01", "2026-10-02", "2026-10-03", "2026-10-04"]
+CONFIG = """
+[dataset]
+name = "toy"
+id_columns = ["id"]
+features = ["amount", "channel"]
+categorical = ["channel"]
+label = "y"
+task = "binary"
+
+[storage]
+source = "source"
+store = "store"
+"""
+
+
+def _columns(rng: np.random.Generator, n: int, shift: float) -> dict[str, np.ndarray]:
+    amount = rng.normal(50 + shift, 10, n)
+    amount[rng.random(n) < 0.03] = np.nan
+    channels = np.array(["web", "app", "shop", "phone"])
+    p = np.array([0.4, 0.3, 0.2, 0.1]) + np.array([-1, 0, 0, 1]) * min(shift, 20) / 100
+    return {"amount": amount, "channel": channels[rng.choice(4, n, p=p)].astype(object)}
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    """A registered champion (tiny LightGBM + fitted reference) and a config; returns both."""
+    rng = np.random.default_rng(7)
+    reference = _columns(rng, 5_000, 0.0)
+    scores = rng.beta(2, 5, 5_000)
+    profile = ReferenceProfile.fit(reference, ["channel"], scores)
+    x = np.column_stack([np.nan_to_num(reference["amount"]), rng.integers(0, 4, 5_000)])
+    booster = lgb.train(
+        {"objective": "binary", "verbose": -1, "num_leaves": 4},
+        lgb.Dataset(x, (rng.random(5_000) < 0.3).astype(int), feature_name=FEATURES),
+        num_boost_round=2,
+    )
+    config_path = write_config(tmp_path / "toy.toml", CONFIG)
+    config = load_config(config_path)
+    registry = Registry(config.store, "toy")
+    version = registry.register(
+        booster.model_to_string(),
+        {"schema": {"features": FEATURES, "vocabularies": {}}, "task": "binary"},
+        {"reference.json": profile.to_json().encode()},
+    )
+    registry.promote(version, "test")
+    return {"config_path": config_path, "profile": profile, "model": registry.ref(version)}
+
+
+def _day_counts(profile: ReferenceProfile, day_index: int) -> list[dict]:
+    """Two chunks' partial counts for one day, the later days shifted further."""
+    rng = np.random.default_rng(100 + day_index)
+    parts = []
+    for n in (1_500, 2_500):
+        columns = _columns(rng, n, shift=4.0 * day_index)
+        parts.append(profile.count(columns, rng.beta(2 + 0.1 * day_index, 5, n)))
+    return parts
+
+
+def _publish(config, model, day: str, parts: list[dict]):
+    rows = [next(iter(p.values())).n for p in parts]
+    chunks = tuple(
+        Chunk(day, i, f"incoming/dt={day}/part-{i}.parquet", (0,), n) for i, n in enumerate(rows)
+    )
+    plan = PartitionPlan(day, tuple(c.file for c in chunks), sum(rows), chunks)
+    results = [
+        ChunkResult(day, i, n, n, 0, drift_counts={f: c.to_dict() for f, c in p.items()})
+        for i, (n, p) in enumerate(zip(rows, parts, strict=True))
+    ]
+    return publish_partition(config, plan, model, results, run_id="test-run")
+
+
+def _rows(store: Path, day: str) -> dict[tuple[str, str], dict]:
+    table = pads.dataset(store / "drift" / f"dt={day}", format="parquet").to_table()
+    return {(r["feature"], r["method"]): r for r in table.to_pylist()}
+
+
+def test_rolling_reference_merges_the_previous_partitions_counts(store, tmp_path):
+    config = load_config(
+        write_config(store["config_path"], CONFIG, drift={"reference": "rolling:2"})
+    )
+    profile, model = store["profile"], store["model"]
+    root = Path(config.store)
+    # A partition scored by another model version: never part of this version's window.
+    foreign = root / "drift" / "dt=2026-09-30"
+    foreign.mkdir(parents=True)
+    (foreign / COUNTS_FILE).write_text(
+        json.dumps({"format": "batchscore.drift.counts/1", "model_version": "v0099", "counts": {}})
+    )
+
+    merged = {}
+    outcomes = {}
+    for i, day in enumerate(DAYS):
+        parts = _day_counts(profile, i)
+        merged[day] = {f: merge_all(p[f] for p in parts) for f in profile}
+        outcomes[day] = _publish(config, model, day, parts)
+
+    # The first day has no earlier partition of this version: the training reference.
+    first = _rows(root, DAYS[0])
+    assert {r["reference"] for r in first.values()} == {f"training:{model.version}"}
+    assert all("no partition before 2026-10-01" in r["reason"] for r in first.values())
+    assert outcomes[DAYS[0]].drift_warnings
+    # The second has one: rolling:2 over what there is, said in the reason column.
+    second = _rows(root, DAYS[1])
+    assert {r["reference"] for r in second.values()} == {"rolling:2"}
+    assert all("only 1 partition(s)" in r["reason"] for r in second.values())
+    # Later days: exactly the statistics of the two previous days' merged counts.
+    for day, window in ((DAYS[2], DAYS[0:2]), (DAYS[3], DAYS[1:3])):
+        reference = ReferenceProfile(
+            {f: profile[f].with_counts(merge_all(merged[w][f] for w in window)) for f in profile}
+        )
+        expected = evaluate(reference, merged[day])
+        rows = _rows(root, day)
+        assert len(rows) == len(expected) == 2 * 3  # amount, channel, __score__ x 2 methods
+        for result in expected:
+            row = rows[result.feature, result.method]
+            assert row["reference"] == "rolling:2"
+            assert row["reason"] is None and not outcomes[day].drift_warnings
+            assert row["statistic"] == result.statistic
+            assert row["p_value"] == result.p_value
+            assert row["n_reference"] == result.n_reference
+            assert row["drifted"] == result.drifted
+
+    # The stored counts are the partition's merged counts, in the champion's bins.
+    stored = json.loads((root / "drift" / f"dt={DAYS[3]}" / COUNTS_FILE).read_text())
+    assert stored["model_version"] == model.version and stored["rows"] == 4_000
+    assert stored["counts"]["amount"] == merged[DAYS[3]]["amount"].to_dict()
+
+
+@pytest.fixture
+def published(store) -> dict:
+    """Three days published with the training reference."""
+    config = load_config(store["config_path"])
+    outcomes = [
+        _publish(config, store["model"], day, _day_counts(store["profile"], i))
+        for i, day in enumerate(DAYS[:3])
+    ]
+    return {**store, "config": config, "outcomes": outcomes}
+
+
+def test_drift_folder_reads_as_one_table_with_html_beside_it(published):
+    model = published["model"]
+    root = Path(published["config"].store) / "drift"
+    for day, outcome in zip(DAYS, published["outcomes"], strict=False):
+        assert outcome.drift_report == str(root / f"dt={day}" / HTML_FILE)
+        names = sorted(p.name for p in (root / f"dt={day}").iterdir())
+        assert names == sorted([COUNTS_FILE, HTML_FILE, REPORT_FILE])
+    # _COUNTS.json and _report.html start with "_": pyarrow.dataset skips them.
+    table = pads.dataset(root, format="parquet", partitioning="hive").to_table()
+    assert table.schema.names[: len(DRIFT_REPORT_SCHEMA)] == DRIFT_REPORT_SCHEMA.names
+    assert table.num_rows == 3 * 6
+    assert set(table.column("reference").to_pylist()) == {f"training:{model.version}"}
+    html = (root / f"dt={DAYS[2]}" / HTML_FILE).read_text()
+    assert html.startswith("<!doctype html>") and "<svg" in html and "<script" not in html
+
+
+def test_duckdb_reads_the_drift_folder(published):
+    duckdb = pytest.importorskip("duckdb", reason="DuckDB is not installed")
+    root = Path(published["config"].store) / "drift"
+    count = duckdb.sql(
+        f"select count(*) from read_parquet('{root}/*/*.parquet', hive_partitioning=true)"
+    ).fetchone()[0]
+    assert count == 3 * 6
+
+
+def _run(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(argv))
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_drift_show_prints_the_latest_or_given_partition(published):
+    store, config, model = published, published["config"], published["model"]
+    code, stdout, stderr = _run("drift", "show", "--config", str(store["config_path"]))
+    assert code == 0, stderr
+    lines = stdout.splitlines()
+    assert lines[0].startswith(f"partition {DAYS[2]}  reference training:{model.version}")
+    assert lines[1].split() == ["feature", "method", "statistic", "threshold", "drifted"]
+    table = [line.split() for line in lines[3:9]]
+    assert len(table) == 6
+    flags = [row[4] == "DRIFTED" for row in table]
+    assert flags == sorted(flags, reverse=True)
+    assert any(flags), "day 3 is shifted enough to drift"
+    assert lines[-1] == f"HTML report: {Path(config.store) / 'drift' / f'dt={DAYS[2]}' / HTML_FILE}"
+
+    code, stdout, _ = _run(
+        "drift", "show", "--config", str(store["config_path"]), "--partition", DAYS[0]
+    )
+    assert code == 0 and stdout.startswith(f"partition {DAYS[0]}")
+    code, stdout, stderr = _run(
+        "drift", "show", "--config", str(store["config_path"]), "--partition", "2026-12-31"
+    )
+    assert code == 1 and stdout == ""
+    assert "no drift report for partition 2026-12-31" in stderr and DAYS[0] in stderr
+
+
+@pytest.mark.parametrize("value", ["rolling:0", "rolling:", "rolling:x", "window"])
+def test_bad_reference_window_is_a_config_error(tmp_path, value):
+    path = write_config(tmp_path / "c.toml", CONFIG, drift={"reference": value})
+    with pytest.raises(ConfigError, match=r"\[drift\] reference: must be \"training\" or"):
+        load_config(path)
+    assert (
+        load_config(
+            write_config(tmp_path / "ok.toml", CONFIG, drift={"reference": "rolling:7"})
+        ).drift.rolling_window
+        == 7
+    )
+    assert load_config(write_config(tmp_path / "t.toml", CONFIG)).drift.rolling_window is None

@@ -1,0 +1,150 @@
+"""The retraining loop: the gate, force, rollback, racing retrains, drift -> one retrain,
+and realised performance. Flows run under a real Prefect API."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import pytest
+from helpers import write_config
+from sklearn.metrics import roc_auc_score
+
+from batchscore.config import load_config
+from batchscore.registry import Registry
+from batchscore.training import train
+from flows.retrain import retrain
+from flows.score import score
+
+FAST = {"lightgbm": {"max_rounds": 60}}
+
+
+@pytest.fixture
+def fast_sample(sample: Path) -> Path:
+    """The sample with fewer boosting rounds: the loop is under test, not the model."""
+    return write_config(sample, sample.read_text(), retrain=FAST)
+
+
+def _shuffle_labels(config, keep: str) -> None:
+    """Noise for training; the holdout day `keep` keeps its true labels to judge by."""
+    rng = np.random.default_rng(0)
+    for path in sorted(Path(config.source, "labels").rglob("*.parquet")):
+        if f"dt={keep}" in str(path):
+            continue
+        table = pq.read_table(path)
+        label = config.dataset.label
+        shuffled = pa.array(rng.permutation(table.column(label).to_numpy()))
+        pq.write_table(table.set_column(table.schema.get_field_index(label), label, shuffled), path)
+
+
+def test_a_worse_challenger_is_not_promoted_force_is_and_rollback_restores(
+    fast_sample, prefect_api
+):
+    config = load_config(fast_sample)
+    registry = Registry(config.store, config.dataset.name)
+    first = retrain(config=str(fast_sample), reason="first", return_state=True)
+    assert first.name == "Promoted" and registry.champion() == "v0001"
+
+    _shuffle_labels(config, keep="2026-10-10")  # a challenger trained on noise
+    worse = retrain(config=str(fast_sample), reason="shuffled labels", return_state=True)
+    assert worse.name == "NotPromoted", worse.message
+    assert registry.champion() == "v0001"
+    meta = registry.metadata("v0002")
+    assert meta["reason"] == "shuffled labels" and meta["parent"] == "v0001"
+    assert meta["metrics"]["auc"] < meta["champion_metrics"]["auc"] - 0.1
+    assert "not promoted" in worse.message
+
+    forced = retrain(config=str(fast_sample), reason="on purpose", force=True, return_state=True)
+    assert forced.name == "Promoted" and registry.champion() == "v0003"
+
+    assert registry.rollback() == "v0001"
+    assert registry.champion() == "v0001"
+    moves = [(e["action"], e["from"], e["to"]) for e in registry.audit()]
+    assert moves == [
+        ("promote", None, "v0001"),
+        ("promote", "v0001", "v0003"),
+        ("rollback", "v0003", "v0001"),
+    ]
+
+
+def test_two_retrains_at_once_promote_at_most_one(fast_sample):
+    config = load_config(fast_sample)
+    train(config, reason="first")
+    results = []
+    start = threading.Barrier(2)
+
+    def run(name: str) -> None:
+        start.wait()
+        results.append(train(config, reason=name))
+
+    threads = [threading.Thread(target=run, args=(f"racer {i}",)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    registry = Registry(config.store, config.dataset.name)
+    statuses = sorted(r.status for r in results)
+    assert statuses == ["promoted", "registered"]
+    loser = next(r for r in results if r.status == "registered")
+    assert "the champion changed from v0001" in loser.decision
+    winner = next(r for r in results if r.status == "promoted")
+    assert registry.champion() == winner.version
+    assert sorted(registry.versions()) == ["v0001", "v0002", "v0003"]
+    assert [e["to"] for e in registry.audit()] == ["v0001", winner.version]
+
+
+def test_drift_starts_exactly_one_retrain_and_labels_give_realised_performance(
+    fast_sample, prefect_api
+):
+    config = load_config(fast_sample)
+    store = Path(config.store)
+    train(config, reason="first")
+    registry = Registry(config.store, config.dataset.name)
+
+    assert score(config=str(fast_sample), return_state=True).is_completed()
+    triggered = [r for r in registry.retrains() if r.get("trigger")]
+    assert len(triggered) == 1
+    trigger = triggered[0]["trigger"]
+    assert trigger["event"] == "batchscore.drift.detected"
+    assert trigger["partition"] == "2026-10-14" and trigger["event_id"]
+    meta = registry.metadata(triggered[0]["version"])
+    assert meta["trigger"] == trigger
+    assert trigger["event_id"] in meta["reason"]
+
+    # The retrain is a flow run of its own in the Prefect API.
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["retrain"])))
+    mine = [r for r in runs if r.parameters.get("config") == config.path]
+    assert len(mine) == 1 and mine[0].state.is_completed()
+    assert mine[0].parameters["event_id"] == trigger["event_id"]
+
+    # Realised performance for every labelled, scored partition; AUC as sklearn computes it.
+    perf = pads.dataset(store / "performance", partitioning="hive").to_table().to_pylist()
+    labelled = [f"2026-10-{d:02d}" for d in range(1, 11)]
+    assert sorted({str(r["partition"]) for r in perf}) == labelled
+    day = "2026-10-07"
+    scores = pq.read_table(store / "scores" / f"dt={day}").select(["customer_id", "score"])
+    labels = pq.read_table(Path(config.source) / "labels" / f"dt={day}")
+    joined = scores.join(labels, keys="customer_id")
+    expected = roc_auc_score(joined.column("churned").to_numpy(), joined.column("score").to_numpy())
+    (auc,) = [r for r in perf if str(r["partition"]) == day and r["metric"] == "auc"]
+    assert auc["value"] == pytest.approx(expected, abs=1e-12)
+    assert auc["n_joined"] == joined.num_rows
+
+    # The next run sees the same drift, but the cooldown holds a second retrain back.
+    assert score(config=str(fast_sample), return_state=True).is_completed()
+    assert len([r for r in registry.retrains() if r.get("trigger")]) == 1
+    decisions = sorted((store / "models" / "churn" / "decisions").glob("*.json"))
+    last = json.loads(decisions[-1].read_text())
+    # Same labelled data, so the challenger ties the champion and is promoted (not worse);
+    # the new champion rescored every partition and met the same drift.
+    assert triggered[0]["status"] == "promoted" and registry.champion() == "v0002"
+    assert not last["retrain"] and "cooldown_hours = 24" in last["reasons"][0]
