@@ -74,6 +74,9 @@ class ScoringConfig(_Table):
     chunk_rows: int = Field(default=250_000, gt=0)
     # Worker processes; 0 means one per core.
     workers: int = Field(default=0, ge=0)
+    # A run holds a lease per partition it scores; a lease outlives a holder on another host
+    # that died by this long (a dead holder on the same host is noticed at once).
+    lease_minutes: float = Field(default=360.0, gt=0.0)
 
     @property
     def worker_count(self) -> int:
@@ -88,6 +91,9 @@ class ValidationConfig(_Table):
     band_width_factor: float = Field(default=1.0, ge=0.0)
     # Unseen categories are scored and counted by default; set true to quarantine them instead.
     quarantine_unseen_categories: bool = False
+    # Categorical and string id values longer than this many characters are rejected as
+    # absurd (a corrupted or mis-parsed field), not scored.
+    max_string_length: int = Field(default=10_000, ge=1)
 
 
 class LightGBMConfig(_Table):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import time
 from dataclasses import asdict, dataclass, field
 
 import pyarrow as pa
@@ -107,10 +108,14 @@ def plan_partition(config: Config, partition: str, model: ModelRef) -> Partition
         rel = f"{folder}/{entry.base_name}"
         files.append(rel)
         try:
-            parquet = pq.ParquetFile(source.fs.open_input_file(source.path(rel)))
+            parquet = _with_retries(
+                lambda rel=rel: pq.ParquetFile(source.fs.open_input_file(source.path(rel)))
+            )
             schema = parquet.schema_arrow
         except (pa.ArrowInvalid, OSError) as exc:
-            problems.append(FileProblem(rel, f"not a readable Parquet file: {exc}"))
+            problems.append(
+                FileProblem(rel, f"not a readable Parquet file ({entry.size:,} bytes): {exc}")
+            )
             continue
         file_problems, file_extra = check_schema(schema, rel, config)
         problems.extend(file_problems)
@@ -151,6 +156,19 @@ def plan_partition(config: Config, partition: str, model: ModelRef) -> Partition
         tuple(problems),
         fingerprint,
     )
+
+
+def _with_retries(read, delays: tuple[float, ...] = (0.5, 2.0)):
+    """Read, retrying storage errors with backoff: a transient error must not hold a
+    partition, but a corrupt file (which pyarrow also reports as OSError) fails every try."""
+    for delay in delays:
+        try:
+            return read()
+        except pa.ArrowInvalid:
+            raise
+        except OSError:
+            time.sleep(delay)
+    return read()
 
 
 def _cut(

@@ -144,6 +144,22 @@ class Registry:
         alias = self.root.read_json_or_none("champion.json")
         return alias["version"] if alias else None
 
+    def verify(self, ref: ModelRef) -> None:
+        """Check a version's files against their recorded sha256 without loading them."""
+        root = self.root.child(ref.version)
+        recorded = {"model.txt": ref.sha256, **self.metadata(ref.version).get("files", {})}
+        for name, expected in recorded.items():
+            try:
+                actual = sha256_hex(root.read_bytes(name))
+            except FileNotFoundError:
+                actual = "missing"
+            if actual != expected:
+                raise ModelIntegrityError(
+                    f"model {ref.name} {ref.version}: {root.path(name)} has sha256 {actual}, "
+                    f"but the registry recorded {expected}; the file was changed after "
+                    "registration. Refusing to score with it."
+                )
+
     def champion_ref(self) -> ModelRef:
         version = self.champion()
         if version is None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import time
+import uuid
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
@@ -52,6 +53,18 @@ from drift import (
 
 class AccountingError(RuntimeError):
     """Rows in != rows scored + rows quarantined: nothing is published."""
+
+
+class PartitionHeld(RuntimeError):
+    """A partition was held (unreadable files, or too many rejected rows): nothing scored.
+
+    Raised by the publishing tasks so that their Prefect task run ends Failed with the
+    reason; the flow catches it, records the outcome and goes on with other partitions.
+    """
+
+    def __init__(self, outcome: PartitionOutcome):
+        super().__init__(f"partition {outcome.partition} held: {'; '.join(outcome.reasons)}")
+        self.outcome = outcome
 
 
 @dataclass(frozen=True)
@@ -244,6 +257,8 @@ def publish_partition(
         "failed_expectations": failed,
         "unseen_categories": unseen,
         "seconds": round(seconds, 3),
+        # Chunks finished by an earlier, interrupted attempt and reused, not recomputed.
+        "reused_chunks": sum(r.reused for r in results),
     }
     if plan.rows_in and quarantined / plan.rows_in > limit:
         reason = (
@@ -399,23 +414,26 @@ def _methods(feature: str, reference) -> tuple[str, ...]:
 def hold_partition(
     config: Config, plan: PartitionPlan, model: ModelRef, run_id: str
 ) -> PartitionOutcome:
-    """File-level problems: nothing of the partition is scored; the reasons go to quarantine."""
-    store = Location(config.store)
+    """File-level problems: nothing of the partition is scored; the files and reasons are
+    listed in `<store>/quarantine/dt=D/_HELD`, which replaces that folder whole."""
     reasons = tuple(f"{p.file}: {p.reason}" for p in plan.problems)
-    store.write_json(
+    staging = Location(config.store).child(
+        "_staging", f"held-{plan.partition}-{uuid.uuid4().hex[:8]}"
+    )
+    staging.write_json(
         {
             "partition": plan.partition,
             "status": "held",
             "reasons": list(reasons),
+            "files": [{"file": p.file, "reason": p.reason} for p in plan.problems],
             "partition_plan": plan_to_json(plan),
             "model_version": model.version,
             "run_id": run_id,
             "written_at": utc_now(),
         },
-        "quarantine",
-        f"dt={plan.partition}",
         HELD,
     )
+    Location(config.store).publish_dir(staging, "quarantine", f"dt={plan.partition}")
     return PartitionOutcome(plan.partition, "held", plan.rows_in, 0, 0, 0.0, reasons)
 
 

@@ -140,52 +140,89 @@ class LeaseBusy(StorageError):
     """Another live holder has the lease."""
 
 
-@contextmanager
-def lease(
-    location: Location, name: str, ttl_seconds: float = 900.0, wait_seconds: float = 300.0
-) -> Iterator[dict]:
-    """An exclusive lease on `name` under `location`: a file created with O_EXCL.
+def try_lease(location: Location, name: str, ttl_seconds: float) -> tuple[dict | None, dict | None]:
+    """Take the lease `name` under `location` if it is free: (our lease, None) or (None, holder).
 
-    A lease whose expiry has passed belongs to a holder that died; it is taken over (moved
-    aside by rename, which only one contender can win). Waits up to `wait_seconds` for a
-    live holder, then raises LeaseBusy naming it.
+    A lease is a file created with O_EXCL. It is free when absent, expired, or held by a
+    process of this host that no longer exists (a holder killed with -9 leaves its file
+    behind; its pid tells it is gone). A stale lease is moved aside by rename, which only one
+    contender can win, then deleted.
     """
     if not isinstance(location.fs, pafs.LocalFileSystem):
         raise StorageError(f"leases need a local store; {location.uri} is not local")
     folder = location.path()
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, name)
-    token = {"token": uuid.uuid4().hex, "pid": os.getpid(), "host": socket.gethostname()}
-    deadline = time.monotonic() + wait_seconds
-    while True:
+    for _ in range(10):
         now = time.time()
-        body = {**token, "acquired_at": now, "expires_at": now + ttl_seconds}
+        body = {
+            "token": uuid.uuid4().hex,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "acquired_at": now,
+            "expires_at": now + ttl_seconds,
+            "path": path,
+        }
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             holder = _read_lease(path)
-            if holder is not None and holder.get("expires_at", 0) < now:
-                aside = f"{path}.expired-{uuid.uuid4().hex}"
-                with suppress(FileNotFoundError):
-                    os.rename(path, aside)
-                    os.remove(aside)
-                continue
-            if time.monotonic() > deadline:
-                raise LeaseBusy(
-                    f"{path} is held by {holder} (waited {wait_seconds:.0f} s)"
-                ) from None
-            time.sleep(0.2)
+            if holder is None:
+                continue  # released between our open and our read
+            if not _stale(holder, now):
+                return None, holder
+            aside = f"{path}.stale-{uuid.uuid4().hex}"
+            with suppress(FileNotFoundError):
+                os.rename(path, aside)
+                os.remove(aside)
             continue
         with os.fdopen(fd, "w") as fh:
             json.dump(body, fh)
-        break
+        return body, None
+    raise LeaseBusy(f"{path}: could not take the lease after 10 attempts")
+
+
+def release_lease(lease: dict) -> None:
+    """Give a lease back, if it is still ours (an expired one may have been taken over)."""
+    current = _read_lease(lease["path"])
+    if current is not None and current.get("token") == lease["token"]:
+        with suppress(FileNotFoundError):
+            os.remove(lease["path"])
+
+
+@contextmanager
+def lease(
+    location: Location, name: str, ttl_seconds: float = 900.0, wait_seconds: float = 300.0
+) -> Iterator[dict]:
+    """Hold the lease `name` for the block, waiting up to `wait_seconds` for a live holder."""
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        ours, holder = try_lease(location, name, ttl_seconds)
+        if ours is not None:
+            break
+        if time.monotonic() > deadline:
+            raise LeaseBusy(
+                f"{location.path(name)} is held by pid {holder.get('pid')} on "
+                f"{holder.get('host')} (waited {wait_seconds:.0f} s)"
+            )
+        time.sleep(0.2)
     try:
-        yield body
+        yield ours
     finally:
-        current = _read_lease(path)
-        if current is not None and current.get("token") == token["token"]:
-            with suppress(FileNotFoundError):
-                os.remove(path)
+        release_lease(ours)
+
+
+def _stale(holder: dict, now: float) -> bool:
+    if holder.get("expires_at", 0) < now:
+        return True
+    if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int):
+        try:
+            os.kill(holder["pid"], 0)
+        except ProcessLookupError:
+            return True  # its holder died without releasing it
+        except PermissionError:
+            return False  # alive, another user's
+    return False
 
 
 def _read_lease(path: str) -> dict | None:
@@ -195,7 +232,7 @@ def _read_lease(path: str) -> dict | None:
     except FileNotFoundError:
         return None
     except ValueError:
-        # Created but not yet written by its holder: treat as fresh, never as expired.
+        # Created but not yet written by its holder: treat as live, never as stale.
         return {"expires_at": float("inf")}
 
 

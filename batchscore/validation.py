@@ -184,7 +184,18 @@ def build_rules(config: Config, profile: TrainingProfile) -> list[_Rule]:
                     lambda v, c=col: f"{c} is missing, and was never missing in training",
                 )
             )
+    longest = config.validation.max_string_length
     for col, prof in profile.categorical.items():
+        rules.append(
+            _Rule(
+                E.ExpectColumnValueLengthsToBeBetween(column=col, max_value=longest),
+                col,
+                lambda v, c=col, n=longest: (
+                    f"{c} holds a value of {len(str(v)):,} characters ({str(v)[:24]!r}...), "
+                    f"more than [validation] max_string_length = {n:,}"
+                ),
+            )
+        )
         if prof.n_missing == 0:
             rules.append(
                 _Rule(
@@ -226,10 +237,12 @@ def _run(frame: pd.DataFrame, rules: list[_Rule], verdict: RowVerdict) -> None:
         if res.success:
             continue
         rows = res.result.get("unexpected_index_list") or []
-        values = res.result.get("unexpected_list") or [None] * len(rows)
+        # Each row's value is read from the frame: GX's unexpected_list leaves nulls out, so
+        # it does not line up with the index list when a column has many of them.
+        column = frame[rule.column]
         verdict.add(
             rows,
-            [rule.describe(_plain(v)) for v in values],
+            [rule.describe(_plain(column.iloc[r])) for r in rows],
             f"{res.expectation_config.type}({rule.column})",
         )
 

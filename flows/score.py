@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 
 from prefect import flow, get_run_logger
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.runtime import deployment, flow_run
 from prefect.states import Completed, Failed
 from prefect.task_runners import ProcessPoolTaskRunner
@@ -17,16 +18,18 @@ from prefect.task_runners import ProcessPoolTaskRunner
 from batchscore.config import Config, load_config
 from batchscore.policy import RetrainDecision
 from batchscore.registry import ModelRef
-from batchscore.scoring import PartitionOutcome
+from batchscore.scoring import PartitionHeld, PartitionOutcome
 from flows.retrain import retrain
 from tasks.performance import find_labelled, measure_performance, report_performance
 from tasks.report import report_run
 from tasks.retrain import DRIFT_EVENT, decide_retrain, emit_drift_event
 from tasks.scoring import (
+    claim_partitions,
     find_partitions,
     hold_partition,
     plan_partition,
     publish_partition,
+    release_partitions,
     resolve_champion,
     score_chunk,
 )
@@ -39,17 +42,23 @@ def score(config: str = "batchscore.toml", partition: str | None = None, rescore
     cfg = load_config(config)
     run_id = flow_run.get_id() or "local"
     model = resolve_champion(cfg)
-    todo = find_partitions(cfg, model, partition, rescore)
-    with ProcessPoolTaskRunner(max_workers=cfg.scoring.worker_count) as runner:
-        outcomes, failures = score_partitions(runner, cfg, model, todo, run_id)
-        performance = measure_all(runner, cfg, run_id)
+    pending = find_partitions(cfg, model, partition, rescore)
+    todo, leases = claim_partitions(cfg, model, pending, rescore)
+    try:
+        with ProcessPoolTaskRunner(max_workers=cfg.scoring.worker_count) as runner:
+            outcomes, failures = score_partitions(runner, cfg, model, todo, run_id)
+            performance = measure_all(runner, cfg, run_id)
+    finally:
+        release_partitions(leases)
     report_run(cfg, model, outcomes, failures, time.time() - started)
     report_performance(cfg, performance)
     if not todo:
+        busy = len(pending) - len(todo)
         return Completed(
             name="NothingToDo",
             data=[],
-            message=f"nothing to do: every partition is scored by {model.version}",
+            message=f"nothing to do: every partition is scored by {model.version}"
+            + (f" or being scored by another run ({busy})" if busy else ""),
         )
     decision = decide_retrain(cfg, outcomes)
     if decision.retrain and cfg.retrain.on_drift != "off":
@@ -104,17 +113,42 @@ def score_partitions(
         )
         work.append((plan, chunks))
     outcomes: list[PartitionOutcome] = []
+    progress = Progress(sum(len(chunks) for _, chunks in work), todo)
     for plan, chunks in work:
         try:
             if plan.held:
-                outcomes.append(hold_partition(cfg, plan, model, run_id))
+                hold_partition(cfg, plan, model, run_id)
             else:
-                results = [f.result() for f in chunks]
+                results = [progress.done(f.result()) for f in chunks]
                 outcomes.append(publish_partition(cfg, plan, model, results, run_id))
+        except PartitionHeld as held:  # its task ended Failed with the reason; the run goes on
+            outcomes.append(held.outcome)
         except Exception as exc:  # one partition's failure must not hide the others'
             get_run_logger().error("partition %s FAILED: %s", plan.partition, exc)
             failures.append(f"{plan.partition}: {exc}")
     return outcomes, failures
+
+
+class Progress:
+    """A Prefect progress artifact, moved forward as chunks finish."""
+
+    def __init__(self, total: int, partitions: list[str]):
+        self.total, self.finished = total, 0
+        self.id = (
+            create_progress_artifact(
+                progress=0.0 if total else 100.0,
+                key="score-progress",
+                description=f"chunks scored, {len(partitions)} partition(s)",
+            )
+            if total
+            else None
+        )
+
+    def done(self, result):
+        self.finished += 1
+        if self.id is not None:
+            update_progress_artifact(self.id, progress=100.0 * self.finished / self.total)
+        return result
 
 
 def measure_all(runner: ProcessPoolTaskRunner, cfg: Config, run_id: str) -> list[dict]:

@@ -8,7 +8,8 @@ from batchscore import partitions, scoring
 from batchscore.config import Config
 from batchscore.partitions import Chunk, PartitionPlan
 from batchscore.registry import ModelIntegrityError, ModelRef, Registry
-from batchscore.scoring import ChunkResult, PartitionOutcome
+from batchscore.scoring import ChunkResult, PartitionHeld, PartitionOutcome
+from batchscore.storage import Location, release_lease, try_lease
 from tasks.common import IO_RETRIES, TASK_DEFAULTS
 
 
@@ -17,6 +18,7 @@ def resolve_champion(config: Config) -> ModelRef:
     """The champion's handle, after checking it was trained on this config's features."""
     registry = Registry(config.store, config.dataset.name)
     ref = registry.champion_ref()
+    registry.verify(ref)  # a tampered model stops the run here, before anything is scored
     meta = registry.metadata(ref.version)
     ds = config.dataset
     schema = meta["schema"]
@@ -81,6 +83,8 @@ def publish_partition(
 ) -> PartitionOutcome:
     outcome = scoring.publish_partition(config, plan, model, results, run_id)
     _log(outcome)
+    if outcome.status == "held":
+        raise PartitionHeld(outcome)  # the task run ends Failed with the reason
     return outcome
 
 
@@ -90,7 +94,48 @@ def hold_partition(
 ) -> PartitionOutcome:
     outcome = scoring.hold_partition(config, plan, model, run_id)
     _log(outcome)
-    return outcome
+    raise PartitionHeld(outcome)  # the task run ends Failed with the reason
+
+
+# No retries: a retry would meet the leases its first attempt took (held by this live
+# process) and skip those partitions.
+@task(name="claim-partitions", **TASK_DEFAULTS)
+def claim_partitions(
+    config: Config, model: ModelRef, todo: list[str], rescore: bool
+) -> tuple[list[str], list[dict]]:
+    """Take a lease on each pending partition; skip those another live run is scoring.
+
+    Under its lease a partition is checked again: a run that held it may have just
+    published it. The leases belong to this (the flow's) process: if it is killed, the next
+    run on this host takes them over at once; from another host, after `lease_minutes`.
+    """
+    logger = get_run_logger()
+    leases_at = Location(config.store).child("_leases")
+    ttl = config.scoring.lease_minutes * 60.0
+    claimed, leases = [], []
+    for partition in todo:
+        ours, holder = try_lease(leases_at, f"dt={partition}.lease", ttl)
+        if ours is None:
+            logger.warning(
+                "partition %s is being scored by pid %s on %s; skipped",
+                partition,
+                holder.get("pid"),
+                holder.get("host"),
+            )
+            continue
+        if rescore or partitions.pending(config, model, [partition], False):
+            claimed.append(partition)
+            leases.append(ours)
+        else:
+            release_lease(ours)
+            logger.info("partition %s was published by another run meanwhile", partition)
+    return claimed, leases
+
+
+@task(name="release-partitions", **TASK_DEFAULTS)
+def release_partitions(leases: list[dict]) -> None:
+    for held in leases:
+        release_lease(held)
 
 
 def _log(o: PartitionOutcome) -> None:

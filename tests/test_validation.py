@@ -278,3 +278,23 @@ def test_extra_columns_are_reported_in_file_order():
     schema = _schema(zeta=pa.string(), y=pa.int8(), alpha=pa.float64())
 
     assert check_schema(schema, "f.parquet", _config()) == ([], ["zeta", "alpha"])
+
+
+def test_every_row_of_a_column_with_many_nulls_gets_its_own_reason(profile: TrainingProfile):
+    # GX leaves nulls out of unexpected_list; reasons must still follow the rows.
+    n = 60
+    chunk = pa.table(
+        {
+            "id": pa.array([None] * n + [1, 2], pa.int64()),
+            "a": pa.array([1.0] * n + [None, 50.0]),
+            "b": pa.array([2.0] * (n + 2)),
+            "c": pa.array(["x"] * (n + 2)),
+        }
+    )
+
+    verdict = validate_chunk(chunk, _config(), profile, frozenset())
+
+    expected = {i: ["null id id"] for i in range(n)}
+    expected[n] = ["a is missing, and was never missing in training"]
+    expected[n + 1] = ["a=50.0 outside the validation band [-10, 20] (training range [0, 10])"]
+    assert dict(verdict.reasons) == expected
