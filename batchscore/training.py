@@ -142,25 +142,19 @@ def train(
     parent = registry.champion()
     days = labelled_partitions(config)[-rt.window_days :]
     needed = rt.validation_days + rt.holdout_days + 1
+
+    def skip(why: str) -> TrainResult:
+        return _skipped(config, registry, reason, run_id, trigger, why)
+
     if len(days) < needed:
-        return _skipped(
-            config,
-            registry,
-            reason,
-            run_id,
-            trigger,
+        return skip(
             f"{len(days)} labelled partition(s) under "
             f"{Location(config.source).path('labels')}; training needs at least "
             f"{needed} (validation_days + holdout_days + 1)",
         )
     data = pa.concat_tables([labelled_rows(config, d) for d in days], promote_options="permissive")
     if data.num_rows < rt.min_labelled_rows:
-        return _skipped(
-            config,
-            registry,
-            reason,
-            run_id,
-            trigger,
+        return skip(
             f"{data.num_rows} labelled rows in {days[0]}..{days[-1]}; "
             f"[retrain] min_labelled_rows = {rt.min_labelled_rows}",
         )

@@ -12,7 +12,7 @@ import hashlib
 import json
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
@@ -55,6 +55,18 @@ def loads(text: str) -> dict[str, Any]:
     if not isinstance(payload, dict):
         raise ValueError("expected a JSON object")
     return payload
+
+
+class JsonForm:
+    """`to_json`/`from_json` from a class's `to_dict`/`from_dict`: one JSON form for every
+    reference, counts and profile, stored beside models and in drift folders."""
+
+    def to_json(self) -> str:
+        return dumps(self.to_dict())  # type: ignore[attr-defined]
+
+    @classmethod
+    def from_json(cls, text: str) -> Self:
+        return cls.from_dict(loads(text))  # type: ignore[attr-defined]
 
 
 def fingerprint(payload: dict[str, Any]) -> str:

@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from drift._encoding import decode_ints, dumps, encode_ints, frozen, loads
+from drift._encoding import JsonForm, decode_ints, encode_ints, frozen, loads
 
 ArrayLike = np.ndarray | pa.Array | pa.ChunkedArray
 
@@ -76,7 +76,7 @@ def _is_missing(value: Any) -> bool:
 
 
 @dataclass(frozen=True, eq=False)
-class NumericCounts:
+class NumericCounts(JsonForm):
     """Counts of one chunk of a numeric column in a `NumericReference`'s bins.
 
     `bin_counts`: one count per PSI bin (right-closed, outer bins open), then the missing bin.
@@ -142,16 +142,9 @@ class NumericCounts:
             sketch_counts=decode_ints(payload["sketch_counts"]),
         )
 
-    def to_json(self) -> str:
-        return dumps(self.to_dict())
-
-    @classmethod
-    def from_json(cls, text: str) -> NumericCounts:
-        return cls.from_dict(loads(text))
-
 
 @dataclass(frozen=True, eq=False)
-class CategoricalCounts:
+class CategoricalCounts(JsonForm):
     """Counts of one chunk of a categorical column in a `CategoricalReference`'s bins.
 
     `bin_counts`: one count per reference category (in `categories_` order), then the unseen
@@ -206,13 +199,6 @@ class CategoricalCounts:
             reference_id=str(payload["reference_id"]),
             bin_counts=decode_ints(payload["bin_counts"]),
         )
-
-    def to_json(self) -> str:
-        return dumps(self.to_dict())
-
-    @classmethod
-    def from_json(cls, text: str) -> CategoricalCounts:
-        return cls.from_dict(loads(text))
 
 
 Counts = NumericCounts | CategoricalCounts

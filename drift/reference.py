@@ -22,14 +22,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from drift._encoding import (
+    JsonForm,
     decode_floats,
     decode_ints,
-    dumps,
     encode_floats,
     encode_ints,
     fingerprint,
     frozen,
-    loads,
 )
 from drift.counts import (
     ArrayLike,
@@ -49,7 +48,7 @@ PROFILE_FORMAT = "batchscore.drift.profile/1"
 
 
 @dataclass(frozen=True, eq=False)
-class NumericReference:
+class NumericReference(JsonForm):
     """Fitted summary of a numeric reference column: PSI bins and a KS sketch.
 
     Learned attributes:
@@ -200,16 +199,9 @@ class NumericReference:
             sketch_points=int(payload["sketch_points"]),
         )
 
-    def to_json(self) -> str:
-        return dumps(self.to_dict())
-
-    @classmethod
-    def from_json(cls, text: str) -> NumericReference:
-        return cls.from_dict(loads(text))
-
 
 @dataclass(frozen=True, eq=False)
-class CategoricalReference:
+class CategoricalReference(JsonForm):
     """Fitted summary of a categorical reference column.
 
     Learned attributes:
@@ -285,18 +277,11 @@ class CategoricalReference:
             counts_=decode_ints(payload["counts"]),
         )
 
-    def to_json(self) -> str:
-        return dumps(self.to_dict())
-
-    @classmethod
-    def from_json(cls, text: str) -> CategoricalReference:
-        return cls.from_dict(loads(text))
-
 
 Reference = NumericReference | CategoricalReference
 
 
-class ReferenceProfile(Mapping[str, Reference]):
+class ReferenceProfile(JsonForm, Mapping[str, Reference]):
     """One fitted reference per feature, plus `__score__` (the model's holdout scores).
 
     A read-only mapping feature -> reference, serialised as one JSON document stored beside
@@ -388,13 +373,6 @@ class ReferenceProfile(Mapping[str, Reference]):
                 f"expected {PROFILE_FORMAT!r}"
             )
         return cls({name: reference_from_dict(ref) for name, ref in payload["references"].items()})
-
-    def to_json(self) -> str:
-        return dumps(self.to_dict())
-
-    @classmethod
-    def from_json(cls, text: str) -> ReferenceProfile:
-        return cls.from_dict(loads(text))
 
 
 def reference_from_dict(payload: dict[str, Any]) -> Reference:
