@@ -6,7 +6,7 @@ CONFIG ?= batchscore.toml
 export GX_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: demo test install lint format sample clean
+.PHONY: demo test install lint format sample clean bench
 
 ## demo: install, train on the sample if there is no champion, score every pending partition
 demo: install
@@ -15,6 +15,12 @@ demo: install
 ## test: install and run the whole test suite
 test: install
 	$(VENV)/bin/pytest -q
+
+## bench: generate a 5M-row partition and a 200-tree model in a temporary folder, then compare
+## `batchscore score` with the naive pandas + GX + predict pipeline and bare Booster.predict
+## (README, Performance). BENCH_ARGS="--rows 1000000" for a shorter run.
+bench: install
+	$(VENV)/bin/python bench/bench.py $(BENCH_ARGS)
 
 ## install: uv (via pip) and the locked environment in .venv
 install: $(VENV)/.installed

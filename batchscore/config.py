@@ -77,10 +77,27 @@ class ScoringConfig(_Table):
     # A run holds a lease per partition it scores; a lease outlives a holder on another host
     # that died by this long (a dead holder on the same host is noticed at once).
     lease_minutes: float = Field(default=360.0, gt=0.0)
+    # The scoring engine (batchscore/engine.py): "compiled" = the trees compiled to native
+    # code by lleaves, verified against LightGBM; "lightgbm" = Booster.predict; "auto" =
+    # compiled when it can be, else LightGBM with a logged reason.
+    engine: Literal["auto", "compiled", "lightgbm"] = "auto"
 
     @property
     def worker_count(self) -> int:
-        return self.workers or (os.cpu_count() or 1)
+        return self.workers or _cores()
+
+    @property
+    def threads(self) -> int:
+        """Threads per worker for scoring, so that processes x threads = the usable cores."""
+        return max(1, _cores() // self.worker_count)
+
+
+def _cores() -> int:
+    # The cores this process may run on (a container's CPU set), not the machine's count.
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 class ValidationConfig(_Table):

@@ -13,7 +13,6 @@ partition's scores whole, with their manifest, or not at all.
 from __future__ import annotations
 
 import datetime as dt
-import os
 import time
 import uuid
 from dataclasses import asdict, dataclass, field, replace
@@ -34,6 +33,7 @@ from batchscore.drift_store import (
     html_report_uri,
     rolling_reference,
 )
+from batchscore.engine import PREDICT_BLOCK_ROWS, get_predictor
 from batchscore.features import feature_columns, unseen_mask
 from batchscore.partitions import HELD, SUCCESS, Chunk, PartitionPlan, plan_to_json
 from batchscore.registry import LoadedModel, ModelRef, utc_now
@@ -88,10 +88,6 @@ def staging_location(config: Config, plan: PartitionPlan, model: ModelRef) -> Lo
     )
 
 
-def _threads(config: Config) -> int:
-    return max(1, (os.cpu_count() or 1) // config.scoring.worker_count)
-
-
 def score_chunk(
     config: Config, chunk: Chunk, model: ModelRef, plan: PartitionPlan, run_id: str
 ) -> ChunkResult:
@@ -123,7 +119,7 @@ def score_chunk(
     t2 = time.perf_counter()
     timings["validate"] = t2 - t1
 
-    scores = predict(loaded, good, _threads(config))
+    scores = predict(loaded, good, config.scoring.threads, config.scoring.engine)
     t3 = time.perf_counter()
     timings["score"] = t3 - t2
 
@@ -167,11 +163,25 @@ def score_chunk(
     return result
 
 
-def predict(model: LoadedModel, table: pa.Table, threads: int) -> np.ndarray:
+def predict(model: LoadedModel, table: pa.Table, threads: int, engine: str = "auto") -> np.ndarray:
+    """Scores of `table`'s rows (float64), with the engine of `[scoring] engine`.
+
+    Arrow columns go straight into C-ordered float64 matrices (no pandas), one block of
+    `PREDICT_BLOCK_ROWS` rows at a time: the matrix never holds the whole chunk, and its
+    memory is reused from block to block. Rows are scored independently, so the blocks give
+    the same bits as one matrix. The predictor (compiled or LightGBM) is built once per
+    process and model, never per chunk.
+    """
+    out = np.empty(table.num_rows, dtype=np.float64)
     if table.num_rows == 0:
-        return np.empty(0, dtype=np.float64)
-    matrix = model.schema.to_matrix(table)
-    return np.asarray(model.booster.predict(matrix, num_threads=threads), dtype=np.float64)
+        return out
+    predictor = get_predictor(model, engine, threads)
+    schema = model.schema
+    for start in range(0, table.num_rows, PREDICT_BLOCK_ROWS):
+        block = table.slice(start, PREDICT_BLOCK_ROWS)
+        matrix = schema.to_matrix(block)
+        out[start : start + block.num_rows] = predictor.predict(matrix, may_overwrite=True)
+    return out
 
 
 def scores_table(
