@@ -6,14 +6,14 @@ CONFIG ?= batchscore.toml
 export GX_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: demo test install lint format sample clean bench
+.PHONY: demo test install lint format sample clean bench up down browser
 
 ## demo: install, train on the sample if there is no champion, score every pending partition
 demo: install
 	$(VENV)/bin/batchscore demo --config $(CONFIG)
 
-## test: install and run the whole test suite
-test: install
+## test: install (Chromium included, for the end-to-end UI check) and run the whole test suite
+test: install browser
 	$(VENV)/bin/pytest -q
 
 ## bench: generate a 5M-row partition and a 200-tree model in a temporary folder, then compare
@@ -21,6 +21,32 @@ test: install
 ## (README, Performance). BENCH_ARGS="--rows 1000000" for a shorter run.
 bench: install
 	$(VENV)/bin/python bench/bench.py $(BENCH_ARGS)
+
+## up: Prefect server on 127.0.0.1:4200 (state in .prefect/), work pool `batchscore`, the
+## deployments of prefect.yaml and a worker, in the background; running twice starts nothing twice
+up: install
+	@scripts/stack.sh up
+
+## down: stop the server and worker `make up` started (and the flow runs they started)
+down:
+	@scripts/stack.sh down
+
+## browser: Debian's Chromium for the end-to-end UI check (tests/e2e); installed with apt only
+## when $(CHROMIUM) is missing. Elsewhere install Chromium yourself and set CHROMIUM=/its/path.
+CHROMIUM ?= /usr/bin/chromium
+export CHROMIUM
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@if [ -x "$(CHROMIUM)" ]; then \
+		echo "chromium: $(CHROMIUM)"; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+		$(SUDO) apt-get update && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver; \
+	else \
+		echo "make browser: $(CHROMIUM) is missing and there is no apt-get here;" \
+			"install Chromium and run again with CHROMIUM=/path/to/chromium" >&2; \
+		exit 1; \
+	fi
 
 ## install: uv (via pip) and the locked environment in .venv
 install: $(VENV)/.installed
