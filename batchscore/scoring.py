@@ -445,7 +445,3 @@ def hold_partition(
     )
     Location(config.store).publish_dir(staging, "quarantine", f"dt={plan.partition}")
     return PartitionOutcome(plan.partition, "held", plan.rows_in, 0, 0, 0.0, reasons)
-
-
-def partition_summary(outcomes: list[PartitionOutcome]) -> list[dict]:
-    return [{**asdict(o), "rows_per_second": round(o.rows_per_second)} for o in outcomes]

@@ -136,7 +136,7 @@ class Progress:
         self.total, self.finished = total, 0
         self.id = (
             create_progress_artifact(
-                progress=0.0 if total else 100.0,
+                progress=0.0,
                 key="score-progress",
                 description=f"chunks scored, {len(partitions)} partition(s)",
             )
