@@ -75,8 +75,23 @@ def _is_missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
+class _Binned:
+    """Sizes read off `bin_counts`, whose last bin is the missing values' in every kind."""
+
+    bin_counts: np.ndarray
+
+    @property
+    def n(self) -> int:
+        """Number of values, missing included."""
+        return int(self.bin_counts.sum())
+
+    @property
+    def n_missing(self) -> int:
+        return int(self.bin_counts[-1])
+
+
 @dataclass(frozen=True, eq=False)
-class NumericCounts(JsonForm):
+class NumericCounts(_Binned, JsonForm):
     """Counts of one chunk of a numeric column in a `NumericReference`'s bins.
 
     `bin_counts`: one count per PSI bin (right-closed, outer bins open), then the missing bin.
@@ -97,15 +112,6 @@ class NumericCounts(JsonForm):
             raise ValueError("malformed numeric counts: wrong number of bins or sketch cells")
         if int(self.sketch_counts.sum()) != self.n_present:
             raise ValueError("malformed numeric counts: sketch and PSI bins disagree on n")
-
-    @property
-    def n(self) -> int:
-        """Number of values, missing included."""
-        return int(self.bin_counts.sum())
-
-    @property
-    def n_missing(self) -> int:
-        return int(self.bin_counts[-1])
 
     @property
     def n_present(self) -> int:
@@ -144,7 +150,7 @@ class NumericCounts(JsonForm):
 
 
 @dataclass(frozen=True, eq=False)
-class CategoricalCounts(JsonForm):
+class CategoricalCounts(_Binned, JsonForm):
     """Counts of one chunk of a categorical column in a `CategoricalReference`'s bins.
 
     `bin_counts`: one count per reference category (in `categories_` order), then the unseen
@@ -160,14 +166,6 @@ class CategoricalCounts(JsonForm):
         object.__setattr__(self, "bin_counts", frozen(self.bin_counts, np.int64))
         if self.bin_counts.size < 2:
             raise ValueError("malformed categorical counts: needs unseen and missing bins")
-
-    @property
-    def n(self) -> int:
-        return int(self.bin_counts.sum())
-
-    @property
-    def n_missing(self) -> int:
-        return int(self.bin_counts[-1])
 
     @property
     def n_unseen(self) -> int:
