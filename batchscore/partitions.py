@@ -102,9 +102,7 @@ def plan_partition(config: Config, partition: str, model: ModelRef) -> Partition
     id_tables: list[pa.Table] = []
     described: list[dict] = []
     rows_in = 0
-    for entry in source.list(folder):
-        if entry.base_name.startswith((".", "_")) or entry.type.name != "File":
-            continue
+    for entry in source.data_files(folder):
         rel = f"{folder}/{entry.base_name}"
         files.append(rel)
         try:

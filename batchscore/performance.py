@@ -37,17 +37,9 @@ SCHEMA = pa.schema(
 )
 
 
-def _parquet_files(location: Location, folder: str) -> list:
-    return [
-        e
-        for e in location.list(folder)
-        if e.type.name == "File" and not e.base_name.startswith((".", "_"))
-    ]
-
-
 def _fingerprint(config: Config, partition: str) -> dict:
     scores = Location(config.store).read_json("scores", f"dt={partition}", SUCCESS)
-    labels = _parquet_files(Location(config.source), f"labels/dt={partition}")
+    labels = Location(config.source).data_files(f"labels/dt={partition}")
     return {
         "scores_run_id": scores["run_id"],
         "model_version": scores["model_version"],
@@ -71,7 +63,7 @@ def pending(config: Config) -> list[str]:
 def _read(location: Location, folder: str, columns: list[str]) -> pa.Table:
     tables = [
         pq.read_table(location.fs.open_input_file(e.path), columns=columns)
-        for e in _parquet_files(location, folder)
+        for e in location.data_files(folder)
     ]
     return pa.concat_tables(tables, promote_options="permissive")
 

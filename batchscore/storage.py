@@ -74,6 +74,15 @@ class Location:
         entries = self.fs.get_file_info(pafs.FileSelector(self.path(*parts)))
         return sorted(entries, key=lambda e: e.base_name)
 
+    def data_files(self, *parts: str) -> list[pafs.FileInfo]:
+        """The data files of a folder: files whose names start with neither '.' (our
+        temporary names) nor '_' (manifests), the rule pyarrow.dataset also follows."""
+        return [
+            e
+            for e in self.list(*parts)
+            if e.type == pafs.FileType.File and not e.base_name.startswith((".", "_"))
+        ]
+
     def read_bytes(self, *parts: str) -> bytes:
         with self.fs.open_input_stream(self.path(*parts)) as fh:
             return fh.read()

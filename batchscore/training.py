@@ -55,9 +55,7 @@ def labelled_partitions(config: Config) -> list[str]:
 
 def _read_folder(location: Location, folder: str, columns: list[str] | None) -> pa.Table:
     tables = []
-    for entry in location.list(folder):
-        if entry.base_name.startswith((".", "_")) or entry.type.name != "File":
-            continue
+    for entry in location.data_files(folder):
         try:
             tables.append(pq.read_table(location.fs.open_input_file(entry.path), columns=columns))
         except (pa.ArrowInvalid, OSError, KeyError) as exc:
