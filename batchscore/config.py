@@ -81,6 +81,19 @@ class ScoringConfig(_Table):
     # code by lleaves, verified against LightGBM; "lightgbm" = Booster.predict; "auto" =
     # compiled when it can be, else LightGBM with a logged reason.
     engine: Literal["auto", "compiled", "lightgbm"] = "auto"
+    # Where chunks run: "process" = a pool of `workers` processes on this machine; "dask" =
+    # prefect-dask's DaskTaskRunner on the existing Dask scheduler at `dask_address`.
+    runner: Literal["process", "dask"] = "process"
+    dask_address: str | None = None
+
+    @model_validator(mode="after")
+    def _dask_needs_an_address(self) -> ScoringConfig:
+        if self.runner == "dask" and not (self.dask_address or "").strip():
+            raise ValueError(
+                'runner = "dask" needs dask_address, the scheduler to run on, e.g. '
+                '"tcp://dask-scheduler:8786"'
+            )
+        return self
 
     @property
     def worker_count(self) -> int:

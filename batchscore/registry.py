@@ -128,6 +128,14 @@ class Registry:
                 "created_at": utc_now(),
             }
             staging.write_json(meta, "metadata.json")
+            if not self.root.is_local:
+                # No folder rename on object storage: claim the number with an exclusive
+                # create, then copy the files in, metadata.json (what makes it a version) last.
+                if not self.root.create_exclusive(b"", version, ".claim"):
+                    continue
+                staging.write_bytes(b"", ".claim")  # publishing keeps the claim in place
+                self.root.publish_dir(staging, version, last=("metadata.json",))
+                return version
             if self.root.exists(version):
                 continue  # another registration took this number between list and move
             try:

@@ -1,14 +1,32 @@
 """Storage: the two roots of DESIGN.md (`source`, read only; `store`, ours) on pyarrow filesystems.
 
-Owns the rules that keep readers safe: every file appears by an atomic rename from a hidden
-temporary name (`.name.<uuid>.tmp`, which neither pyarrow.dataset nor a `*.parquet` glob
-picks up), partition folders are published whole by renaming a finished staging folder, and
-partition folder names are parsed strictly so nothing outside `dt=YYYY-MM-DD` is ever read.
+Owns the rules that keep readers safe, on a local disk and on object storage (S3 API):
+
+- A file appears whole or not at all. Locally it is written under a hidden temporary name
+  (`.name.<uuid>.tmp`, which neither pyarrow.dataset nor a `*.parquet` glob picks up), flushed
+  and renamed. On object storage a PUT (or a multipart upload) is already atomic, so objects
+  are written at their final key and no temporary object ever exists.
+- A partition folder is published whole. Locally a finished staging folder is renamed into
+  place. On object storage, which has no rename of folders, the old folder's manifests
+  (`_SUCCESS`, `_MANIFEST`, ... : names starting with `_`) are deleted first, the new data
+  objects copied in server-side, stale ones deleted, and the new manifests copied last: a
+  reader that trusts a partition only when its `_SUCCESS` exists never sees a mix.
+- Leases (one run per partition, one promotion at a time): an exclusive create (O_EXCL
+  locally, a conditional PUT with `If-None-Match: *` on S3), taken over when stale by a
+  rename (locally) or a PUT conditional on the stale lease's ETag (S3), so only one
+  contender ever wins.
+
+Partition folder names are parsed strictly so nothing outside `dt=YYYY-MM-DD` is ever read.
+An S3 location is `s3://bucket/prefix`, optionally with pyarrow's query options, e.g.
+`?endpoint_override=minio:9000&scheme=http`; the endpoint may also come from the standard
+`AWS_ENDPOINT_URL` (or `AWS_ENDPOINT_URL_S3`) variable, and credentials come from the
+standard AWS variables or profile.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import os
 import re
@@ -19,6 +37,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qs
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -56,11 +75,18 @@ class Location:
     def root(self) -> str:
         return _filesystem(self.uri)[1]
 
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.fs, pafs.LocalFileSystem)
+
     def path(self, *parts: str) -> str:
         return "/".join([self.root.rstrip("/"), *[p.strip("/") for p in parts if p]])
 
     def child(self, *parts: str) -> Location:
-        return Location("/".join([self.uri.rstrip("/"), *[p.strip("/") for p in parts if p]]))
+        # Options of an object-store URI (`?endpoint_override=...`) stay with its children.
+        base, query = _split_query(self.uri)
+        joined = "/".join([base.rstrip("/"), *[p.strip("/") for p in parts if p]])
+        return Location(f"{joined}?{query}" if query else joined)
 
     # --- reading -----------------------------------------------------------------------
     def exists(self, *parts: str) -> bool:
@@ -98,11 +124,16 @@ class Location:
 
     # --- writing -----------------------------------------------------------------------
     def makedirs(self, *parts: str) -> None:
-        self.fs.create_dir(self.path(*parts), recursive=True)
+        if self.is_local:  # object stores have no folders to make
+            self.fs.create_dir(self.path(*parts), recursive=True)
 
     def write_bytes(self, data: bytes, *parts: str) -> None:
         """Write a file so that it appears whole or not at all."""
         final = self.path(*parts)
+        if not self.is_local:  # a PUT is atomic: no temporary object
+            with self.fs.open_output_stream(final) as fh:
+                fh.write(data)
+            return
         folder, name = final.rsplit("/", 1)
         self.fs.create_dir(folder, recursive=True)
         tmp = f"{folder}/.{name}.{uuid.uuid4().hex}.tmp"
@@ -116,6 +147,9 @@ class Location:
 
     def write_parquet(self, table: pa.Table, *parts: str) -> None:
         final = self.path(*parts)
+        if not self.is_local:  # a (multipart) upload is visible only once complete
+            pq.write_table(table, final, filesystem=self.fs, compression="zstd")
+            return
         folder, name = final.rsplit("/", 1)
         self.fs.create_dir(folder, recursive=True)
         tmp = f"{folder}/.{name}.{uuid.uuid4().hex}.tmp"
@@ -123,16 +157,48 @@ class Location:
         _fsync_local(self, tmp)
         self.fs.move(tmp, final)
 
+    def create_exclusive(self, data: bytes, *parts: str) -> bool:
+        """Create a file only if it does not exist; False when it does (someone was first)."""
+        if not self.is_local:
+            return _S3Leases(self).create_exclusive("/".join(parts), data)
+        self.makedirs(*parts[:-1])
+        try:
+            fd = os.open(self.path(*parts), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        return True
+
     def delete_dir(self, *parts: str) -> None:
         if self.exists(*parts):
             self.fs.delete_dir(self.path(*parts))
 
-    def publish_dir(self, staging: Location, *parts: str) -> None:
+    def files(self, *parts: str) -> list[str]:
+        """Every file under a folder (recursively), as paths relative to it, sorted."""
+        base = self.path(*parts)
+        if self.fs.get_file_info(base).type != pafs.FileType.Directory:
+            return []
+        selector = pafs.FileSelector(base, recursive=True)
+        return sorted(
+            e.path[len(base) :].lstrip("/")
+            for e in self.fs.get_file_info(selector)
+            if e.type == pafs.FileType.File
+        )
+
+    def publish_dir(
+        self, staging: Location, *parts: str, last: tuple[str, ...] | None = None
+    ) -> None:
         """Move a finished staging folder to `parts`, replacing what was there.
 
-        A reader sees the old folder or the new one, never a mix: the old one is first moved
-        aside under `_staging/`, then the new one renamed into place, then the old one deleted.
+        Locally a reader sees the old folder or the new one, never a mix: the old one is
+        first moved aside under `_staging/`, then the new one renamed into place, then the old
+        one deleted. On object storage see the module's docstring; `last` names the files
+        written after all others (default: those starting with `_`, the manifests).
         """
+        if not self.is_local:
+            self._publish_by_copy(staging, parts, last)
+            return
         final = self.path(*parts)
         self.fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
         if self.exists(*parts):
@@ -144,6 +210,32 @@ class Location:
         else:
             self.fs.move(staging.root, final)
 
+    def _publish_by_copy(
+        self, staging: Location, parts: tuple[str, ...], last: tuple[str, ...] | None
+    ) -> None:
+        def is_last(rel: str) -> bool:
+            name = rel.rsplit("/", 1)[-1]
+            return name in last if last is not None else name.startswith("_")
+
+        old, new = self.files(*parts), staging.files()
+        # The partition stops being complete before anything in it changes ...
+        for rel in old:
+            if is_last(rel):
+                self.fs.delete_file(self.path(*parts, rel))
+        # ... its data objects are replaced (each copy is atomic) and stale ones deleted ...
+        for rel in new:
+            if not is_last(rel):
+                self.fs.copy_file(staging.path(rel), self.path(*parts, rel))
+        for rel in sorted(set(old) - set(new)):
+            if not is_last(rel):
+                with suppress(FileNotFoundError):
+                    self.fs.delete_file(self.path(*parts, rel))
+        # ... and it is complete again once its manifests exist.
+        for rel in new:
+            if is_last(rel):
+                self.fs.copy_file(staging.path(rel), self.path(*parts, rel))
+        staging.delete_dir()
+
 
 class LeaseBusy(StorageError):
     """Another live holder has the lease."""
@@ -152,26 +244,19 @@ class LeaseBusy(StorageError):
 def try_lease(location: Location, name: str, ttl_seconds: float) -> tuple[dict | None, dict | None]:
     """Take the lease `name` under `location` if it is free: (our lease, None) or (None, holder).
 
-    A lease is a file created with O_EXCL. It is free when absent, expired, or held by a
+    A lease is a file created exclusively. It is free when absent, expired, or held by a
     process of this host that no longer exists (a holder killed with -9 leaves its file
-    behind; its pid tells it is gone). A stale lease is moved aside by rename, which only one
-    contender can win, then deleted.
+    behind; its pid tells it is gone). A stale lease is moved aside by rename (on S3:
+    overwritten by a PUT conditional on its ETag), which only one contender can win.
     """
-    if not isinstance(location.fs, pafs.LocalFileSystem):
-        raise StorageError(f"leases need a local store; {location.uri} is not local")
+    if not location.is_local:
+        return _S3Leases(location).try_lease(name, ttl_seconds)
     folder = location.path()
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, name)
     for _ in range(10):
         now = time.time()
-        body = {
-            "token": uuid.uuid4().hex,
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "acquired_at": now,
-            "expires_at": now + ttl_seconds,
-            "path": path,
-        }
+        body = _new_lease(path, ttl_seconds)
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
@@ -191,8 +276,24 @@ def try_lease(location: Location, name: str, ttl_seconds: float) -> tuple[dict |
     raise LeaseBusy(f"{path}: could not take the lease after 10 attempts")
 
 
+def _new_lease(path: str, ttl_seconds: float, **extra: str) -> dict:
+    now = time.time()
+    return {
+        "token": uuid.uuid4().hex,
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "acquired_at": now,
+        "expires_at": now + ttl_seconds,
+        "path": path,
+        **extra,
+    }
+
+
 def release_lease(lease: dict) -> None:
     """Give a lease back, if it is still ours (an expired one may have been taken over)."""
+    if "uri" in lease:
+        _S3Leases(Location(lease["uri"])).release(lease)
+        return
     current = _read_lease(lease["path"])
     if current is not None and current.get("token") == lease["token"]:
         with suppress(FileNotFoundError):
@@ -232,6 +333,144 @@ def _stale(holder: dict, now: float) -> bool:
         except PermissionError:
             return False  # alive, another user's
     return False
+
+
+class _S3Leases:
+    """Leases on an S3 API store, by conditional requests (boto3: pyarrow cannot send them).
+
+    `If-None-Match: *` creates a lease only where none exists; `If-Match: <etag>` replaces
+    or deletes one only if it is still the version we read. AWS S3, MinIO and moto honour
+    both; a store that ignores them would let two runs hold a partition, so before its
+    first lease a process checks, once per bucket, that a second create is refused.
+    """
+
+    _checked: set[str] = set()
+
+    def __init__(self, location: Location):
+        self.location = location
+        bucket, _, key = location.root.partition("/")
+        self.bucket, self.prefix = bucket, key.strip("/")
+        self.client = _s3_client(location.uri)
+        if self.bucket not in self._checked:
+            self._check_conditional_writes()
+            self._checked.add(self.bucket)
+
+    def _check_conditional_writes(self) -> None:
+        from botocore.exceptions import ClientError
+
+        key = self.key(f".conditional-write-check-{uuid.uuid4().hex}")
+        self.client.put_object(Bucket=self.bucket, Key=key, Body=b"1", IfNoneMatch="*")
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=b"2", IfNoneMatch="*")
+        except ClientError as exc:
+            if _precondition_failed(exc):
+                return
+            raise
+        finally:
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+        raise StorageError(
+            f"s3://{self.bucket}: the store ignored `If-None-Match: *` (a second create of "
+            f"{key} succeeded); leases need conditional writes (AWS S3 since 2024, MinIO, "
+            "Ceph RGW 19+). Refusing to run two writers without them."
+        )
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}/{name}" if self.prefix else name
+
+    def create_exclusive(self, name: str, data: bytes) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.put_object(
+                Bucket=self.bucket, Key=self.key(name), Body=data, IfNoneMatch="*"
+            )
+            return True
+        except ClientError as exc:
+            if _precondition_failed(exc):
+                return False
+            raise
+
+    def try_lease(self, name: str, ttl_seconds: float) -> tuple[dict | None, dict | None]:
+        from botocore.exceptions import ClientError
+
+        key = self.key(name)
+        for _ in range(10):
+            body = _new_lease(f"s3://{self.bucket}/{key}", ttl_seconds, uri=self.location.uri)
+            body["name"] = name
+            if self.create_exclusive(name, json.dumps(body).encode()):
+                return body, None
+            holder, etag = self._read(key)
+            if holder is None:
+                continue  # released between our put and our read
+            if not _stale(holder, time.time()):
+                return None, holder
+            try:  # take over the stale lease, unless someone else just did
+                self.client.put_object(
+                    Bucket=self.bucket, Key=key, Body=json.dumps(body).encode(), IfMatch=etag
+                )
+                return body, None
+            except ClientError as exc:
+                if not _precondition_failed(exc) and not _not_found(exc):
+                    raise StorageError(
+                        f"s3://{self.bucket}/{key}: cannot take a lease: {exc}"
+                    ) from exc
+        raise LeaseBusy(f"s3://{self.bucket}/{key}: could not take the lease after 10 attempts")
+
+    def release(self, lease: dict) -> None:
+        from botocore.exceptions import ClientError
+
+        key = self.key(lease["name"])
+        current, etag = self._read(key)
+        if current is None or current.get("token") != lease["token"]:
+            return  # taken over after it expired: no longer ours to delete
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=key, IfMatch=etag)
+        except ClientError as exc:
+            if not _precondition_failed(exc) and not _not_found(exc):
+                raise
+
+    def _read(self, key: str) -> tuple[dict | None, str | None]:
+        from botocore.exceptions import ClientError
+
+        try:
+            got = self.client.get_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if _not_found(exc):
+                return None, None
+            raise
+        return json.loads(got["Body"].read()), got["ETag"]
+
+
+def _precondition_failed(exc) -> bool:
+    return exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412")
+
+
+def _not_found(exc) -> bool:
+    return exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound")
+
+
+@functools.lru_cache(maxsize=16)
+def _s3_client(uri: str):
+    """A boto3 S3 client for the same endpoint, region and credentials pyarrow uses."""
+    import boto3
+
+    options = {k: v[-1] for k, v in parse_qs(_split_query(uri)[1]).items()}
+    endpoint = options.get("endpoint_override")
+    if endpoint and "://" not in endpoint:
+        endpoint = f"{options.get('scheme', 'https')}://{endpoint}"
+    kwargs: dict[str, Any] = {"endpoint_url": endpoint, "region_name": options.get("region")}
+    if options.get("access_key"):
+        kwargs["aws_access_key_id"] = options["access_key"]
+        kwargs["aws_secret_access_key"] = options.get("secret_key")
+    # Without an endpoint in the URI, boto3 reads AWS_ENDPOINT_URL(_S3) itself, as pyarrow does.
+    return boto3.client("s3", **{k: v for k, v in kwargs.items() if v is not None})
+
+
+def _split_query(uri: str) -> tuple[str, str]:
+    if "://" not in uri:
+        return uri, ""
+    base, _, query = uri.partition("?")
+    return base, query
 
 
 def _read_lease(path: str) -> dict | None:

@@ -1,8 +1,10 @@
 """The `score` flow: find pending partitions, plan, validate and score chunks, publish, report.
 
-Planning and chunk scoring run in worker processes (`[scoring] workers`); the flow process
-only passes keys and summaries, never rows. One partition's failure does not stop the others:
-it is reported, and the run ends Failed only after every other partition was published.
+Planning and chunk scoring run in worker processes (`[scoring] workers`), or on an existing
+Dask cluster (`[scoring] runner = "dask"`); the flow process only passes keys and summaries,
+never rows: workers read their chunks from storage themselves. One partition's failure does
+not stop the others: it is reported, and the run ends Failed only after every other partition
+was published.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ def score(config: str = "batchscore.toml", partition: str | None = None, rescore
     pending = find_partitions(cfg, model, partition, rescore)
     todo, leases = claim_partitions(cfg, model, pending, rescore)
     try:
-        with ProcessPoolTaskRunner(max_workers=cfg.scoring.worker_count) as runner:
+        with task_runner(cfg) as runner:
             outcomes, failures = score_partitions(runner, cfg, model, todo, run_id)
             performance = measure_all(runner, cfg, run_id)
     finally:
@@ -76,6 +78,18 @@ def score(config: str = "batchscore.toml", partition: str | None = None, rescore
             message=f"{len(held)} partition(s) held: {', '.join(held)}",
         )
     return Completed(data=data, message=f"{len(outcomes)} partition(s) scored")
+
+
+def task_runner(cfg: Config):
+    """The runner of `[scoring] runner`: a local process pool, or the Dask scheduler at
+    `dask_address` (prefect-dask; every worker needs batchscore installed and the storage's
+    credentials)."""
+    if cfg.scoring.runner == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        get_run_logger().info("scoring on the Dask cluster at %s", cfg.scoring.dask_address)
+        return DaskTaskRunner(address=cfg.scoring.dask_address)
+    return ProcessPoolTaskRunner(max_workers=cfg.scoring.worker_count)
 
 
 def score_partitions(

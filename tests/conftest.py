@@ -36,3 +36,12 @@ def sample(tmp_path: Path) -> Path:
         SAMPLE_CONFIG.read_text(),
         storage={"source": "source", "store": "store"},
     )
+
+
+@pytest.fixture(scope="session")
+def s3_api():
+    """A real S3 API (moto) on 127.0.0.1 for the session; AWS_ENDPOINT_URL points at it."""
+    from objectstore import moto_s3
+
+    with moto_s3() as endpoint:
+        yield endpoint

@@ -171,6 +171,15 @@ def test_an_unknown_table_is_named(tmp_path: Path):
             {"storage": {"store": "  "}},
             "[storage] store: must not be empty (got '  ')",
         ),
+        (
+            {"scoring": {"runner": "spark"}},
+            "[scoring] runner: Input should be 'process' or 'dask' (got 'spark')",
+        ),
+        (
+            {"scoring": {"runner": "dask"}},
+            '[scoring]: runner = "dask" needs dask_address, the scheduler to run on, e.g. '
+            '"tcp://dask-scheduler:8786"',
+        ),
     ],
 )
 def test_a_bad_value_is_named_with_its_key_and_value(tmp_path: Path, tables: dict, line: str):
