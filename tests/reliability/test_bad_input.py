@@ -1,5 +1,9 @@
 """Bad input, file level and row level: each case held or quarantined with a clear message,
-the other partitions scored. One score run covers every case (runs cost Prefect start-up)."""
+the other partitions scored. One score run covers every case (runs cost Prefect start-up).
+
+Every test runs twice: source and store on a local disk, and on an S3 API (moto on
+loopback). On S3 the broken files are uploaded as they are, the model is trained and
+registered on S3, and the store is downloaded afterwards for the same assertions."""
 
 from __future__ import annotations
 
@@ -13,9 +17,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from helpers import write_config
+from objectstore import download, new_bucket, s3, upload
 
 from batchscore.config import load_config
 from batchscore.partitions import discover
+from batchscore.storage import Location
 from batchscore.training import train
 from flows.score import score
 
@@ -56,17 +62,23 @@ def _set(table: pa.Table, row: int, column: str, value) -> pa.Table:
     return table.set_column(i, column, pa.array(values, table.schema.field(column).type))
 
 
-@pytest.fixture(scope="module")
-def broken_run(tmp_path_factory, prefect_api):
-    base = tmp_path_factory.mktemp("bad-input")
+@pytest.fixture(scope="module", params=["local", "s3"])
+def broken_run(request, tmp_path_factory, prefect_api):
+    base = tmp_path_factory.mktemp(f"bad-input-{request.param}")
     source = base / "source"
     shutil.copytree(SAMPLE / "labels", source / "labels")
     for day in [f"2026-10-{d:02d}" for d in range(1, 11)]:  # training needs these
         shutil.copytree(SAMPLE / "incoming" / f"dt={day}", source / "incoming" / f"dt={day}")
+    storage = {"source": "source", "store": "store"}
+    if request.param == "s3":
+        request.getfixturevalue("s3_api")
+        bucket = new_bucket()
+        storage = {"source": f"s3://{bucket}/source", "store": f"s3://{bucket}/store"}
+        upload(source, storage["source"])
     config_path = write_config(
         base / "batchscore.toml",
         (ROOT / "batchscore.toml").read_text(),
-        storage={"source": "source", "store": "store"},
+        storage=storage,
         retrain={"on_drift": "off", "lightgbm": {"max_rounds": 40}},
         validation={"max_string_length": 100},
     )
@@ -74,7 +86,7 @@ def broken_run(tmp_path_factory, prefect_api):
     train(config)
     # Score the training days first, so the broken run below holds only the cases.
     assert score(config=str(config_path), return_state=True).is_completed()
-    shutil.rmtree(Path(config.store) / "scores" / f"dt={GOOD}")  # ... but GOOD again
+    Location(config.store).delete_dir("scores", f"dt={GOOD}")  # ... but GOOD again
 
     clean = _day()
     # File level.
@@ -115,11 +127,18 @@ def broken_run(tmp_path_factory, prefect_api):
             source / "incoming" / name / "part-0.parquet",
         )
 
+    if request.param == "s3":
+        upload(source / "incoming", f"{storage['source']}/incoming")
+        # An empty folder exists on S3 only as a zero-byte `dt=.../` marker object.
+        s3().create_dir(f"{storage['source']}/incoming/dt={EMPTY_DIR}".removeprefix("s3://"))
     state = score(config=str(config_path), return_state=True)
+    store = Path(config.store)
+    if request.param == "s3":
+        store = download(storage["store"], base / "store-downloaded")
     return {
         "config": config,
         "state": state,
-        "store": Path(config.store),
+        "store": store,
         "source": source,
         "outcomes": {o["partition"]: o for o in state.result(raise_on_failure=False)},
     }
