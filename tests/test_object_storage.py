@@ -208,3 +208,16 @@ def test_registering_on_s3_numbers_versions_and_writes_metadata_last(s3_api):
         "v0002/metadata.json",
         "v0002/model.txt",
     ]
+
+
+def test_the_cli_lists_models_and_shows_drift_from_an_s3_store(runs, capsys):
+    from batchscore.cli import main
+
+    config = str(Path(runs["s3"]).parent / "s3.toml")
+    assert main(["models", "list", "--config", config]) == 0
+    assert "v0001  champion" in capsys.readouterr().out
+    assert main(["drift", "show", "--config", config, "--partition", "2026-10-14"]) == 0
+    out = capsys.readouterr().out
+    assert "partition 2026-10-14" in out
+    assert "feature(s) drifted: days_since_last_login, monthly_charges, plan" in out
+    assert f"s3://{runs['bucket']}/store/drift/dt=2026-10-14/_report.html" in out
