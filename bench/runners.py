@@ -1,0 +1,92 @@
+"""Benchmark: the same partition scored with `[scoring] runner = "process"` and `"dask"`.
+
+    .venv/bin/python bench/runners.py --rows 2000000
+
+Generates one partition and the benchmark's 200-tree model (bench/bench.py's generator),
+starts one Prefect API for both runs, then runs `batchscore score` twice, each into its own
+store: with the local process pool (`workers` = cores), and on a `distributed.LocalCluster`
+of as many single-threaded worker processes (what a Dask cluster of one machine gives). It
+prints rows/s, wall seconds and the orchestration overhead of each. bench/bench.py runs the
+same comparison at the end of `make bench`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench  # noqa: E402  (bench/bench.py: the generator, the model, the measuring runner)
+
+
+def compare(source_dir: Path, models: Path, base: Path) -> dict[str, dict]:
+    """`batchscore score` of `source_dir`'s partition with each runner; the model of
+    `models` (a store's models/ folder) is copied into each run's store. Needs a Prefect API
+    (PREFECT_API_URL) already running, so both runs pay the same start-up."""
+    from distributed import LocalCluster
+
+    from batchscore.config import ScoringConfig
+
+    workers = ScoringConfig().worker_count
+    results = {}
+    with LocalCluster(
+        n_workers=workers,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+    ) as cluster:
+        for runner in ("process", "dask"):
+            d = base / f"runner-{runner}"
+            d.mkdir(parents=True, exist_ok=True)
+            config = bench.write_config(d, source_dir, d / "store")
+            with config.open("a") as fh:
+                fh.write(f'[scoring]\nrunner = "{runner}"\n')
+                if runner == "dask":
+                    fh.write(f'dask_address = "{cluster.scheduler_address}"\n')
+            shutil.rmtree(d / "store", ignore_errors=True)
+            shutil.copytree(models, d / "store" / "models")
+            results[runner] = bench.run_b(d, config, f"runner-{runner}")
+    return results
+
+
+def report(results: dict[str, dict]) -> None:
+    print(f"{'runner':<44}{'rows/s':>10}{'wall s':>10}{'overhead':>10}")
+    labels = {
+        "process": "process pool (local, workers = cores)",
+        "dask": "dask (LocalCluster, processes x 1 thread)",
+    }
+    for runner, r in results.items():
+        print(
+            f"{labels[runner]:<44}{r['rows'] / r['wall']:>10,.0f}{r['wall']:>10.2f}"
+            f"{r['overhead']:>10.0%}"
+        )
+    p, d = results["process"], results["dask"]
+    print(f"dask / process rows/s: {(d['rows'] / d['wall']) / (p['rows'] / p['wall']):.2f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=2_000_000, help="rows of the partition")
+    args = parser.parse_args(argv)
+    from batchscore.prefect_api import one_api
+
+    base = Path(tempfile.mkdtemp(prefix="bsrunners-"))
+    try:
+        print(f"process pool vs Dask: N = {args.rows:,} rows, {len(os.sched_getaffinity(0))} cores")
+        config = bench.setup(base, args.rows)
+        bench.train_and_register(config)
+        with one_api():
+            results = compare(base / "source", base / "store" / "models", base)
+        report(results)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
