@@ -350,7 +350,9 @@ class _S3Leases:
         self.location = location
         bucket, _, key = location.root.partition("/")
         self.bucket, self.prefix = bucket, key.strip("/")
-        self.client = _s3_client(location.uri)
+        # pyarrow's filesystem knows the bucket's region (from the URI, the environment or
+        # the bucket itself): the client uses the same.
+        self.client = _s3_client(location.uri, getattr(location.fs, "region", None))
         if self.bucket not in self._checked:
             self._check_conditional_writes()
             self._checked.add(self.bucket)
@@ -450,7 +452,7 @@ def _not_found(exc) -> bool:
 
 
 @functools.lru_cache(maxsize=16)
-def _s3_client(uri: str):
+def _s3_client(uri: str, region: str | None):
     """A boto3 S3 client for the same endpoint, region and credentials pyarrow uses."""
     import boto3
 
@@ -458,7 +460,7 @@ def _s3_client(uri: str):
     endpoint = options.get("endpoint_override")
     if endpoint and "://" not in endpoint:
         endpoint = f"{options.get('scheme', 'https')}://{endpoint}"
-    kwargs: dict[str, Any] = {"endpoint_url": endpoint, "region_name": options.get("region")}
+    kwargs: dict[str, Any] = {"endpoint_url": endpoint, "region_name": region or None}
     if options.get("access_key"):
         kwargs["aws_access_key_id"] = options["access_key"]
         kwargs["aws_secret_access_key"] = options.get("secret_key")
