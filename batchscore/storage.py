@@ -347,12 +347,17 @@ class _S3Leases:
     _checked: set[str] = set()
 
     def __init__(self, location: Location):
+        if not isinstance(location.fs, pafs.S3FileSystem):
+            raise StorageError(
+                f"{location.uri}: leases need a local folder or an S3 store, not "
+                f"{location.fs.type_name}"
+            )
         self.location = location
         bucket, _, key = location.root.partition("/")
         self.bucket, self.prefix = bucket, key.strip("/")
         # pyarrow's filesystem knows the bucket's region (from the URI, the environment or
         # the bucket itself): the client uses the same.
-        self.client = _s3_client(location.uri, getattr(location.fs, "region", None))
+        self.client = _s3_client(location.uri, location.fs.region)
         if self.bucket not in self._checked:
             self._check_conditional_writes()
             self._checked.add(self.bucket)
