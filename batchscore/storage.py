@@ -158,17 +158,9 @@ class Location:
         self.fs.move(tmp, final)
 
     def create_exclusive(self, data: bytes, *parts: str) -> bool:
-        """Create a file only if it does not exist; False when it does (someone was first)."""
-        if not self.is_local:
-            return _S3Leases(self).create_exclusive("/".join(parts), data)
-        self.makedirs(*parts[:-1])
-        try:
-            fd = os.open(self.path(*parts), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            return False
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        return True
+        """On object storage: create an object only if it does not exist; False when it does
+        (someone was first). Local folders use O_EXCL files and renames instead."""
+        return _S3Conditional(self).create_exclusive("/".join(parts), data)
 
     def delete_dir(self, *parts: str) -> None:
         if self.exists(*parts):
@@ -250,7 +242,7 @@ def try_lease(location: Location, name: str, ttl_seconds: float) -> tuple[dict |
     overwritten by a PUT conditional on its ETag), which only one contender can win.
     """
     if not location.is_local:
-        return _S3Leases(location).try_lease(name, ttl_seconds)
+        return _S3Conditional(location).try_lease(name, ttl_seconds)
     folder = location.path()
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, name)
@@ -292,7 +284,7 @@ def _new_lease(path: str, ttl_seconds: float, **extra: str) -> dict:
 def release_lease(lease: dict) -> None:
     """Give a lease back, if it is still ours (an expired one may have been taken over)."""
     if "uri" in lease:
-        _S3Leases(Location(lease["uri"])).release(lease)
+        _S3Conditional(Location(lease["uri"])).release(lease)
         return
     current = _read_lease(lease["path"])
     if current is not None and current.get("token") == lease["token"]:
@@ -335,8 +327,9 @@ def _stale(holder: dict, now: float) -> bool:
     return False
 
 
-class _S3Leases:
-    """Leases on an S3 API store, by conditional requests (boto3: pyarrow cannot send them).
+class _S3Conditional:
+    """Leases and exclusive creates on an S3 API store, by conditional requests (boto3:
+    pyarrow cannot send them).
 
     `If-None-Match: *` creates a lease only where none exists; `If-Match: <etag>` replaces
     or deletes one only if it is still the version we read. AWS S3, MinIO and moto honour
