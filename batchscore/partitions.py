@@ -1,8 +1,11 @@
 """Partitions: which `dt=YYYY-MM-DD` folders exist, which are pending, and how each is chunked.
 
 A chunk is a `(partition, file, row-group range)` key: small enough to pass to a worker
-process, which reads the rows itself. Nothing here reads feature values; the plan reads the
-Parquet footers and the id columns only (for the partition-wide duplicate check).
+process, which reads the rows itself, in record batches of at most `[scoring] chunk_rows`
+rows (a row group larger than that is never held whole). Nothing here reads feature values;
+the plan reads the Parquet footers and the id columns only (for the partition-wide duplicate
+check, done with Arrow's hash grouping: a few hundred milliseconds for millions of ids, where
+Great Expectations' uniqueness check on a pandas copy took seconds plus its import).
 """
 
 from __future__ import annotations
@@ -131,6 +134,7 @@ def plan_partition(config: Config, partition: str, model: ModelRef) -> Partition
     duplicates, duplicate_rows = frozenset(), 0
     if id_tables and not problems:
         ids = pa.concat_tables(id_tables, promote_options="permissive")
+        del id_tables
         duplicates, duplicate_rows = find_duplicate_ids(ids, config.dataset.id_columns)
     fingerprint = hashlib.sha256(
         json.dumps(
