@@ -93,6 +93,26 @@ def pending(config: Config, model: ModelRef, partitions: list[str], rescore: boo
     return out
 
 
+def rows_at_most(config: Config, partitions: list[str], limit: int) -> bool:
+    """Whether the partitions hold at most `limit` rows in all, from the Parquet footers.
+
+    Stops reading footers as soon as the limit is passed, so asking about a large backlog
+    costs a few footer reads. An unreadable file counts as no rows (planning holds it).
+    """
+    source = Location(config.source)
+    total = 0
+    for partition in partitions:
+        dt.date.fromisoformat(partition)
+        for entry in source.data_files(f"incoming/dt={partition}"):
+            try:
+                total += pq.read_metadata(source.fs.open_input_file(entry.path)).num_rows
+            except (pa.ArrowInvalid, OSError):
+                continue
+            if total > limit:
+                return False
+    return True
+
+
 def plan_partition(config: Config, partition: str, model: ModelRef) -> PartitionPlan:
     """Read the footers and id columns of one partition and cut it into chunks."""
     dt.date.fromisoformat(partition)  # never build a path from an unchecked name

@@ -81,9 +81,19 @@ def score(config: str = "batchscore.toml", partition: str | None = None, rescore
 def score_partitions(
     runner: ProcessPoolTaskRunner, cfg: Config, model: ModelRef, todo: list[str], run_id: str
 ) -> tuple[list[PartitionOutcome], list[str]]:
-    """Plan every partition, score all their chunks at once, publish each when its are done."""
+    """Plan every partition, score all their chunks at once, publish each when its are done.
+
+    Work that fits in one chunk (all partitions together, by their footers) is planned and
+    scored in this process: starting worker processes, each importing Prefect, Great
+    Expectations and LightGBM, would cost far more than the rows. Anything larger goes to
+    the worker processes, and this process never sees its rows.
+    """
+    from batchscore.partitions import rows_at_most
+
+    small = rows_at_most(cfg, todo, cfg.scoring.chunk_rows)
+    submit = _in_process if small else runner.submit
     planned = [
-        runner.submit(plan_partition, {"config": cfg, "partition": p, "model": model}) for p in todo
+        submit(plan_partition, {"config": cfg, "partition": p, "model": model}) for p in todo
     ]
     work = []
     failures: list[str] = []
@@ -98,7 +108,7 @@ def score_partitions(
             []
             if plan.held
             else [
-                runner.submit(
+                submit(
                     score_chunk,
                     {
                         "config": cfg,
@@ -127,6 +137,25 @@ def score_partitions(
             get_run_logger().error("partition %s FAILED: %s", plan.partition, exc)
             failures.append(f"{plan.partition}: {exc}")
     return outcomes, failures
+
+
+class _Done:
+    """A finished task run, with the interface of the runner's futures."""
+
+    def __init__(self, value=None, error: BaseException | None = None):
+        self.value, self.error = value, error
+
+    def result(self):
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+def _in_process(task, parameters: dict) -> _Done:
+    try:
+        return _Done(task(**parameters))
+    except Exception as exc:  # raised where the flow reads the result, as with a future
+        return _Done(error=exc)
 
 
 class Progress:
