@@ -5,37 +5,155 @@ pool each worker starts its own (ENVIRONMENT.md: 32 s instead of 7 s for 50 task
 API is configured, `one_api()` starts a single temporary server on 127.0.0.1 and points this
 process and every child at it; with a configured API (a `prefect server start`, a worker) it
 does nothing.
+
+The server takes seconds to boot (it imports FastAPI, SQLAlchemy and Prefect's API in its
+own process), and so does importing Prefect, LightGBM and Great Expectations here. The CLI
+calls `start_early()` before its heavy imports, so the two happen side by side instead of
+one after the other. The server is the one Prefect's `SubprocessASGIServer` runs (uvicorn
+with `prefect.server.api.server:create_app`, UI off), started without importing Prefect's
+server code into this process.
 """
 
 from __future__ import annotations
 
+import atexit
+import importlib.util
 import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import closing, contextmanager, suppress
+from pathlib import Path
+
+
+class TemporaryServer:
+    """A temporary Prefect API server process on a free port of 127.0.0.1."""
+
+    def __init__(self, settings_env: dict[str, str] | None = None):
+        self._env = {
+            **os.environ,
+            **(settings_env or {}),
+            "PREFECT_UI_ENABLED": "0",
+            "PREFECT__SERVER_EPHEMERAL": "1",
+            "PREFECT__SERVER_FINAL": "1",
+            # The temporary server has no network to send telemetry to; asking costs seconds.
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        }
+        self.process: subprocess.Popen | None = None
+        self._launch()
+        atexit.register(self.stop)
+
+    def _launch(self) -> None:
+        self.port = _free_port()
+        spec = importlib.util.find_spec("prefect")
+        site = str(Path(spec.origin).parent.parent)  # the folder holding the prefect package
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "--app-dir",
+                site,
+                "--factory",
+                "prefect.server.api.server:create_app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--log-level",
+                "error",
+                "--lifespan",
+                "on",
+            ],
+            env=self._env,
+        )
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api"
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        launches = 1
+        while time.monotonic() < deadline:
+            code = self.process.poll()
+            if code is not None:
+                # Another process took the port between our check and uvicorn's bind.
+                if launches >= 3:
+                    raise RuntimeError(f"the temporary Prefect server exited with code {code}")
+                launches += 1
+                self._launch()
+                continue
+            with (
+                suppress(OSError),
+                urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as response,
+            ):
+                if response.status == 200:
+                    return
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"the temporary Prefect server did not answer within {timeout:.0f} s")
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+_early: TemporaryServer | None = None
+
+
+def start_early() -> None:
+    """Start booting a temporary server now, unless the environment names an API.
+
+    Called by the CLI before it imports Prefect; `one_api()` then uses this server, or stops
+    it if Prefect's settings (a profile) name an API after all.
+    """
+    global _early
+    if _early is None and not os.environ.get("PREFECT_API_URL"):
+        _early = TemporaryServer()
 
 
 @contextmanager
 def one_api() -> Iterator[str]:
     from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
 
+    global _early
+    early, _early = _early, None
     configured = get_current_settings().api.url
     if configured:
+        if early is not None:
+            early.stop()
         yield str(configured)
         return
-    from prefect.server.api.server import SubprocessASGIServer
-
-    # The temporary server has no network to send telemetry to; asking costs seconds.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    server = SubprocessASGIServer()
-    server.start(timeout=120)
-    os.environ["PREFECT_API_URL"] = server.api_url
+    server = early or TemporaryServer(
+        get_current_settings().to_environment_variables(exclude_unset=True)
+    )
     try:
+        server.wait_ready()
+        os.environ["PREFECT_API_URL"] = server.api_url
         with temporary_settings({PREFECT_API_URL: server.api_url}):
             yield server.api_url
     finally:
         _drain()
         os.environ.pop("PREFECT_API_URL", None)
         server.stop()
+
+
+def _free_port() -> int:
+    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _drain() -> None:
