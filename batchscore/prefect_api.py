@@ -23,6 +23,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.request
 from collections.abc import Iterator
 from contextlib import closing, contextmanager, suppress
@@ -32,10 +33,9 @@ from pathlib import Path
 class TemporaryServer:
     """A temporary Prefect API server process on a free port of 127.0.0.1."""
 
-    def __init__(self, settings_env: dict[str, str] | None = None):
+    def __init__(self):
         self._env = {
             **os.environ,
-            **(settings_env or {}),
             "PREFECT_UI_ENABLED": "0",
             "PREFECT__SERVER_EPHEMERAL": "1",
             "PREFECT__SERVER_FINAL": "1",
@@ -113,14 +113,36 @@ _early: TemporaryServer | None = None
 
 
 def start_early() -> None:
-    """Start booting a temporary server now, unless the environment names an API.
+    """Start booting a temporary server now, when nothing names an API, and point this
+    process (and its children) at it before Prefect is imported.
 
-    Called by the CLI before it imports Prefect; `one_api()` then uses this server, or stops
-    it if Prefect's settings (a profile) name an API after all.
+    Called by the CLI before it imports Prefect; `one_api()` then waits for this server.
+    Prefect reads its settings once, at import: the URL must be in the environment by then,
+    or a thread without the flow's settings context would start a server of its own. Only
+    the environment and the active profile are checked here (importing Prefect's settings
+    costs seconds); with a `prefect.toml` or `.env` in the working folder, which may name an
+    API too, nothing is started early and `one_api()` decides as before.
     """
     global _early
-    if _early is None and not os.environ.get("PREFECT_API_URL"):
-        _early = TemporaryServer()
+    if _early is not None or os.environ.get("PREFECT_API_URL") or _maybe_configured():
+        return
+    _early = TemporaryServer()
+    os.environ["PREFECT_API_URL"] = _early.api_url
+
+
+def _maybe_configured() -> bool:
+    if Path("prefect.toml").exists() or Path(".env").exists():
+        return True
+    home = Path(os.environ.get("PREFECT_HOME", "~/.prefect")).expanduser()
+    profiles = Path(os.environ.get("PREFECT_PROFILES_PATH", home / "profiles.toml")).expanduser()
+    try:
+        data = tomllib.loads(profiles.read_text())
+    except FileNotFoundError:
+        return False
+    except (OSError, tomllib.TOMLDecodeError):
+        return True  # unsure: let Prefect's own settings decide
+    active = os.environ.get("PREFECT_PROFILE") or data.get("active") or "ephemeral"
+    return bool(data.get("profiles", {}).get(active, {}).get("PREFECT_API_URL"))
 
 
 @contextmanager
@@ -130,18 +152,29 @@ def one_api() -> Iterator[str]:
     global _early
     early, _early = _early, None
     configured = get_current_settings().api.url
-    if configured:
-        if early is not None:
+    if early is not None and configured == early.api_url:
+        try:
+            early.wait_ready()
+            yield early.api_url
+        finally:
+            _drain()
+            os.environ.pop("PREFECT_API_URL", None)
             early.stop()
+        return
+    if early is not None:
+        early.stop()
+    if configured:
         yield str(configured)
         return
+    # Prefect's own server class: a thread that runs without this context's settings asks
+    # Prefect for an ephemeral server, and gets this (singleton) one rather than another.
+    from prefect.server.api.server import SubprocessASGIServer
+
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    server = early or TemporaryServer(
-        get_current_settings().to_environment_variables(exclude_unset=True)
-    )
+    server = SubprocessASGIServer()
+    server.start(timeout=120)
+    os.environ["PREFECT_API_URL"] = server.api_url
     try:
-        server.wait_ready()
-        os.environ["PREFECT_API_URL"] = server.api_url
         with temporary_settings({PREFECT_API_URL: server.api_url}):
             yield server.api_url
     finally:

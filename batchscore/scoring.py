@@ -38,7 +38,7 @@ from batchscore.features import feature_columns, unseen_mask
 from batchscore.partitions import HELD, SUCCESS, Chunk, PartitionPlan, plan_to_json
 from batchscore.registry import LoadedModel, ModelRef, utc_now
 from batchscore.storage import Location
-from batchscore.validation import validate_chunk
+from batchscore.validation import validate_chunk, warm_up_validation
 from drift import (
     SCORE_FEATURE,
     Counts,
@@ -193,15 +193,40 @@ def score_chunk(
     return result
 
 
+def prepare_worker(config: Config, model: ModelRef) -> None:
+    """Load what every chunk needs once per process: Great Expectations (its import and
+    context take seconds) and the predictor (the compiled library, checked on its probe).
+    Run in each worker while the partition is being planned, so the first chunks start warm."""
+    warm_up_validation()
+    get_predictor(model.load(), config.scoring.engine, config.scoring.threads)
+
+
 def _batches(parquet: pq.ParquetFile, chunk: Chunk, batch_rows: int):
-    """The chunk's rows as tables of at most `batch_rows` rows; at least one, maybe empty."""
+    """The chunk's rows as tables of at most `batch_rows` rows; at least one, maybe empty.
+
+    A row range inside a row group (`chunk.offset`) is reached by decoding the rows before
+    it and dropping them: Parquet has no cheaper way to start mid-group here, and decoding
+    costs a fraction of validating and scoring (`partitions._cut` bounds how often).
+    """
+    size = batch_rows
+    position, end = 0, chunk.offset + chunk.rows
     empty = True
     for batch in parquet.iter_batches(
-        batch_size=batch_rows, row_groups=list(chunk.row_groups), use_threads=True
+        batch_size=max(size, 1), row_groups=list(chunk.row_groups), use_threads=True
     ):
+        first, last = position, position + batch.num_rows
+        position = last
+        if last <= chunk.offset:
+            continue
+        if first < chunk.offset or last > end:
+            batch = batch.slice(
+                max(chunk.offset - first, 0), min(last, end) - max(first, chunk.offset)
+            )
         if batch.num_rows:
             empty = False
             yield pa.Table.from_batches([batch])
+        if position >= end:
+            break
     if empty:
         yield parquet.schema_arrow.empty_table()
 

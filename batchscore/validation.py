@@ -148,6 +148,11 @@ def _batch_definition():
     return asset.add_batch_definition_whole_dataframe("chunk")
 
 
+def warm_up_validation() -> None:
+    """Import Great Expectations and make its context now rather than in the first chunk."""
+    _batch_definition()
+
+
 @dataclass(frozen=True)
 class _Rule:
     """One expectation and how to word a failure of it."""

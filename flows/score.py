@@ -8,6 +8,7 @@ it is reported, and the run ends Failed only after every other partition was pub
 from __future__ import annotations
 
 import time
+from contextlib import suppress
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
@@ -28,6 +29,7 @@ from tasks.scoring import (
     find_partitions,
     hold_partition,
     plan_partition,
+    prepare_worker,
     publish_partition,
     release_partitions,
     resolve_champion,
@@ -95,6 +97,16 @@ def score_partitions(
     planned = [
         submit(plan_partition, {"config": cfg, "partition": p, "model": model}) for p in todo
     ]
+    # Worker processes start on demand: without these, a second worker would start (and
+    # import Prefect, GX, LightGBM for seconds) only once a plan had returned its chunks.
+    warming = (
+        []
+        if small
+        else [
+            runner.submit(prepare_worker, {"config": cfg, "model": model})
+            for _ in range(cfg.scoring.worker_count - len(todo))
+        ]
+    )
     work = []
     failures: list[str] = []
     for p, future in zip(todo, planned, strict=True):
@@ -136,6 +148,9 @@ def score_partitions(
         except Exception as exc:  # one partition's failure must not hide the others'
             get_run_logger().error("partition %s FAILED: %s", plan.partition, exc)
             failures.append(f"{plan.partition}: {exc}")
+    for future in warming:
+        with suppress(Exception):  # a worker that failed to warm fails its chunks, with reasons
+            future.result()
     return outcomes, failures
 
 

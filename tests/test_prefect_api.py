@@ -26,6 +26,7 @@ def _run(code: str, **env: str) -> subprocess.CompletedProcess:
 def test_a_server_started_early_is_the_one_api_and_is_stopped_after():
     done = _run(
         """
+        import os
         import urllib.request
         import batchscore.prefect_api as api
 
@@ -33,6 +34,8 @@ def test_a_server_started_early_is_the_one_api_and_is_stopped_after():
         early = api._early
         process = early.process
         assert process is not None and process.poll() is None
+        # Set before Prefect is imported: its settings, read once, name this server.
+        assert os.environ["PREFECT_API_URL"] == early.api_url
         with api.one_api() as url:
             assert url == early.api_url
             with urllib.request.urlopen(url + "/health", timeout=10) as response:
