@@ -332,3 +332,17 @@ def find_duplicate_ids(ids: pa.Table, id_columns: list[str]) -> tuple[frozenset,
     columns = [repeated.column(c).to_pylist() for c in id_columns]
     keys = columns[0] if len(columns) == 1 else list(zip(*columns, strict=True))
     return frozenset(keys), rows
+
+
+def find_duplicate_int_ids(values: np.ndarray) -> tuple[frozenset, int]:
+    """`find_duplicate_ids` for one integer id column without nulls, as an int64 array,
+    which is sorted in place (no copy): ids held more than once, and the rows holding them."""
+    if len(values) < 2:
+        return frozenset(), 0
+    values.sort()
+    repeated = values[1:] == values[:-1]
+    if not repeated.any():
+        return frozenset(), 0
+    keys = np.unique(values[1:][repeated])
+    rows = np.searchsorted(values, keys, "right") - np.searchsorted(values, keys, "left")
+    return frozenset(int(k) for k in keys), int(rows.sum())
