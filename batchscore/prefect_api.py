@@ -5,26 +5,171 @@ pool each worker starts its own (ENVIRONMENT.md: 32 s instead of 7 s for 50 task
 API is configured, `one_api()` starts a single temporary server on 127.0.0.1 and points this
 process and every child at it; with a configured API (a `prefect server start`, a worker) it
 does nothing.
+
+The server takes seconds to boot (it imports FastAPI, SQLAlchemy and Prefect's API in its
+own process), and so does importing Prefect, LightGBM and Great Expectations here. The CLI
+calls `start_early()` before its heavy imports, so the two happen side by side instead of
+one after the other. The server is the one Prefect's `SubprocessASGIServer` runs (uvicorn
+with `prefect.server.api.server:create_app`, UI off), started without importing Prefect's
+server code into this process.
 """
 
 from __future__ import annotations
 
+import atexit
+import importlib.util
 import os
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import closing, contextmanager, suppress
+from pathlib import Path
+
+
+class TemporaryServer:
+    """A temporary Prefect API server process on a free port of 127.0.0.1."""
+
+    def __init__(self):
+        self._env = {
+            **os.environ,
+            "PREFECT_UI_ENABLED": "0",
+            "PREFECT__SERVER_EPHEMERAL": "1",
+            "PREFECT__SERVER_FINAL": "1",
+            # The temporary server has no network to send telemetry to; asking costs seconds.
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        }
+        self.process: subprocess.Popen | None = None
+        self._launch()
+        atexit.register(self.stop)
+
+    def _launch(self) -> None:
+        self.port = _free_port()
+        spec = importlib.util.find_spec("prefect")
+        site = str(Path(spec.origin).parent.parent)  # the folder holding the prefect package
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "--app-dir",
+                site,
+                "--factory",
+                "prefect.server.api.server:create_app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--log-level",
+                "error",
+                "--lifespan",
+                "on",
+            ],
+            env=self._env,
+        )
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api"
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        launches = 1
+        while time.monotonic() < deadline:
+            code = self.process.poll()
+            if code is not None:
+                # Another process took the port between our check and uvicorn's bind.
+                if launches >= 3:
+                    raise RuntimeError(f"the temporary Prefect server exited with code {code}")
+                launches += 1
+                self._launch()
+                continue
+            with (
+                suppress(OSError),
+                urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as response,
+            ):
+                if response.status == 200:
+                    return
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"the temporary Prefect server did not answer within {timeout:.0f} s")
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+_early: TemporaryServer | None = None
+
+
+def start_early() -> None:
+    """Start booting a temporary server now, when nothing names an API, and point this
+    process (and its children) at it before Prefect is imported.
+
+    Called by the CLI before it imports Prefect; `one_api()` then waits for this server.
+    Prefect reads its settings once, at import: the URL must be in the environment by then,
+    or a thread without the flow's settings context would start a server of its own. Only
+    the environment and the active profile are checked here (importing Prefect's settings
+    costs seconds); with a `prefect.toml` or `.env` in the working folder, which may name an
+    API too, nothing is started early and `one_api()` decides as before.
+    """
+    global _early
+    if _early is not None or os.environ.get("PREFECT_API_URL") or _maybe_configured():
+        return
+    _early = TemporaryServer()
+    os.environ["PREFECT_API_URL"] = _early.api_url
+
+
+def _maybe_configured() -> bool:
+    if Path("prefect.toml").exists() or Path(".env").exists():
+        return True
+    home = Path(os.environ.get("PREFECT_HOME", "~/.prefect")).expanduser()
+    profiles = Path(os.environ.get("PREFECT_PROFILES_PATH", home / "profiles.toml")).expanduser()
+    try:
+        data = tomllib.loads(profiles.read_text())
+    except FileNotFoundError:
+        return False
+    except (OSError, tomllib.TOMLDecodeError):
+        return True  # unsure: let Prefect's own settings decide
+    active = os.environ.get("PREFECT_PROFILE") or data.get("active") or "ephemeral"
+    return bool(data.get("profiles", {}).get(active, {}).get("PREFECT_API_URL"))
 
 
 @contextmanager
 def one_api() -> Iterator[str]:
     from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
 
+    global _early
+    early, _early = _early, None
     configured = get_current_settings().api.url
+    if early is not None and configured == early.api_url:
+        try:
+            early.wait_ready()
+            yield early.api_url
+        finally:
+            _drain()
+            os.environ.pop("PREFECT_API_URL", None)
+            early.stop()
+        return
+    if early is not None:
+        early.stop()
     if configured:
         yield str(configured)
         return
+    # Prefect's own server class: a thread that runs without this context's settings asks
+    # Prefect for an ephemeral server, and gets this (singleton) one rather than another.
     from prefect.server.api.server import SubprocessASGIServer
 
-    # The temporary server has no network to send telemetry to; asking costs seconds.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     server = SubprocessASGIServer()
     server.start(timeout=120)
@@ -36,6 +181,12 @@ def one_api() -> Iterator[str]:
         _drain()
         os.environ.pop("PREFECT_API_URL", None)
         server.stop()
+
+
+def _free_port() -> int:
+    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _drain() -> None:

@@ -38,7 +38,7 @@ from batchscore.features import feature_columns, unseen_mask
 from batchscore.partitions import HELD, SUCCESS, Chunk, PartitionPlan, plan_to_json
 from batchscore.registry import LoadedModel, ModelRef, utc_now
 from batchscore.storage import Location
-from batchscore.validation import validate_chunk
+from batchscore.validation import validate_chunk, warm_up_validation
 from drift import (
     SCORE_FEATURE,
     Counts,
@@ -46,6 +46,7 @@ from drift import (
     ReferenceProfile,
     counts_from_dict,
     evaluate,
+    merge,
     merge_all,
     results_to_table,
 )
@@ -91,76 +92,148 @@ def staging_location(config: Config, plan: PartitionPlan, model: ModelRef) -> Lo
 def score_chunk(
     config: Config, chunk: Chunk, model: ModelRef, plan: PartitionPlan, run_id: str
 ) -> ChunkResult:
+    """Read, validate, score and count one chunk, in record batches of `chunk_rows` rows.
+
+    A chunk is a run of whole row groups, and a writer may make row groups of any size
+    (pandas and pyarrow write 1,048,576 rows); reading it in batches keeps a worker's memory
+    at about `chunk_rows` rows whatever the file's layout. Only the scores (a few columns)
+    and the rejected rows are kept until the chunk's files are written.
+    """
     staging = staging_location(config, plan, model)
     name = f"part-{chunk.index:05d}"
     done = staging.read_json_or_none("chunks", f"{name}.json")
     if done is not None:
         return ChunkResult(**{**done, "reused": True})
 
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
+    timings = dict.fromkeys(("read", "validate", "score", "write", "drift"), 0.0)
+    loaded = model.load()
+    ds = config.dataset
+    now = dt.datetime.now(dt.UTC)
     source = Location(config.source)
-    table = pq.ParquetFile(source.fs.open_input_file(source.path(chunk.file))).read_row_groups(
-        list(chunk.row_groups)
-    )
-    if table.num_rows != chunk.rows:
+    t0 = time.perf_counter()
+    parquet = pq.ParquetFile(source.fs.open_input_file(source.path(chunk.file)))
+    batches = _batches(parquet, chunk, config.scoring.chunk_rows)
+    timings["read"] += time.perf_counter() - t0
+    scored: list[pa.Table] = []
+    rejected: list[pa.Table] = []
+    failed: dict[str, int] = {}
+    unseen = dict.fromkeys(loaded.schema.vocabularies, 0)
+    counts: dict[str, Counts] = {}
+    rows_in = rows_bad = 0
+    while True:
+        t0 = time.perf_counter()
+        batch = next(batches, None)
+        t1 = time.perf_counter()
+        timings["read"] += t1 - t0
+        if batch is None:
+            break
+        table = batch
+        del batch
+        rows_in += table.num_rows
+
+        verdict = validate_chunk(table, config, loaded.profile, plan.duplicate_ids)
+        for k, v in verdict.failed.items():
+            failed[k] = failed.get(k, 0) + v
+        bad = verdict.bad_mask(table.num_rows)
+        n_bad = int(bad.sum())
+        good = table.filter(pa.array(~bad)) if n_bad else table  # no copy when all pass
+        t2 = time.perf_counter()
+        timings["validate"] += t2 - t1
+
+        scores = predict(loaded, good, config.scoring.threads, config.scoring.engine)
+        t3 = time.perf_counter()
+        timings["score"] += t3 - t2
+
+        scored.append(scores_table(config, good, scores, model, now, run_id))
+        if n_bad:
+            rows_bad += n_bad
+            rows = np.flatnonzero(bad)
+            quarantined = table.take(pa.array(rows))
+            quarantined = quarantined.append_column("reason", pa.array(verdict.reason_column(rows)))
+            quarantined = quarantined.append_column("source_file", pa.array([chunk.file] * n_bad))
+            quarantined = quarantined.append_column(
+                "quarantined_at", pa.array([now] * n_bad, pa.timestamp("us", tz="UTC"))
+            )
+            quarantined = quarantined.append_column("run_id", pa.array([run_id] * n_bad))
+            rejected.append(quarantined)
+        for col, vocab in loaded.schema.vocabularies.items():
+            unseen[col] += int(unseen_mask(good.column(col), vocab).sum())
+        t4 = time.perf_counter()
+        timings["write"] += t4 - t3
+        # Drift counts from the rows already in memory: the data is read once. Counts are
+        # integers per bin, so the batches' partial counts merge exactly.
+        part = loaded.reference.count(feature_columns(good, ds.features, ds.categorical), scores)
+        counts = {f: merge(counts[f], c) if f in counts else c for f, c in part.items()}
+        del table, good, scores, part
+        timings["drift"] += time.perf_counter() - t4
+
+    if rows_in != chunk.rows:
         raise RuntimeError(
-            f"{chunk.file}: row groups {chunk.row_groups} hold {table.num_rows} "
+            f"{chunk.file}: row groups {chunk.row_groups} hold {rows_in} "
             f"rows, the plan counted {chunk.rows}; the file changed while "
             "the partition was being scored"
         )
-    t1 = time.perf_counter()
-    timings["read"] = t1 - t0
-
-    loaded = model.load()
-    verdict = validate_chunk(table, config, loaded.profile, plan.duplicate_ids)
-    bad = verdict.bad_mask(table.num_rows)
-    good = table.filter(pa.array(~bad))
-    t2 = time.perf_counter()
-    timings["validate"] = t2 - t1
-
-    scores = predict(loaded, good, config.scoring.threads, config.scoring.engine)
-    t3 = time.perf_counter()
-    timings["score"] = t3 - t2
-
-    now = dt.datetime.now(dt.UTC)
-    staging.write_parquet(
-        scores_table(config, good, scores, model, now, run_id), "scores", f"{name}.parquet"
-    )
-    n_bad = int(bad.sum())
-    if n_bad:
-        rows = np.flatnonzero(bad)
-        rejected = table.take(pa.array(rows))
-        rejected = rejected.append_column("reason", pa.array(verdict.reason_column(rows)))
-        rejected = rejected.append_column("source_file", pa.array([chunk.file] * n_bad))
-        rejected = rejected.append_column(
-            "quarantined_at", pa.array([now] * n_bad, pa.timestamp("us", tz="UTC"))
-        )
-        rejected = rejected.append_column("run_id", pa.array([run_id] * n_bad))
-        staging.write_parquet(rejected, "quarantine", f"{name}.parquet")
-    unseen = {
-        col: int(unseen_mask(good.column(col), vocab).sum())
-        for col, vocab in loaded.schema.vocabularies.items()
-    }
-    t4 = time.perf_counter()
-    timings["write"] = t4 - t3
-    # Drift counts from the rows already in memory: the data is read once.
-    ds = config.dataset
-    counts = loaded.reference.count(feature_columns(good, ds.features, ds.categorical), scores)
-    timings["drift"] = time.perf_counter() - t4
+    t0 = time.perf_counter()
+    staging.write_parquet(_concat(scored), "scores", f"{name}.parquet")
+    if rejected:
+        staging.write_parquet(_concat(rejected), "quarantine", f"{name}.parquet")
+    timings["write"] += time.perf_counter() - t0
     result = ChunkResult(
         chunk.partition,
         chunk.index,
-        table.num_rows,
-        good.num_rows,
-        n_bad,
-        dict(verdict.failed),
+        rows_in,
+        rows_in - rows_bad,
+        rows_bad,
+        failed,
         {k: v for k, v in unseen.items() if v},
         timings,
         {k: v.to_dict() for k, v in counts.items()},
     )
     staging.write_json(asdict(result), "chunks", f"{name}.json")
     return result
+
+
+def prepare_worker(config: Config, model: ModelRef) -> None:
+    """Load what every chunk needs once per process: Great Expectations (its import and
+    context take seconds) and the predictor (the compiled library, checked on its probe).
+    Run in each worker while the partition is being planned, so the first chunks start warm."""
+    warm_up_validation()
+    get_predictor(model.load(), config.scoring.engine, config.scoring.threads)
+
+
+def _batches(parquet: pq.ParquetFile, chunk: Chunk, batch_rows: int):
+    """The chunk's rows as tables of at most `batch_rows` rows; at least one, maybe empty.
+
+    A row range inside a row group (`chunk.offset`) is reached by decoding the rows before
+    it and dropping them: Parquet has no cheaper way to start mid-group here, and decoding
+    costs a fraction of validating and scoring (`partitions._cut` bounds how often).
+    """
+    size = batch_rows
+    position, end = 0, chunk.offset + chunk.rows
+    empty = True
+    for batch in parquet.iter_batches(
+        batch_size=max(size, 1), row_groups=list(chunk.row_groups), use_threads=True
+    ):
+        first, last = position, position + batch.num_rows
+        position = last
+        if last <= chunk.offset:
+            continue
+        if first < chunk.offset or last > end:
+            batch = batch.slice(
+                max(chunk.offset - first, 0), min(last, end) - max(first, chunk.offset)
+            )
+        if batch.num_rows:
+            empty = False
+            yield pa.Table.from_batches([batch])
+        if position >= end:
+            break
+    if empty:
+        yield parquet.schema_arrow.empty_table()
+
+
+def _concat(tables: list[pa.Table]) -> pa.Table:
+    # One schema for every batch's table; an empty chunk still writes its (empty) file.
+    return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
 
 
 def predict(model: LoadedModel, table: pa.Table, threads: int, engine: str = "auto") -> np.ndarray:

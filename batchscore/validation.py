@@ -6,8 +6,12 @@ Two levels:
 - row level, with a Great Expectations suite built in code from the dataset config and the
   model's training profile, run on each chunk already in memory: null ids, numbers outside
   the wide band around the training range (inf included), missing values where training
-  never saw one, and (only when configured) unseen categories. Duplicate ids are a
-  partition-wide property, checked by GX on the partition's id columns in the plan step.
+  never saw one, and (only when configured) unseen categories.
+- partition level, in the plan step: duplicate ids, counted with Arrow's hash grouping on the
+  partition's id columns (the one check that needs every row of the partition; GX's
+  uniqueness expectation needed a pandas copy of them and its import in the planning
+  process, seconds before any chunk could start). Rows holding a duplicated id are then
+  rejected chunk by chunk, with the other row-level reasons.
 
 Every rejected row gets a readable reason naming the column and the value.
 """
@@ -20,7 +24,6 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -145,6 +148,11 @@ def _batch_definition():
     return asset.add_batch_definition_whole_dataframe("chunk")
 
 
+def warm_up_validation() -> None:
+    """Import Great Expectations and make its context now rather than in the first chunk."""
+    _batch_definition()
+
+
 @dataclass(frozen=True)
 class _Rule:
     """One expectation and how to word a failure of it."""
@@ -224,7 +232,7 @@ def _suite(rules: list[_Rule]):
     return suite
 
 
-def _run(frame: pd.DataFrame, rules: list[_Rule], verdict: RowVerdict) -> None:
+def _run(frame, rules: list[_Rule], verdict: RowVerdict) -> None:
     batch = _batch_definition().get_batch(batch_parameters={"dataframe": frame})
     result = batch.validate(_suite(rules), result_format={"result_format": "COMPLETE"})
     for rule, res in zip(rules, result.results, strict=True):
@@ -295,27 +303,46 @@ def _show_key(config: Config, key) -> str:
 
 
 def find_duplicate_ids(ids: pa.Table, id_columns: list[str]) -> tuple[frozenset, int]:
-    """Ids present more than once in a partition (checked by GX), and how many rows hold them."""
-    import great_expectations as gx
+    """Ids present more than once in a partition, and how many rows hold them.
 
-    E = gx.expectations
-    if len(id_columns) == 1:
-        expectation = E.ExpectColumnValuesToBeUnique(column=id_columns[0])
-    else:
-        expectation = E.ExpectCompoundColumnsToBeUnique(column_list=id_columns)
-    frame = ids.to_pandas()
-    batch = _batch_definition().get_batch(batch_parameters={"dataframe": frame})
-    suite = gx.ExpectationSuite(name="batchscore-ids")
-    suite.add_expectation(expectation)
-    result = batch.validate(suite, result_format={"result_format": "COMPLETE"}).results[0]
-    rows = result.result.get("unexpected_index_list") or []
-    if not rows:
+    Rows with a null in any id column are left out: null ids are rejected by their own rule,
+    and are not "duplicates" of each other. Keys are Python values (tuples for composite ids),
+    as `validation.id_keys` makes them, so a chunk's rows can be looked up in the set.
+    """
+    ids = ids.select(id_columns)
+    if ids.num_rows == 0:
         return frozenset(), 0
-    keys = id_keys(ids.take(pa.array(rows, pa.int64())), id_columns)
-    # Null ids are rejected by their own rule; they are not "duplicates" of each other.
-    keys = [
-        k
-        for k in keys
-        if k is not None and not (isinstance(k, tuple) and any(v is None for v in k))
-    ]
-    return frozenset(keys), len(keys)
+    for name in id_columns:  # group_by wants plain columns; a dictionary id is its values
+        column = ids.column(name)
+        if pa.types.is_dictionary(column.type):
+            ids = ids.set_column(
+                ids.schema.get_field_index(name), name, column.cast(column.type.value_type)
+            )
+    valid = None
+    for name in id_columns:
+        ok = pc.is_valid(ids.column(name))
+        valid = ok if valid is None else pc.and_(valid, ok)
+    if ids.num_rows - pc.sum(valid).as_py():
+        ids = ids.filter(valid)
+    counted = ids.group_by(id_columns).aggregate([([], "count_all")])
+    repeated = counted.filter(pc.greater(counted.column("count_all"), 1))
+    if repeated.num_rows == 0:
+        return frozenset(), 0
+    rows = pc.sum(repeated.column("count_all")).as_py()
+    columns = [repeated.column(c).to_pylist() for c in id_columns]
+    keys = columns[0] if len(columns) == 1 else list(zip(*columns, strict=True))
+    return frozenset(keys), rows
+
+
+def find_duplicate_int_ids(values: np.ndarray) -> tuple[frozenset, int]:
+    """`find_duplicate_ids` for one integer id column without nulls, as an int64 array,
+    which is sorted in place (no copy): ids held more than once, and the rows holding them."""
+    if len(values) < 2:
+        return frozenset(), 0
+    values.sort()
+    repeated = values[1:] == values[:-1]
+    if not repeated.any():
+        return frozenset(), 0
+    keys = np.unique(values[1:][repeated])
+    rows = np.searchsorted(values, keys, "right") - np.searchsorted(values, keys, "left")
+    return frozenset(int(k) for k in keys), int(rows.sum())

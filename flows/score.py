@@ -10,6 +10,7 @@ was published.
 from __future__ import annotations
 
 import time
+from contextlib import suppress
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
@@ -30,6 +31,7 @@ from tasks.scoring import (
     find_partitions,
     hold_partition,
     plan_partition,
+    prepare_worker,
     publish_partition,
     release_partitions,
     resolve_champion,
@@ -95,10 +97,30 @@ def task_runner(cfg: Config):
 def score_partitions(
     runner: ProcessPoolTaskRunner, cfg: Config, model: ModelRef, todo: list[str], run_id: str
 ) -> tuple[list[PartitionOutcome], list[str]]:
-    """Plan every partition, score all their chunks at once, publish each when its are done."""
+    """Plan every partition, score all their chunks at once, publish each when its are done.
+
+    Work that fits in one chunk (all partitions together, by their footers) is planned and
+    scored in this process: starting worker processes, each importing Prefect, Great
+    Expectations and LightGBM, would cost far more than the rows. Anything larger goes to
+    the worker processes, and this process never sees its rows.
+    """
+    from batchscore.partitions import rows_at_most
+
+    small = rows_at_most(cfg, todo, cfg.scoring.chunk_rows)
+    submit = _in_process if small else runner.submit
     planned = [
-        runner.submit(plan_partition, {"config": cfg, "partition": p, "model": model}) for p in todo
+        submit(plan_partition, {"config": cfg, "partition": p, "model": model}) for p in todo
     ]
+    # Worker processes start on demand: without these, a second worker would start (and
+    # import Prefect, GX, LightGBM for seconds) only once a plan had returned its chunks.
+    warming = (
+        []
+        if small
+        else [
+            runner.submit(prepare_worker, {"config": cfg, "model": model})
+            for _ in range(cfg.scoring.worker_count - len(todo))
+        ]
+    )
     work = []
     failures: list[str] = []
     for p, future in zip(todo, planned, strict=True):
@@ -112,7 +134,7 @@ def score_partitions(
             []
             if plan.held
             else [
-                runner.submit(
+                submit(
                     score_chunk,
                     {
                         "config": cfg,
@@ -140,7 +162,29 @@ def score_partitions(
         except Exception as exc:  # one partition's failure must not hide the others'
             get_run_logger().error("partition %s FAILED: %s", plan.partition, exc)
             failures.append(f"{plan.partition}: {exc}")
+    for future in warming:
+        with suppress(Exception):  # a worker that failed to warm fails its chunks, with reasons
+            future.result()
     return outcomes, failures
+
+
+class _Done:
+    """A finished task run, with the interface of the runner's futures."""
+
+    def __init__(self, value=None, error: BaseException | None = None):
+        self.value, self.error = value, error
+
+    def result(self):
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+def _in_process(task, parameters: dict) -> _Done:
+    try:
+        return _Done(task(**parameters))
+    except Exception as exc:  # raised where the flow reads the result, as with a future
+        return _Done(error=exc)
 
 
 class Progress:

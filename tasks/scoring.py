@@ -77,6 +77,12 @@ def score_chunk(
     return scoring.score_chunk(config, chunk, model, partition_plan, run_id)
 
 
+@task(name="prepare-worker", **TASK_DEFAULTS)
+def prepare_worker(config: Config, model: ModelRef) -> None:
+    """Warm a worker process (GX, the predictor) while the partitions are planned."""
+    scoring.prepare_worker(config, model)
+
+
 @task(name="publish-partition", task_run_name="publish {plan.partition}", **TASK_DEFAULTS)
 def publish_partition(
     config: Config, plan: PartitionPlan, model: ModelRef, results: list[ChunkResult], run_id: str

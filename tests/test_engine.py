@@ -329,8 +329,12 @@ def test_the_engine_setting_is_validated(tmp_path):
     )
 
 
-def test_a_partition_larger_than_a_chunk_is_never_materialised_whole(tmp_path, monkeypatch):
-    """What this proves: with 6 row groups of 2,000 rows and chunk_rows = 2,000, every
+@pytest.mark.parametrize("row_group_rows", [2_000, 6_000])
+def test_a_partition_larger_than_a_chunk_is_never_materialised_whole(
+    tmp_path, monkeypatch, row_group_rows
+):
+    """What this proves: with 12,000 rows in row groups of 2,000 (one chunk each) or of
+    6,000 (three times chunk_rows = 2,000: a writer's row groups can be any size), every
     Parquet read of feature columns, every validation and every prediction sees at most
     2,000 rows, and the only partition-wide read is the plan's read of the id column
     (for the uniqueness check). It drives plan/score/publish in-process, without Prefect,
@@ -341,14 +345,17 @@ def test_a_partition_larger_than_a_chunk_is_never_materialised_whole(tmp_path, m
     _register(config)
     folder = Path(config.source) / "incoming" / "dt=2026-01-01"
     folder.mkdir(parents=True)
-    pq.write_table(
-        _table(12_000, seed=9, unseen=True), folder / "part-0.parquet", row_group_size=2_000
-    )
+    data = _table(12_000, seed=9, unseen=True)
+    impossible = data.column("never_missing").to_numpy().copy()
+    impossible[[5, 4_321, 11_999]] = 1e12  # rejected by validation: the quarantine path
+    data = data.set_column(3, "never_missing", pa.array(impossible))
+    pq.write_table(data, folder / "part-0.parquet", row_group_size=row_group_rows)
 
     reads: list[tuple[int, tuple[str, ...]]] = []
     seen: dict[str, list[int]] = {"validate": [], "predict": []}
     real_groups = pq.ParquetFile.read_row_groups
     real_read = pq.ParquetFile.read
+    real_batches = pq.ParquetFile.iter_batches
 
     def read_row_groups(self, row_groups, *args, **kwargs):
         table = real_groups(self, row_groups, *args, **kwargs)
@@ -359,6 +366,11 @@ def test_a_partition_larger_than_a_chunk_is_never_materialised_whole(tmp_path, m
         table = real_read(self, *args, **kwargs)
         reads.append((table.num_rows, tuple(table.column_names)))
         return table
+
+    def iter_batches(self, *args, **kwargs):
+        for batch in real_batches(self, *args, **kwargs):
+            reads.append((batch.num_rows, tuple(batch.schema.names)))
+            yield batch
 
     real_validate, real_predict = scoring.validate_chunk, scoring.predict
 
@@ -372,19 +384,21 @@ def test_a_partition_larger_than_a_chunk_is_never_materialised_whole(tmp_path, m
 
     monkeypatch.setattr(pq.ParquetFile, "read_row_groups", read_row_groups)
     monkeypatch.setattr(pq.ParquetFile, "read", read)
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches", iter_batches)
     monkeypatch.setattr(scoring, "validate_chunk", validate)
     monkeypatch.setattr(scoring, "predict", predict)
 
     ref = Registry(config.store, "gen").champion_ref()
     plan = partitions.plan_partition(config, "2026-01-01", ref)
-    assert len(plan.chunks) == 6 and plan.rows_in == 12_000
+    assert plan.rows_in == 12_000 and sum(c.rows for c in plan.chunks) == 12_000
     results = [scoring.score_chunk(config, c, ref, plan, "run") for c in plan.chunks]
     outcome = scoring.publish_partition(config, plan, ref, results, "run")
     assert outcome.rows_scored + outcome.rows_quarantined == 12_000
+    assert outcome.rows_quarantined == 3
 
     feature_reads = [n for n, cols in reads if set(cols) & set(FEATURES)]
-    assert len(feature_reads) == 6 and max(feature_reads) == 2_000
+    assert max(feature_reads) == 2_000
     whole = [cols for n, cols in reads if n > 2_000]
     assert whole == [("id",)]  # the plan's id column, nothing else
-    assert seen["validate"] == [2_000] * 6
-    assert len(seen["predict"]) == 6 and max(seen["predict"]) <= 2_000
+    assert sum(seen["validate"]) == 12_000 and max(seen["validate"]) == 2_000
+    assert sum(seen["predict"]) == 12_000 - 3 and max(seen["predict"]) <= 2_000

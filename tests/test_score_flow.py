@@ -161,3 +161,51 @@ def test_scores_do_not_depend_on_workers_or_chunk_size(sample, prefect_api, tmp_
     assert one.num_rows == two.num_rows == 20_987 + 20_771
     assert one.column("customer_id").equals(two.column("customer_id"))
     assert np.max(np.abs(one.column("score").to_numpy() - two.column("score").to_numpy())) <= 1e-12
+
+
+class _RecordingRunner:
+    """A task runner that records what is submitted to it (and runs it in a real pool)."""
+
+    def __init__(self, runner):
+        self.runner, self.submitted = runner, []
+
+    def submit(self, task, parameters):
+        self.submitted.append(task.name)
+        return self.runner.submit(task, parameters)
+
+
+def test_work_of_one_chunk_is_scored_in_the_flow_process_and_more_in_workers(
+    sample, prefect_api, tmp_path
+):
+    """A partition within chunk_rows never starts a worker process (their start-up costs
+    more than its rows); a partition of several chunks goes to the workers, so the flow
+    process never sees its rows. Both give the same scores."""
+    from prefect.task_runners import ProcessPoolTaskRunner
+
+    from batchscore.registry import Registry
+    from flows.score import score_partitions
+
+    config = load_config(sample)
+    train(config)
+    day = "2026-10-05"  # 20,987 rows in 2 files
+    scores = {}
+    for chunk_rows, expected in ((100_000, []), (3_000, ["plan-partition"] + ["score-chunk"] * 6)):
+        path = write_config(
+            tmp_path / f"c{chunk_rows}.toml",
+            sample.read_text(),
+            storage={"source": config.source, "store": str(tmp_path / f"store-{chunk_rows}")},
+            scoring={"workers": 1, "chunk_rows": chunk_rows},
+        )
+        shutil.copytree(Path(config.store) / "models", tmp_path / f"store-{chunk_rows}" / "models")
+        cfg = load_config(path)
+        model = Registry(cfg.store, cfg.dataset.name).champion_ref()
+        with ProcessPoolTaskRunner(max_workers=1) as pool:
+            runner = _RecordingRunner(pool)
+            outcomes, failures = score_partitions(runner, cfg, model, [day], "run")
+        assert failures == [] and [o.status for o in outcomes] == ["scored"]
+        assert runner.submitted == expected
+        scores[chunk_rows] = _scores(tmp_path / f"store-{chunk_rows}", day)
+    one, many = scores[100_000], scores[3_000]
+    assert one.num_rows == many.num_rows > 20_000
+    assert one.column("customer_id").equals(many.column("customer_id"))
+    assert np.array_equal(one.column("score").to_numpy(), many.column("score").to_numpy())

@@ -7,11 +7,18 @@ import math
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 
 from batchscore.config import Config, parse_config
 from batchscore.features import TrainingProfile
-from batchscore.validation import FileProblem, check_schema, find_duplicate_ids, validate_chunk
+from batchscore.validation import (
+    FileProblem,
+    check_schema,
+    find_duplicate_ids,
+    find_duplicate_int_ids,
+    validate_chunk,
+)
 
 DATASET = {
     "name": "t",
@@ -298,3 +305,30 @@ def test_every_row_of_a_column_with_many_nulls_gets_its_own_reason(profile: Trai
     expected[n] = ["a is missing, and was never missing in training"]
     expected[n + 1] = ["a=50.0 outside the validation band [-10, 20] (training range [0, 10])"]
     assert dict(verdict.reasons) == expected
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_integer_id_check_agrees_with_the_general_one(seed):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(-50, 5_000, 4_000)
+    general = find_duplicate_ids(pa.table({"id": pa.array(ids)}), ["id"])
+    assert general[1] > 0
+    assert find_duplicate_int_ids(ids.astype(np.int64)) == general
+    assert find_duplicate_int_ids(np.arange(10, dtype=np.int64)) == (frozenset(), 0)
+    assert find_duplicate_int_ids(np.array([], np.int64)) == (frozenset(), 0)
+
+
+@pytest.mark.parametrize("id_type", [pa.int32(), pa.uint64(), pa.string()])
+def test_the_plan_finds_ids_repeated_across_files_with_nulls_left_out(tmp_path, id_type):
+    from batchscore.partitions import _duplicate_ids
+
+    paths = []
+    for i, ids in enumerate(([1, 2, None, 3, None], [3, 4, 4, 5, 6])):
+        path = tmp_path / f"part-{i}.parquet"
+        values = [None if v is None else (str(v) if id_type == pa.string() else v) for v in ids]
+        pq.write_table(pa.table({"id": pa.array(values, id_type)}), path, row_group_size=2)
+        paths.append((path.name, pq.ParquetFile(path)))
+    problems = []
+    keys, rows = _duplicate_ids(paths, ["id"], problems)
+    expected = {"3", "4"} if id_type == pa.string() else {3, 4}
+    assert (keys, rows, problems) == (frozenset(expected), 4, [])

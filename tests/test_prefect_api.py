@@ -1,0 +1,65 @@
+"""The temporary Prefect API: started early by the CLI, used once, stopped at the end."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run(code: str, **env: str) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=ROOT,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_a_server_started_early_is_the_one_api_and_is_stopped_after():
+    done = _run(
+        """
+        import os
+        import urllib.request
+        import batchscore.prefect_api as api
+
+        api.start_early()
+        early = api._early
+        process = early.process
+        assert process is not None and process.poll() is None
+        # Set before Prefect is imported: its settings, read once, name this server.
+        assert os.environ["PREFECT_API_URL"] == early.api_url
+        with api.one_api() as url:
+            assert url == early.api_url
+            with urllib.request.urlopen(url + "/health", timeout=10) as response:
+                assert response.status == 200
+        assert process.poll() is not None, "the server outlived one_api"
+        print("ok")
+        """
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().endswith("ok")
+
+
+def test_a_configured_api_starts_no_server():
+    done = _run(
+        """
+        import batchscore.prefect_api as api
+
+        api.start_early()
+        assert api._early is None
+        with api.one_api() as url:
+            assert url == "http://127.0.0.1:9/api", url
+        print("ok")
+        """,
+        PREFECT_API_URL="http://127.0.0.1:9/api",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().endswith("ok")
