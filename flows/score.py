@@ -16,7 +16,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.runtime import deployment, flow_run
 from prefect.states import Completed, Failed
-from prefect.task_runners import ProcessPoolTaskRunner
+from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner
 
 from batchscore.config import Config, load_config
 from batchscore.policy import RetrainDecision
@@ -95,18 +95,20 @@ def task_runner(cfg: Config):
 
 
 def score_partitions(
-    runner: ProcessPoolTaskRunner, cfg: Config, model: ModelRef, todo: list[str], run_id: str
+    runner: TaskRunner, cfg: Config, model: ModelRef, todo: list[str], run_id: str
 ) -> tuple[list[PartitionOutcome], list[str]]:
     """Plan every partition, score all their chunks at once, publish each when its are done.
 
-    Work that fits in one chunk (all partitions together, by their footers) is planned and
-    scored in this process: starting worker processes, each importing Prefect, Great
-    Expectations and LightGBM, would cost far more than the rows. Anything larger goes to
-    the worker processes, and this process never sees its rows.
+    With the process pool, work that fits in one chunk (all partitions together, by their
+    footers) is planned and scored in this process: starting worker processes, each
+    importing Prefect, Great Expectations and LightGBM, would cost far more than the rows.
+    Anything larger goes to the worker processes, and this process never sees its rows. On
+    a Dask cluster every task goes to the cluster: the flow process may not even reach the
+    data.
     """
     from batchscore.partitions import rows_at_most
 
-    small = rows_at_most(cfg, todo, cfg.scoring.chunk_rows)
+    small = cfg.scoring.runner == "process" and rows_at_most(cfg, todo, cfg.scoring.chunk_rows)
     submit = _in_process if small else runner.submit
     planned = [
         submit(plan_partition, {"config": cfg, "partition": p, "model": model}) for p in todo
@@ -209,7 +211,7 @@ class Progress:
         return result
 
 
-def measure_all(runner: ProcessPoolTaskRunner, cfg: Config, run_id: str) -> list[dict]:
+def measure_all(runner: TaskRunner, cfg: Config, run_id: str) -> list[dict]:
     """Realised performance of scored partitions whose labels arrived (or changed)."""
     measured = [
         runner.submit(measure_performance, {"config": cfg, "partition": p, "run_id": run_id})
