@@ -20,6 +20,8 @@ everything else), then measures, each in its own process:
   (e) `batchscore score` of one small partition (20k rows).
   (b') and (e') the same two runs against a Prefect API that is already running, the way a
       deployment's worker or `make up` runs them: the difference is the server's start-up.
+  (f) (b') with `[scoring] runner = "process"` and with `"dask"` on a distributed.LocalCluster
+      of as many single-threaded worker processes (bench/runners.py; --skip-dask skips it).
 
 Peak RSS: each measurement runs under a small runner process that reports
 getrusage(RUSAGE_CHILDREN).ru_maxrss (the largest single process of the tree) and samples
@@ -451,6 +453,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--small-rows", type=int, default=20_000, help="the small partition")
     parser.add_argument("--workdir", help="keep the data here instead of a temporary folder")
+    parser.add_argument(
+        "--skip-dask", action="store_true", help="skip (f), the process pool vs Dask comparison"
+    )
     args = parser.parse_args(argv)
 
     import lightgbm
@@ -532,8 +537,20 @@ def main(argv: list[str] | None = None) -> int:
                 cfg = write_config(d, src / "source", d / "store")
                 shutil.copytree(main_dir / "store" / "models", d / "store" / "models")
                 warm[label] = run_b(d, cfg, f"warm-{label}")
+            if not args.skip_dask:
+                # Issue 8: [scoring] runner = "process" vs "dask" (a LocalCluster) on the
+                # main partition, both against this API (bench/runners.py).
+                print("(f) process pool vs Dask LocalCluster ...", flush=True)
+                import runners
+
+                by_runner = runners.compare(
+                    main_dir / "source", main_dir / "store" / "models", base / "runners"
+                )
 
         report(args.rows, cores, info, a, b, c, rss, small, warm)
+        if not args.skip_dask:
+            print()
+            runners.report(by_runner)
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
