@@ -134,17 +134,21 @@ def test_scores_do_not_depend_on_workers_or_chunk_size(sample, prefect_api, tmp_
     train(config)
     text = sample.read_text()
     results = {}
+    source = tmp_path / "two-days"  # one run scores both days
+    for day in ("2026-10-05", "2026-10-11"):
+        shutil.copytree(
+            Path(config.source) / "incoming" / f"dt={day}", source / "incoming" / f"dt={day}"
+        )
     for workers, chunk_rows in ((1, 3_000), (2, 100_000)):
         path = write_config(
             tmp_path / f"w{workers}.toml",
             text,
-            storage={"source": config.source, "store": str(tmp_path / f"store-{workers}")},
+            storage={"source": str(source), "store": str(tmp_path / f"store-{workers}")},
             scoring={"workers": workers, "chunk_rows": chunk_rows},
         )
         # Same registered model in both stores: copy the registry, not retrain.
         shutil.copytree(Path(config.store) / "models", tmp_path / f"store-{workers}" / "models")
-        for day in ("2026-10-05", "2026-10-11"):
-            assert score(config=str(path), partition=day, return_state=True).is_completed()
+        assert score(config=str(path), return_state=True).is_completed()
         results[workers] = _scores(tmp_path / f"store-{workers}")
         chunks = _manifest(tmp_path / f"store-{workers}", "2026-10-05")["chunks"]
         assert chunks == (6 if chunk_rows == 3_000 else 2)  # 2 files x 3 row groups, or 1 per file

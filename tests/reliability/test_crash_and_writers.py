@@ -163,7 +163,7 @@ def test_kill_at_random_points_then_resume_gives_the_uninterrupted_scores(stores
     assert _finished_chunks(stores), "no chunk finished before the first kill"
     _assert_readers_see_only_complete_partitions(_victim(stores), on_s3)
 
-    random_kills = 2 if on_s3 else 5
+    random_kills = 2 if on_s3 else 4
     for i in range(random_kills):
         proc = _start(configs["victim"])
         time.sleep(float(rng.uniform(2.0, 14.0)))
