@@ -102,9 +102,8 @@ def score_partitions(
     With the process pool, work that fits in one chunk (all partitions together, by their
     footers) is planned and scored in this process: starting worker processes, each
     importing Prefect, Great Expectations and LightGBM, would cost far more than the rows.
-    Anything larger goes to the worker processes, and this process never sees its rows. On
-    a Dask cluster every task goes to the cluster: the flow process may not even reach the
-    data.
+    Anything larger goes to the worker processes, and this process never sees its rows.
+    With `runner = "dask"` every plan and chunk goes to the cluster, whatever its size.
     """
     from batchscore.partitions import rows_at_most
 
@@ -115,9 +114,10 @@ def score_partitions(
     ]
     # Worker processes start on demand: without these, a second worker would start (and
     # import Prefect, GX, LightGBM for seconds) only once a plan had returned its chunks.
+    # (A Dask cluster's workers are already up.)
     warming = (
         []
-        if small
+        if small or cfg.scoring.runner != "process"
         else [
             runner.submit(prepare_worker, {"config": cfg, "model": model})
             for _ in range(cfg.scoring.worker_count - len(todo))
