@@ -149,7 +149,7 @@ def _train(config, reason: str, force: bool) -> int:
 
 
 def _models(config, args) -> int:
-    from batchscore.registry import Registry
+    from batchscore.registry import Registry, RegistryError
 
     registry = Registry(config.store, config.dataset.name)
     if args.action == "promote":
@@ -168,7 +168,11 @@ def _models(config, args) -> int:
         print(f"no versions of {config.dataset.name} under {registry.root.uri}")
         return 0
     for version in versions:
-        meta = registry.metadata(version)
+        try:
+            meta = registry.metadata(version)
+        except RegistryError:  # on S3: a registration that died between its claim and metadata
+            print(f"{version}  incomplete: no metadata.json (its registration did not finish)")
+            continue
         metrics = " ".join(f"{k}={v:.4f}" for k, v in sorted(meta["metrics"].items()))
         window = meta["training_window"]
         mark = "champion" if version == champion else "        "

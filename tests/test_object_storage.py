@@ -217,6 +217,13 @@ def test_the_cli_lists_models_and_shows_drift_from_an_s3_store(runs, capsys):
     config = str(Path(runs["s3"]).parent / "s3.toml")
     assert main(["models", "list", "--config", config]) == 0
     assert "v0001  champion" in capsys.readouterr().out
+    # A registration killed between claiming its number and writing metadata.json:
+    store = Location(load_config(config).store)
+    assert store.create_exclusive(b"", "models", "churn", "v0002", ".claim")
+    assert main(["models", "list", "--config", config]) == 0
+    listed = capsys.readouterr().out
+    assert "v0001  champion" in listed
+    assert "v0002  incomplete: no metadata.json (its registration did not finish)" in listed
     assert main(["drift", "show", "--config", config, "--partition", "2026-10-14"]) == 0
     out = capsys.readouterr().out
     assert "partition 2026-10-14" in out
