@@ -124,6 +124,10 @@ class ValidationConfig(_Table):
     # Categorical and string id values longer than this many characters are rejected as
     # absurd (a corrupted or mis-parsed field), not scored.
     max_string_length: int = Field(default=10_000, ge=1)
+    # Who evaluates the Great Expectations suite on each chunk: "arrow" = its expectations
+    # evaluated with Arrow compute on the chunk in memory (same rows, same reasons, a small
+    # fraction of the time); "great_expectations" = GX's own pandas engine on a copy.
+    engine: Literal["arrow", "great_expectations"] = "arrow"
 
 
 class LightGBMConfig(_Table):

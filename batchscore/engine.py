@@ -466,7 +466,7 @@ def probe_matrix(
         profile = None
     rng = np.random.default_rng(int(model.ref.sha256[:16], 16))
     if model_text is None:
-        model_text = model.booster.model_to_string()
+        model_text = model.text
     if isinstance(model_text, bytes):
         model_text = model_text.decode()
     thresholds = split_thresholds(model_text)

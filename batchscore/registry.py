@@ -18,13 +18,14 @@ import hashlib
 import re
 import uuid
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import Any
-
-import lightgbm as lgb
+from functools import cached_property, lru_cache
+from typing import TYPE_CHECKING, Any
 
 from batchscore.features import FeatureSchema, TrainingProfile
 from batchscore.storage import Location
+
+if TYPE_CHECKING:
+    import lightgbm as lgb
 
 VERSION_RE = re.compile(r"^v(\d{4,})$")
 
@@ -53,8 +54,17 @@ class ModelRef:
 @dataclass(frozen=True)
 class LoadedModel:
     ref: ModelRef
-    booster: lgb.Booster
+    text: str  # model.txt, LightGBM's text format, checked against its sha256
     metadata: dict[str, Any]
+
+    @cached_property
+    def booster(self) -> lgb.Booster:
+        """LightGBM's Booster, built on first use: importing LightGBM (which imports
+        scikit-learn and SciPy with it) takes over a second, and a worker scoring with the
+        compiled engine loaded from its cache never needs it."""
+        import lightgbm as lgb
+
+        return lgb.Booster(model_str=self.text)
 
     @property
     def schema(self) -> FeatureSchema:
@@ -283,10 +293,22 @@ def _load_cached(ref: ModelRef) -> LoadedModel:
             f"but the registry recorded {metadata['sha256']}; the file was changed after "
             "registration. Refusing to load it."
         )
-    booster = lgb.Booster(model_str=data.decode())
-    if booster.feature_name() != metadata["schema"]["features"]:
+    text = data.decode()
+    features = _feature_names(text)
+    if features != metadata["schema"]["features"]:
         raise ModelIntegrityError(
-            f"model {ref.name} {ref.version}: its trees use features {booster.feature_name()}, "
+            f"model {ref.name} {ref.version}: its trees use features {features}, "
             f"its metadata lists {metadata['schema']['features']}"
         )
-    return LoadedModel(ref, booster, metadata)
+    return LoadedModel(ref, text, metadata)
+
+
+def _feature_names(model_text: str) -> list[str]:
+    """The `feature_names=` line of LightGBM's text format (what Booster.feature_name()
+    returns), read without LightGBM."""
+    for line in model_text.splitlines():
+        if line.startswith("feature_names="):
+            return line.removeprefix("feature_names=").split()
+        if line.startswith("Tree="):
+            break
+    return []

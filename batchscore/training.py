@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import lightgbm as lgb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -23,6 +23,9 @@ from batchscore.features import FeatureSchema, TrainingProfile, feature_columns
 from batchscore.registry import Registry
 from batchscore.storage import Location, lease, parse_partition_dir
 from drift import ReferenceProfile
+
+if TYPE_CHECKING:  # imported where it trains: the score flow imports this module, and
+    import lightgbm as lgb  # LightGBM brings scikit-learn and SciPy (over a second)
 
 
 class TrainingError(RuntimeError):
@@ -207,7 +210,7 @@ def train(
         "champion_metrics": {"version": parent, **champion_metrics} if parent else None,
         "best_iteration": booster.best_iteration,
         "params": rt.lightgbm.model_dump(),
-        "lightgbm_version": lgb.__version__,
+        "lightgbm_version": _lightgbm_version(),
         "parent": parent,
         "reason": reason,
         "trigger": trigger,
@@ -325,6 +328,8 @@ def _fit(
     X_valid: np.ndarray,
     y_valid: np.ndarray,
 ) -> lgb.Booster:
+    import lightgbm as lgb
+
     p = config.retrain.lightgbm
     binary = config.dataset.task == "binary"
     params = {
@@ -355,3 +360,9 @@ def _fit(
         valid_sets=[valid_set],
         callbacks=[lgb.early_stopping(p.early_stopping_rounds, verbose=False)],
     )
+
+
+def _lightgbm_version() -> str:
+    import lightgbm as lgb
+
+    return lgb.__version__

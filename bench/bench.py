@@ -247,7 +247,7 @@ def _naive(workdir: Path) -> dict:
     )
     suite = gx.ExpectationSuite(name="naive")
     for rule in build_rules(config, model.profile):
-        suite.add_expectation(rule.expectation)
+        suite.add_expectation(rule.expectation())
     suite.add_expectation(gx.expectations.ExpectColumnValuesToBeUnique(column="id"))
     result = batch.validate(suite, result_format={"result_format": "COMPLETE"})
     bad = np.zeros(len(frame), dtype=bool)

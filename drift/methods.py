@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import numpy as np
-from scipy import stats
 
 from drift.counts import CategoricalCounts, Counts, NumericCounts
 from drift.reference import (
@@ -98,6 +97,8 @@ def ks_p_value(statistic: float, n_reference: int, n_current: int) -> float | No
     en = m * n / (m + n), rounded; the result is clipped to [0, 1]. Returns None where that
     is undefined (both samples of size 1 round en to 0).
     """
+    from scipy import stats  # here, not at import: scoring workers only count (~1 s)
+
     m, n = sorted([float(n_reference), float(n_current)], reverse=True)
     en = m * n / (m + n)
     p = float(np.clip(stats.distributions.kstwo.sf(statistic, np.round(en)), 0, 1))
@@ -130,6 +131,8 @@ def chi2_homogeneity(
     table = table[:, table.sum(axis=0) > 0]
     if table.shape[1] < 2 or (table.sum(axis=1) == 0).any():
         raise ValueError("chi2 needs two non-empty rows and at least two non-empty bins")
+    from scipy import stats
+
     result = stats.chi2_contingency(table, correction=False)
     chi2 = float(result.statistic)
     n_total = int(table.sum())

@@ -17,6 +17,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.runtime import deployment, flow_run
 from prefect.states import Completed, Failed
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner
+from prefect.utilities.annotations import opaque
 
 from batchscore.config import Config, load_config
 from batchscore.policy import RetrainDecision
@@ -142,7 +143,9 @@ def score_partitions(
                         "config": cfg,
                         "chunk": c,
                         "model": model,
-                        "partition_plan": plan,
+                        # opaque: Prefect would walk every id of the plan's duplicate set
+                        # looking for futures, once per chunk
+                        "partition_plan": opaque(plan),
                         "run_id": run_id,
                     },
                 )
@@ -158,7 +161,9 @@ def score_partitions(
                 hold_partition(cfg, plan, model, run_id)
             else:
                 results = [progress.done(f.result()) for f in chunks]
-                outcomes.append(publish_partition(cfg, plan, model, results, run_id))
+                # opaque: the chunks' drift counts are tens of thousands of numbers, and
+                # Prefect walking them for futures took seconds per partition
+                outcomes.append(publish_partition(cfg, plan, model, opaque(results), run_id))
         except PartitionHeld as held:  # its task ended Failed with the reason; the run goes on
             outcomes.append(held.outcome)
         except Exception as exc:  # one partition's failure must not hide the others'
