@@ -73,6 +73,12 @@ class DriftResult:
 # --- pure statistics on count arrays ------------------------------------------------------
 
 
+def warm_up() -> None:
+    """Import SciPy's statistics now (about a second). Scoring workers only count values
+    and never need it; a process about to evaluate drift can load it ahead, in a thread."""
+    from scipy import stats  # noqa: F401
+
+
 def ks_statistic(reference_cells: np.ndarray, current_cells: np.ndarray) -> float:
     """Two-sided KS D from counts in the same ordered cells (sketch cells of one reference).
 

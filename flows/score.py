@@ -9,8 +9,10 @@ was published.
 
 from __future__ import annotations
 
+import multiprocessing
+import threading
 import time
-from contextlib import suppress
+from contextlib import ExitStack, suppress
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
@@ -23,6 +25,7 @@ from batchscore.config import Config, load_config
 from batchscore.policy import RetrainDecision
 from batchscore.registry import ModelRef
 from batchscore.scoring import PartitionHeld, PartitionOutcome
+from batchscore.workers import forkserver_context
 from flows.retrain import retrain
 from tasks.performance import find_labelled, measure_performance, report_performance
 from tasks.report import report_run
@@ -49,12 +52,28 @@ def score(config: str = "batchscore.toml", partition: str | None = None, rescore
     model = resolve_champion(cfg)
     pending = find_partitions(cfg, model, partition, rescore)
     todo, leases = claim_partitions(cfg, model, pending, rescore)
+    workers = ExitStack()
     try:
-        with task_runner(cfg) as runner:
-            outcomes, failures = score_partitions(runner, cfg, model, todo, run_id)
-            performance = measure_all(runner, cfg, run_id)
+        runner = workers.enter_context(task_runner(cfg))
+        outcomes, failures = score_partitions(runner, cfg, model, todo, run_id)
+        performance = measure_all(runner, cfg, run_id)
+    except BaseException:
+        workers.close()
+        raise
     finally:
         release_partitions(leases)
+    # Every result is in and the workers are idle: they exit (about a second) while the
+    # run is reported, and the flow waits for them only before it returns.
+    closing = threading.Thread(target=workers.close, name="stop-workers")
+    closing.start()
+    try:
+        return _finish(cfg, model, started, pending, todo, outcomes, failures, performance)
+    finally:
+        closing.join()
+
+
+def _finish(cfg, model, started, pending, todo, outcomes, failures, performance):
+    """Report the run, act on drift, and name the flow run's final state."""
     report_run(cfg, model, outcomes, failures, time.time() - started)
     report_performance(cfg, performance)
     if not todo:
@@ -92,7 +111,41 @@ def task_runner(cfg: Config):
 
         get_run_logger().info("scoring on the Dask cluster at %s", cfg.scoring.dask_address)
         return DaskTaskRunner(address=cfg.scoring.dask_address)
-    return ProcessPoolTaskRunner(max_workers=cfg.scoring.worker_count)
+    return ForkedProcessPool(max_workers=cfg.scoring.worker_count)
+
+
+class _Multiprocessing:
+    """The `multiprocessing` module as Prefect's runner sees it while it starts: every
+    context it asks for is the fork server's."""
+
+    def __init__(self, context):
+        self._context = context
+
+    def get_context(self, method=None):
+        return self._context
+
+    def __getattr__(self, name):
+        return getattr(multiprocessing, name)
+
+
+class ForkedProcessPool(ProcessPoolTaskRunner):
+    """Prefect's process pool, its workers forked from a server that already imported what
+    they need (`batchscore.workers`): milliseconds to start a worker instead of seconds."""
+
+    def __enter__(self):
+        context = forkserver_context()
+        if context is None:
+            return super().__enter__()
+        import prefect.task_runners as runners
+
+        # Prefect asks `multiprocessing.get_context("spawn")` in __enter__ and hands that
+        # context to its executor and message queue; swap it for this start only.
+        real = runners.multiprocessing
+        runners.multiprocessing = _Multiprocessing(context)
+        try:
+            return super().__enter__()
+        finally:
+            runners.multiprocessing = real
 
 
 def score_partitions(
@@ -110,6 +163,12 @@ def score_partitions(
 
     small = cfg.scoring.runner == "process" and rows_at_most(cfg, todo, cfg.scoring.chunk_rows)
     submit = _in_process if small else runner.submit
+    if not small:
+        # While the workers score, this process is idle: load what publishing the drift
+        # report needs (SciPy, ~1 s) now instead of after the last chunk.
+        from drift.methods import warm_up
+
+        threading.Thread(target=warm_up, name="warm-up-drift", daemon=True).start()
     planned = [
         submit(plan_partition, {"config": cfg, "partition": p, "model": model}) for p in todo
     ]
@@ -143,9 +202,7 @@ def score_partitions(
                         "config": cfg,
                         "chunk": c,
                         "model": model,
-                        # opaque: Prefect would walk every id of the plan's duplicate set
-                        # looking for futures, once per chunk
-                        "partition_plan": opaque(plan),
+                        "partition_plan": plan,
                         "run_id": run_id,
                     },
                 )

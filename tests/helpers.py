@@ -35,3 +35,16 @@ def _value(v) -> str:
     if isinstance(v, list):
         return "[" + ", ".join(_value(x) for x in v) + "]"
     return repr(v)
+
+
+def where_am_i() -> dict:
+    """A task body for worker-pool tests: what the worker process looks like at its start."""
+    import os
+    import sys
+
+    return {
+        "pid": os.getpid(),
+        "parent": os.getppid(),
+        "preloaded": "lightgbm" in sys.modules and "tasks.scoring" in sys.modules,
+        "marker": os.environ.get("BATCHSCORE_TEST_MARKER"),
+    }

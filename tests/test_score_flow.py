@@ -184,10 +184,8 @@ def test_work_of_one_chunk_is_scored_in_the_flow_process_and_more_in_workers(
     """A partition within chunk_rows never starts a worker process (their start-up costs
     more than its rows); a partition of several chunks goes to the workers, so the flow
     process never sees its rows. Both give the same scores."""
-    from prefect.task_runners import ProcessPoolTaskRunner
-
     from batchscore.registry import Registry
-    from flows.score import score_partitions
+    from flows.score import ForkedProcessPool, score_partitions
 
     config = load_config(sample)
     train(config)
@@ -203,7 +201,7 @@ def test_work_of_one_chunk_is_scored_in_the_flow_process_and_more_in_workers(
         shutil.copytree(Path(config.store) / "models", tmp_path / f"store-{chunk_rows}" / "models")
         cfg = load_config(path)
         model = Registry(cfg.store, cfg.dataset.name).champion_ref()
-        with ProcessPoolTaskRunner(max_workers=1) as pool:
+        with ForkedProcessPool(max_workers=1) as pool:
             runner = _RecordingRunner(pool)
             outcomes, failures = score_partitions(runner, cfg, model, [day], "run")
         assert failures == [] and [o.status for o in outcomes] == ["scored"]

@@ -1,0 +1,48 @@
+"""Scoring worker processes that start in milliseconds instead of seconds.
+
+Prefect's `ProcessPoolTaskRunner` starts its workers with `spawn`: each is a fresh
+interpreter that imports Prefect, pyarrow, batchscore and LightGBM before its first task,
+about two seconds here, on the critical path of every run (the plan waits for the first
+worker; the first chunks for the others). `flows.score.ForkedProcessPool` is that runner
+with the `forkserver` start method instead: one server process imports those modules once,
+and every worker is a fork of it, started in milliseconds with the modules already loaded.
+Nothing else changes: tasks, their context and environment travel to the workers as with
+`spawn`.
+
+The fork server is a clean process of its own (not a fork of the flow process, whose threads
+make forking it unsafe); it only imports modules, so it holds no threads or open
+connections for its children to inherit. `start_early()` boots it in the background, from
+the CLI before its own imports, so that its imports run beside the Prefect server's boot.
+Where `forkserver` does not exist (Windows), the pool is Prefect's, with `spawn`. This module
+imports no Prefect, so that the CLI can start the server before importing anything heavy.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+
+# What every scoring worker imports: the tasks (Prefect, pyarrow, batchscore, drift
+# counting), the compiled engine's runtime, and LightGBM (checking the compiled model's first
+# batch, or the lightgbm engine). An import that fails here is only skipped: the worker
+# imports it itself, and reports the error where it is used.
+PRELOAD = ["tasks.scoring", "batchscore.engine", "lleaves", "lightgbm"]
+
+
+def forkserver_context():
+    """The `forkserver` multiprocessing context, preloading `PRELOAD`; None where it does
+    not exist."""
+    try:
+        context = multiprocessing.get_context("forkserver")
+    except ValueError:  # no fork server on this platform
+        return None
+    context.set_forkserver_preload(PRELOAD)
+    return context
+
+
+def start_early() -> None:
+    """Start the fork server (and its imports) now, in the background; the first pool
+    connects to it when it is ready."""
+    if forkserver_context() is not None:
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
