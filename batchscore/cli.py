@@ -98,11 +98,6 @@ def main(argv: list[str] | None = None) -> int:
         # A temporary Prefect server (when no API is configured) boots in its own process
         # while this one imports Prefect, LightGBM and the flows: seconds saved per run.
         start_early()
-    if args.command in ("score", "demo") and config.scoring.runner == "process":
-        from batchscore import workers
-
-        # The scoring workers' fork server imports their modules beside both, too.
-        workers.start_early()
     from batchscore.registry import RegistryError
     from batchscore.training import TrainingError
 

@@ -11,10 +11,10 @@ Nothing else changes: tasks, their context and environment travel to the workers
 
 The fork server is a clean process of its own (not a fork of the flow process, whose threads
 make forking it unsafe); it only imports modules, so it holds no threads or open
-connections for its children to inherit. `start_early()` boots it in the background, from
-the CLI before its own imports, so that its imports run beside the Prefect server's boot.
-Where `forkserver` does not exist (Windows), the pool is Prefect's, with `spawn`. This module
-imports no Prefect, so that the CLI can start the server before importing anything heavy.
+connections for its children to inherit. It starts with the first pool, not earlier:
+started by the CLI beside the Prefect server's boot, its imports competed with that boot
+and the CLI's for two cores, and a run of one small partition (no workers) got 2-3 s slower.
+Where `forkserver` does not exist (Windows), the pool is Prefect's, with `spawn`.
 """
 
 from __future__ import annotations
@@ -37,12 +37,3 @@ def forkserver_context():
         return None
     context.set_forkserver_preload(PRELOAD)
     return context
-
-
-def start_early() -> None:
-    """Start the fork server (and its imports) now, in the background; the first pool
-    connects to it when it is ready."""
-    if forkserver_context() is not None:
-        from multiprocessing import forkserver
-
-        forkserver.ensure_running()
