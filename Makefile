@@ -48,7 +48,9 @@ browser:
 		exit 1; \
 	fi
 
-## install: uv (via pip) and the locked environment in .venv
+## install: uv (via pip) and the locked environment in .venv, its bytecode compiled once here
+## (uv does not by default; without it, and with PYTHONDONTWRITEBYTECODE set, every process
+## compiles Prefect, GX and LightGBM from source at import: seconds per process)
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml uv.lock

@@ -193,6 +193,11 @@ def _score(config, partition: str | None, rescore: bool) -> int:
     from flows.score import score
 
     started = time.time()
+    if config.scoring.runner == "process":
+        from batchscore import workers
+
+        # Its imports run while this process waits for the temporary server (if any).
+        workers.start_early()
     with one_api():  # reuses the demo's API when there is one
         state = score(config=config.path, partition=partition, rescore=rescore, return_state=True)
     outcomes = state.result(raise_on_failure=False)

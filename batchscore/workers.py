@@ -11,9 +11,11 @@ Nothing else changes: tasks, their context and environment travel to the workers
 
 The fork server is a clean process of its own (not a fork of the flow process, whose threads
 make forking it unsafe); it only imports modules, so it holds no threads or open
-connections for its children to inherit. It starts with the first pool, not earlier:
-started by the CLI beside the Prefect server's boot, its imports competed with that boot
-and the CLI's for two cores, and a run of one small partition (no workers) got 2-3 s slower.
+connections for its children to inherit. The CLI starts it (`start_early()`) once its own
+imports are done, while it waits for the temporary Prefect server to answer: the server's
+boot and the fork server's imports then share two cores. (Started before the CLI's own
+imports, three processes competed for two cores, and a run of one small partition got 2-3 s
+slower.) Otherwise it starts with the first pool.
 Where `forkserver` does not exist (Windows), the pool is Prefect's, with `spawn`.
 """
 
@@ -37,3 +39,12 @@ def forkserver_context():
         return None
     context.set_forkserver_preload(PRELOAD)
     return context
+
+
+def start_early() -> None:
+    """Start the fork server (and its imports) now, in the background: the first pool
+    connects to it when it is ready."""
+    if forkserver_context() is not None:
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()

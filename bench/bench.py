@@ -344,8 +344,11 @@ def _compile(workdir: Path) -> dict:
 # --- the runner: one measured command, its wall time and peak memory ---------------------
 
 
-def _tree_rss_kb(root: int) -> int:
-    """RSS sum (kB) of `root` and all its descendants, from /proc."""
+def _tree_memory_kb(root: int) -> tuple[int, int, int]:
+    """`root` and all its descendants, from /proc: their RSS sum, the largest RSS, and their
+    PSS sum (kB). Forked workers share their fork server's pages, which RSS counts once per
+    process; PSS splits each shared page among its sharers, so its sum is the memory the
+    tree really holds."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -358,21 +361,27 @@ def _tree_rss_kb(root: int) -> int:
             continue
         children.setdefault(ppid, []).append(int(entry))
     page_kb = os.sysconf("SC_PAGE_SIZE") // 1024
-    total, todo = 0, [root]
+    total = largest = pss = 0
+    todo = [root]
     while todo:
         pid = todo.pop()
         todo.extend(children.get(pid, []))
         try:
             with open(f"/proc/{pid}/statm") as fh:
-                total += int(fh.read().split()[1]) * page_kb
-        except (OSError, IndexError, ValueError):
+                rss = int(fh.read().split()[1]) * page_kb
+            total, largest = total + rss, max(largest, rss)
+            with open(f"/proc/{pid}/smaps_rollup") as fh:
+                pss += next(int(line.split()[1]) for line in fh if line.startswith("Pss:"))
+        except (OSError, IndexError, ValueError, StopIteration):
             pass
-    return total
+    return total, largest, pss
 
 
 def _run_measured(cmd: list[str], log: Path) -> dict:
-    """Run `cmd` as our only child; wall seconds, children's max RSS, sampled tree RSS peak."""
-    peak = [0]
+    """Run `cmd` as our only child; wall seconds, the largest process's RSS (the children's
+    max RSS, or the largest sampled: a fork server's workers are not our descendants once it
+    is orphaned, so getrusage misses them), sampled tree RSS and PSS peaks."""
+    peak = [0, 0, 0]
     started = time.perf_counter()
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
@@ -380,7 +389,7 @@ def _run_measured(cmd: list[str], log: Path) -> dict:
 
         def sample() -> None:
             while not stop.is_set():
-                peak[0] = max(peak[0], _tree_rss_kb(proc.pid))
+                peak[:] = map(max, peak, _tree_memory_kb(proc.pid))
                 stop.wait(0.2)
 
         sampler = threading.Thread(target=sample, daemon=True)
@@ -390,7 +399,13 @@ def _run_measured(cmd: list[str], log: Path) -> dict:
         sampler.join()
     wall = time.perf_counter() - started
     maxrss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # kB on Linux
-    return {"returncode": code, "wall": wall, "maxrss_kb": maxrss, "tree_peak_kb": peak[0]}
+    return {
+        "returncode": code,
+        "wall": wall,
+        "maxrss_kb": max(maxrss, peak[1]),
+        "tree_peak_kb": peak[0],
+        "tree_pss_peak_kb": peak[2],
+    }
 
 
 def measure(cmd: list[str], log: Path) -> dict:
@@ -569,6 +584,7 @@ def report(n, cores, info, a, b, c, rss, small, warm) -> None:
             a["wall"],
             _mib(a["maxrss_kb"]),
             _mib(a["tree_peak_kb"]),
+            _mib(a["tree_pss_peak_kb"]),
         ),
         (
             "(b) batchscore score (end to end)",
@@ -576,6 +592,7 @@ def report(n, cores, info, a, b, c, rss, small, warm) -> None:
             b["wall"],
             _mib(b["maxrss_kb"]),
             _mib(b["tree_peak_kb"]),
+            _mib(b["tree_pss_peak_kb"]),
         ),
         (
             "(b') the same, Prefect API already running",
@@ -583,6 +600,7 @@ def report(n, cores, info, a, b, c, rss, small, warm) -> None:
             warm["main"]["wall"],
             _mib(warm["main"]["maxrss_kb"]),
             _mib(warm["main"]["tree_peak_kb"]),
+            _mib(warm["main"]["tree_pss_peak_kb"]),
         ),
         (
             "(c) bare Booster.predict, in memory",
@@ -590,20 +608,28 @@ def report(n, cores, info, a, b, c, rss, small, warm) -> None:
             c["predict_seconds"],
             _mib(c["maxrss_kb"]),
             _mib(c["tree_peak_kb"]),
+            _mib(c["tree_pss_peak_kb"]),
         ),
     ]
     print()
     print(f"N = {n:,} rows, {cores} cores")
-    header = ("measurement", "rows/s", "wall s", "peak RSS (max process)", "peak RSS (tree sum)")
-    widths = [46, 11, 8, 23, 20]
+    header = (
+        "measurement",
+        "rows/s",
+        "wall s",
+        "peak RSS (max process)",
+        "peak RSS (tree sum)",
+        "peak PSS (tree sum)",
+    )
+    widths = [46, 11, 8, 23, 20, 20]
     print(
         "  ".join(
             h.ljust(w) if i == 0 else h.rjust(w)
             for i, (h, w) in enumerate(zip(header, widths, strict=True))
         )
     )
-    for name, rate, wall, r1, r2 in rows:
-        print(f"{name:<46}  {rate:>11,.0f}  {wall:>8.2f}  {r1:>23}  {r2:>20}")
+    for name, rate, wall, r1, r2, r3 in rows:
+        print(f"{name:<46}  {rate:>11,.0f}  {wall:>8.2f}  {r1:>23}  {r2:>20}  {r3:>20}")
     print()
     print(
         f"(a) inside its process: read {a['read_seconds']:.2f} s, validate (GX) "
@@ -648,7 +674,8 @@ def report(n, cores, info, a, b, c, rss, small, warm) -> None:
         b_rss[size] = r
         print(
             f"(b) peak RSS at {size:,} rows: max process {_mib(r['maxrss_kb'])}, "
-            f"tree sum {_mib(r['tree_peak_kb'])} (wall {r['wall']:.1f} s, "
+            f"tree sum {_mib(r['tree_peak_kb'])}, tree PSS {_mib(r['tree_pss_peak_kb'])} "
+            f"(wall {r['wall']:.1f} s, "
             f"{r['rows'] / r['wall']:,.0f} rows/s)"
         )
     print(
@@ -671,8 +698,9 @@ def report(n, cores, info, a, b, c, rss, small, warm) -> None:
         (
             "(b) peak RSS <= 1/4 of (a)'s (tree sum vs (a))",
             b["tree_peak_kb"] * 4 <= a["maxrss_kb"],
-            f"tree sum {b['tree_peak_kb'] / a['maxrss_kb']:.2f} of (a), largest process "
-            f"{b['maxrss_kb'] / a['maxrss_kb']:.2f} of (a)",
+            f"tree sum {b['tree_peak_kb'] / a['maxrss_kb']:.2f} of (a), tree PSS "
+            f"{b['tree_pss_peak_kb'] / a['maxrss_kb']:.2f}, largest process "
+            f"{b['maxrss_kb'] / a['maxrss_kb']:.2f}",
         ),
         (
             "orchestration overhead < 5%",
@@ -689,11 +717,13 @@ def report(n, cores, info, a, b, c, rss, small, warm) -> None:
         lo, hi = (b_rss[s] for s in sorted(b_rss))
         growth = hi["tree_peak_kb"] / lo["tree_peak_kb"] - 1
         growth_max = hi["maxrss_kb"] / lo["maxrss_kb"] - 1
+        growth_pss = hi["tree_pss_peak_kb"] / lo["tree_pss_peak_kb"] - 1
         checks.append(
             (
                 f"(b) peak RSS within 10% between {min(b_rss):,} and {max(b_rss):,} rows",
                 abs(growth) <= 0.10,
-                f"tree sum {growth:+.1%}, max process {growth_max:+.1%}",
+                f"tree sum {growth:+.1%}, tree PSS {growth_pss:+.1%}, max process "
+                f"{growth_max:+.1%}",
             )
         )
     for name, ok, value in checks:
