@@ -7,6 +7,7 @@ and exit 2; a run whose partitions failed exits 1.
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import sys
 import time
@@ -365,5 +366,22 @@ def _drift_show(config, partition: str | None) -> int:
     return 0
 
 
+def run() -> None:
+    """The `batchscore` command: `main()`, then a prompt exit.
+
+    Once `main()` has returned, everything the run wrote is on storage (files are written
+    and renamed under context managers) and its logs and events were delivered. What is
+    left is the interpreter's own teardown of Prefect, pyarrow and friends, which took
+    0.7-0.8 s here on every command; the exit handlers (logging's flush, Prefect's workers,
+    multiprocessing's) run, the output streams are flushed, and the process ends without it.
+    An exception still ends the process the usual way, with its traceback.
+    """
+    code = main()
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
