@@ -98,7 +98,9 @@ def main(argv: list[str] | None = None) -> int:
 
         # A temporary Prefect server (when no API is configured) boots in its own process
         # while this one imports Prefect, LightGBM and the flows: seconds saved per run.
-        start_early()
+        booting = start_early()
+        if not booting and args.command in ("score", "demo"):
+            _start_workers_early(config)
     from batchscore.registry import RegistryError
     from batchscore.training import TrainingError
 
@@ -194,11 +196,7 @@ def _score(config, partition: str | None, rescore: bool) -> int:
     from flows.score import score
 
     started = time.time()
-    if config.scoring.runner == "process":
-        from batchscore import workers
-
-        # Its imports run while this process waits for the temporary server (if any).
-        workers.start_early()
+    _start_workers_early(config)  # with a temporary server: its imports run while we wait
     with one_api():  # reuses the demo's API when there is one
         state = score(config=config.path, partition=partition, rescore=rescore, return_state=True)
     outcomes = state.result(raise_on_failure=False)
@@ -206,6 +204,19 @@ def _score(config, partition: str | None, rescore: bool) -> int:
     _print_summary(config, outcomes, time.time() - started)
     print(f"run {state.name}: {state.message}")
     return 0 if state.is_completed() else 1
+
+
+def _start_workers_early(config) -> None:
+    """Boot the scoring workers' fork server (batchscore/workers.py) in the background.
+
+    With a Prefect API already running, right away: its imports run beside this process's.
+    With a temporary server booting, once this process's imports are done (the CLI calls it
+    again then): three processes importing at once on two cores slowed all three, and a run
+    of one small partition by 2-3 s. Calling it twice starts one server."""
+    if config.scoring.runner == "process":
+        from batchscore import workers
+
+        workers.start_early()
 
 
 def _print_summary(config, outcomes: list[dict], seconds: float) -> None:

@@ -112,9 +112,9 @@ class TemporaryServer:
 _early: TemporaryServer | None = None
 
 
-def start_early() -> None:
+def start_early() -> bool:
     """Start booting a temporary server now, when nothing names an API, and point this
-    process (and its children) at it before Prefect is imported.
+    process (and its children) at it before Prefect is imported. True when it did.
 
     Called by the CLI before it imports Prefect; `one_api()` then waits for this server.
     Prefect reads its settings once, at import: the URL must be in the environment by then,
@@ -124,10 +124,13 @@ def start_early() -> None:
     API too, nothing is started early and `one_api()` decides as before.
     """
     global _early
-    if _early is not None or os.environ.get("PREFECT_API_URL") or _maybe_configured():
-        return
+    if _early is not None:
+        return True
+    if os.environ.get("PREFECT_API_URL") or _maybe_configured():
+        return False
     _early = TemporaryServer()
     os.environ["PREFECT_API_URL"] = _early.api_url
+    return True
 
 
 def _maybe_configured() -> bool:
