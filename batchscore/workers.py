@@ -11,12 +11,12 @@ Nothing else changes: tasks, their context and environment travel to the workers
 
 The fork server is a clean process of its own (not a fork of the flow process, whose threads
 make forking it unsafe); it only imports modules, so it holds no threads or open
-connections for its children to inherit. The CLI starts it (`start_early()`) once its own
-imports are done, while it waits for the temporary Prefect server to answer: the server's
-boot and the fork server's imports then share two cores. (Started before the CLI's own
-imports, three processes competed for two cores, and a run of one small partition got 2-3 s
-slower.) Otherwise it starts with the first pool.
-Where `forkserver` does not exist (Windows), the pool is Prefect's, with `spawn`.
+connections for its children to inherit. The CLI starts it early (`start_early()`): with a
+Prefect API already running, at once, beside its own imports; when it boots a temporary
+server, once its own imports are done, while it waits for that server, so that two processes
+share the two cores (three at once slowed a run of one small partition by 2-3 s). Otherwise
+(a deployment's flow run) it starts with the first pool. Where `forkserver` does not exist
+(Windows), the pool is Prefect's, with `spawn`.
 """
 
 from __future__ import annotations
