@@ -330,15 +330,15 @@ def validate_chunk(
     needed = list(dict.fromkeys(r.column for r in rules))
     # Categories are compared as strings, the form their training vocabulary is kept in
     # (an integer-coded category 7 is the string "7" in the profile).
-    frame = table.select(needed)
-    for i, name in enumerate(frame.column_names):
+    checked = table.select(needed)
+    for i, name in enumerate(checked.column_names):
         if name in profile.categorical:
-            frame = frame.set_column(i, name, pc.cast(frame.column(name), pa.string()))
+            checked = checked.set_column(i, name, pc.cast(checked.column(name), pa.string()))
     verdict = RowVerdict()
     if config.validation.engine == "great_expectations":
-        _run_gx(frame, rules, verdict)
+        _run_gx(checked, rules, verdict)
     else:
-        _run_arrow(frame, rules, verdict)
+        _run_arrow(checked, rules, verdict)
     if duplicate_ids:
         rows = _rows_with_ids(table, config.dataset.id_columns, duplicate_ids)
         keys = id_keys(table.take(pa.array(rows, pa.int64())), config.dataset.id_columns)
