@@ -7,7 +7,7 @@ process and every child at it; with a configured API (a `prefect server start`, 
 does nothing.
 
 The server takes seconds to boot (it imports FastAPI, SQLAlchemy and Prefect's API in its
-own process), and so does importing Prefect, LightGBM and Great Expectations here. The CLI
+own process), and so does importing Prefect and the flows here. The CLI
 calls `start_early()` before its heavy imports, so the two happen side by side instead of
 one after the other. The server is the one Prefect's `SubprocessASGIServer` runs (uvicorn
 with `prefect.server.api.server:create_app`, UI off), started without importing Prefect's

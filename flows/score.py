@@ -154,8 +154,8 @@ def score_partitions(
     """Plan every partition, score all their chunks at once, publish each when its are done.
 
     With the process pool, work that fits in one chunk (all partitions together, by their
-    footers) is planned and scored in this process: starting worker processes, each
-    importing Prefect, Great Expectations and LightGBM, would cost far more than the rows.
+    footers) is planned and scored in this process: starting the workers (their fork server
+    imports Prefect, pyarrow and LightGBM) would cost more than the rows.
     Anything larger goes to the worker processes, and this process never sees its rows.
     With `runner = "dask"` every plan and chunk goes to the cluster, whatever its size.
     """
@@ -173,7 +173,7 @@ def score_partitions(
         submit(plan_partition, {"config": cfg, "partition": p, "model": model}) for p in todo
     ]
     # Worker processes start on demand: without these, a second worker would start (and
-    # import Prefect, GX, LightGBM for seconds) only once a plan had returned its chunks.
+    # load and check the compiled model) only once a plan had returned its chunks.
     # (A Dask cluster's workers are already up.)
     warming = (
         []

@@ -79,7 +79,7 @@ def score_chunk(
 
 @task(name="prepare-worker", **TASK_DEFAULTS)
 def prepare_worker(config: Config, model: ModelRef) -> None:
-    """Warm a worker process (GX, the predictor) while the partitions are planned."""
+    """Warm a worker process (the predictor; GX with its engine) while partitions are planned."""
     scoring.prepare_worker(config, model)
 
 
