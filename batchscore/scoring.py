@@ -111,7 +111,7 @@ def score_chunk(
     now = dt.datetime.now(dt.UTC)
     source = Location(config.source)
     t0 = time.perf_counter()
-    parquet = pq.ParquetFile(source.fs.open_input_file(source.path(chunk.file)))
+    parquet = _open_for_batches(source, chunk.file)
     batches = _batches(parquet, chunk, config.scoring.chunk_rows)
     timings["read"] += time.perf_counter() - t0
     scored: list[pa.Table] = []
@@ -202,6 +202,18 @@ def prepare_worker(config: Config, model: ModelRef) -> None:
     planned, so the first chunks start warm."""
     warm_up_validation(config.validation.engine)
     get_predictor(model.load(), config.scoring.engine, config.scoring.threads)
+
+
+def _open_for_batches(source: Location, file: str) -> pq.ParquetFile:
+    """A Parquet file to read batch by batch. From a local disk, pages are read through a
+    1 MiB buffer as they are decoded: pyarrow's default pre-buffering loads a whole row
+    group's column chunks first, which doubled a worker's Arrow memory at the default
+    row-group size (a 1,048,576-row group: 273 MiB peak against 161 MiB, and slower). From an
+    object store, pre-buffering stays: it turns many small reads into a few large ones."""
+    handle = source.fs.open_input_file(source.path(file))
+    if source.is_local:
+        return pq.ParquetFile(handle, pre_buffer=False, buffer_size=1 << 20)
+    return pq.ParquetFile(handle)
 
 
 def _batches(parquet: pq.ParquetFile, chunk: Chunk, batch_rows: int):
