@@ -60,8 +60,9 @@ class LoadedModel:
     @cached_property
     def booster(self) -> lgb.Booster:
         """LightGBM's Booster, built on first use: importing LightGBM (which imports
-        scikit-learn and SciPy with it) takes over a second, and a worker scoring with the
-        compiled engine loaded from its cache never needs it."""
+        scikit-learn and SciPy with it) takes over a second, and the flow process and the
+        plan never need it (scoring workers do: the lightgbm engine, and the compiled
+        engine's checks against Booster.predict)."""
         import lightgbm as lgb
 
         return lgb.Booster(model_str=self.text)

@@ -223,11 +223,10 @@ def _batches(parquet: pq.ParquetFile, chunk: Chunk, batch_rows: int):
     it and dropping them: Parquet has no cheaper way to start mid-group here, and decoding
     costs a fraction of validating and scoring (`partitions._cut` bounds how often).
     """
-    size = batch_rows
     position, end = 0, chunk.offset + chunk.rows
     empty = True
     for batch in parquet.iter_batches(
-        batch_size=max(size, 1), row_groups=list(chunk.row_groups), use_threads=True
+        batch_size=batch_rows, row_groups=list(chunk.row_groups), use_threads=True
     ):
         first, last = position, position + batch.num_rows
         position = last

@@ -356,13 +356,18 @@ def validate_chunk(
 def _rows_with_ids(table: pa.Table, id_columns: list[str], ids: frozenset) -> np.ndarray:
     """Positions of the rows whose id is in `ids` (one id column: one Arrow lookup)."""
     if len(id_columns) == 1:
-        column = table.column(id_columns[0])
-        if pa.types.is_dictionary(column.type):
-            column = column.cast(column.type.value_type)
+        column = _decoded(table.column(id_columns[0]))
         wanted = pa.array(list(ids), column.type)
         return np.flatnonzero(pc.is_in(column, value_set=wanted).to_numpy(zero_copy_only=False))
     keys = id_keys(table, id_columns)
     return np.array([i for i, k in enumerate(keys) if k in ids], dtype=np.int64)
+
+
+def _decoded(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """A dictionary-encoded column as its values; any other column as it is."""
+    if pa.types.is_dictionary(column.type):
+        return column.cast(column.type.value_type)
+    return column
 
 
 def id_keys(table: pa.Table, id_columns: list[str]) -> list:
@@ -386,12 +391,8 @@ def find_duplicate_ids(ids: pa.Table, id_columns: list[str]) -> tuple[frozenset,
     ids = ids.select(id_columns)
     if ids.num_rows == 0:
         return frozenset(), 0
-    for name in id_columns:  # group_by wants plain columns; a dictionary id is its values
-        column = ids.column(name)
-        if pa.types.is_dictionary(column.type):
-            ids = ids.set_column(
-                ids.schema.get_field_index(name), name, column.cast(column.type.value_type)
-            )
+    for i, name in enumerate(id_columns):  # group_by wants plain columns
+        ids = ids.set_column(i, name, _decoded(ids.column(name)))
     valid = None
     for name in id_columns:
         ok = pc.is_valid(ids.column(name))
