@@ -18,9 +18,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from batchscore.config import Config
+from batchscore.metrics import metrics
 from batchscore.partitions import SUCCESS
 from batchscore.storage import Location
-from batchscore.training import labelled_partitions, metrics
+from batchscore.training import labelled_partitions
 
 SCHEMA = pa.schema(
     [

@@ -8,7 +8,6 @@ Rows that validation would reject as impossible (null or duplicate ids) are left
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -20,12 +19,13 @@ import pyarrow.parquet as pq
 
 from batchscore.config import HIGHER_IS_BETTER, Config
 from batchscore.features import FeatureSchema, TrainingProfile, feature_columns
+from batchscore.metrics import metrics
 from batchscore.registry import Registry
 from batchscore.storage import Location, lease, parse_partition_dir
 from drift import ReferenceProfile
 
 if TYPE_CHECKING:  # imported where it trains: the score flow imports this module, and
-    import lightgbm as lgb  # LightGBM brings scikit-learn and SciPy (over a second)
+    import lightgbm as lgb  # LightGBM brings SciPy and pandas (half a second)
 
 
 class TrainingError(RuntimeError):
@@ -102,23 +102,6 @@ def _drop_duplicate_ids(table: pa.Table, id_columns: list[str]) -> pa.Table:
     if dupes.num_rows == 0:
         return table
     return table.join(dupes.select(id_columns), keys=id_columns, join_type="left anti")
-
-
-def metrics(task: str, y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
-    from sklearn import metrics as m
-
-    if task == "binary":
-        clipped = np.clip(pred, 1e-15, 1 - 1e-15)
-        out = {
-            "log_loss": float(m.log_loss(y, clipped, labels=[0, 1])),
-            "brier": float(m.brier_score_loss(y, pred)),
-        }
-        out["auc"] = float(m.roc_auc_score(y, pred)) if len(np.unique(y)) == 2 else math.nan
-        return out
-    return {
-        "rmse": float(np.sqrt(m.mean_squared_error(y, pred))),
-        "mae": float(m.mean_absolute_error(y, pred)),
-    }
 
 
 def train(
