@@ -12,6 +12,7 @@ validation bands are built from it.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -98,12 +99,29 @@ def encode_categorical(
 
 def feature_columns(table: pa.Table, features: list[str], categorical: list[str]) -> dict:
     """Columns as drift counts them: numbers as float64 (NaN missing), categories as strings."""
-    return {
-        f: pc.cast(table.column(f), pa.string()).combine_chunks()
-        if f in categorical
-        else numeric_values(table.column(f))
-        for f in features
-    }
+    return dict(FeatureColumns(table, features, categorical))
+
+
+class FeatureColumns(Mapping):
+    """`feature_columns` of a table, each converted when it is read and not kept: counting
+    a batch's drift holds one converted column at a time, not a copy of every feature."""
+
+    def __init__(self, table: pa.Table, features: list[str], categorical: list[str]):
+        self._table, self._features, self._categorical = table, features, set(categorical)
+
+    def __getitem__(self, name: str):
+        if name not in self._features:
+            raise KeyError(name)
+        column = self._table.column(name)
+        if name in self._categorical:
+            return pc.cast(column, pa.string()).combine_chunks()
+        return numeric_values(column)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._features)
+
+    def __len__(self) -> int:
+        return len(self._features)
 
 
 def unseen_mask(column: pa.ChunkedArray | pa.Array, vocabulary: tuple[str, ...]) -> np.ndarray:

@@ -39,6 +39,7 @@ def _value(v) -> str:
 
 def where_am_i() -> dict:
     """A task body for worker-pool tests: what the worker process looks like at its start."""
+    import gc
     import os
     import sys
 
@@ -47,4 +48,5 @@ def where_am_i() -> dict:
         "parent": os.getppid(),
         "preloaded": "lightgbm" in sys.modules and "tasks.scoring" in sys.modules,
         "marker": os.environ.get("BATCHSCORE_TEST_MARKER"),
+        "frozen_objects": gc.get_freeze_count(),
     }

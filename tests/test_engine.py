@@ -329,17 +329,23 @@ def test_the_engine_setting_is_validated(tmp_path):
     )
 
 
-@pytest.mark.parametrize("row_group_rows", [2_000, 6_000])
+@pytest.mark.parametrize(
+    "row_group_rows, batch_rows", [(2_000, 2_000), (6_000, 2_000), (6_000, 1_500)]
+)
 def test_a_partition_larger_than_a_chunk_is_never_materialised_whole(
-    tmp_path, monkeypatch, row_group_rows
+    tmp_path, monkeypatch, row_group_rows, batch_rows
 ):
     """What this proves: with 12,000 rows in row groups of 2,000 (one chunk each) or of
     6,000 (three times chunk_rows = 2,000: a writer's row groups can be any size), every
     Parquet read of feature columns, every validation and every prediction sees at most
-    2,000 rows, and the only partition-wide read is the plan's read of the id column
-    (for the uniqueness check). It drives plan/score/publish in-process, without Prefect,
-    by wrapping the functions score_chunk calls."""
+    2,000 rows (or `scoring.BATCH_ROWS`, when smaller), and the only partition-wide read is
+    the plan's read of the id column (for the uniqueness check). It drives
+    plan/score/publish in-process, without Prefect, by wrapping the functions score_chunk
+    calls."""
     from batchscore import partitions, scoring
+
+    if batch_rows < 2_000:
+        monkeypatch.setattr(scoring, "BATCH_ROWS", batch_rows)
 
     config = _config(tmp_path, chunk_rows=2_000, engine="auto")
     _register(config)
@@ -397,8 +403,8 @@ def test_a_partition_larger_than_a_chunk_is_never_materialised_whole(
     assert outcome.rows_quarantined == 3
 
     feature_reads = [n for n, cols in reads if set(cols) & set(FEATURES)]
-    assert max(feature_reads) == 2_000
+    assert max(feature_reads) == batch_rows
     whole = [cols for n, cols in reads if n > 2_000]
     assert whole == [("id",)]  # the plan's id column, nothing else
-    assert sum(seen["validate"]) == 12_000 and max(seen["validate"]) == 2_000
-    assert sum(seen["predict"]) == 12_000 - 3 and max(seen["predict"]) <= 2_000
+    assert sum(seen["validate"]) == 12_000 and max(seen["validate"]) == batch_rows
+    assert sum(seen["predict"]) == 12_000 - 3 and max(seen["predict"]) <= batch_rows

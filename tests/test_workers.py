@@ -30,4 +30,6 @@ def test_workers_are_forked_with_their_imports_done_and_get_the_flows_environmen
         # A spawned worker would be this process's child and import these at its first task.
         assert s["parent"] != os.getpid()
         assert s["preloaded"]
+        # the fork server froze its imports out of the collector's reach (`fork_ready`)
+        assert s["frozen_objects"] > 100_000
         assert s["marker"] == "set after the fork server started"
