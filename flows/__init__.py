@@ -1,1 +1,5 @@
 """Prefect flows: the orchestration (what runs, in which order, on which runner)."""
+
+from batchscore.prefect_api import end_flow_runs_without_waiting_for_heartbeats
+
+end_flow_runs_without_waiting_for_heartbeats()

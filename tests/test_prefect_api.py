@@ -63,3 +63,35 @@ def test_a_configured_api_starts_no_server():
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().endswith("ok")
+
+
+def test_a_flow_run_ends_without_joining_its_heartbeat_thread(prefect_api):
+    """The heartbeat thread sleeps in 1 s steps; Prefect's sync engine joined it at the end
+    of every flow run. With the flows package imported, the run ends while the thread is
+    still asleep, and the thread then stops by itself."""
+    import threading
+
+    from prefect import flow
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    import flows  # noqa: F401  (installs the change)
+
+    def heartbeat_threads() -> list[threading.Thread]:
+        return [
+            t
+            for t in threading.enumerate()
+            if getattr((getattr(t, "_args", ()) or (None,))[0], "__name__", "") == "heartbeat_loop"
+        ]
+
+    @flow
+    def quick() -> int:
+        assert heartbeat_threads(), "no heartbeat thread while the flow runs"
+        return 1
+
+    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: 30}):
+        assert quick() == 1
+        left = heartbeat_threads()
+    assert left, "the flow run waited for its heartbeat thread"
+    for thread in left:
+        thread.join(timeout=5)
+        assert not thread.is_alive()
