@@ -49,4 +49,5 @@ def where_am_i() -> dict:
         "preloaded": "lightgbm" in sys.modules and "tasks.scoring" in sys.modules,
         "marker": os.environ.get("BATCHSCORE_TEST_MARKER"),
         "frozen_objects": gc.get_freeze_count(),
+        "collections_loaded": "prefect_dask" in sys.modules,
     }
