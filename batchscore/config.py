@@ -70,7 +70,8 @@ class StorageConfig(_Table):
 
 class ScoringConfig(_Table):
     # Rows per chunk task. Prefect costs ~0.14 s per task here (ENVIRONMENT.md), so a chunk must
-    # carry enough rows for that to vanish; memory is about chunk_rows x workers x row width.
+    # carry enough rows for that to vanish. A worker holds at most min(chunk_rows,
+    # scoring.BATCH_ROWS = 131,072) rows at once, so memory is about that x workers x row width.
     chunk_rows: int = Field(default=250_000, gt=0)
     # Worker processes; 0 means one per core.
     workers: int = Field(default=0, ge=0)
