@@ -83,7 +83,12 @@ def measure(config: Config, partition: str, run_id: str) -> list[dict]:
     for version in sorted(set(joined.column("model_version").to_pylist())):
         part = joined.filter(pc.equal(joined.column("model_version"), version))
         y = part.column(ds.label).to_numpy(zero_copy_only=False).astype(np.float64)
-        values = metrics(ds.task, y, part.column("score").to_numpy(zero_copy_only=False))
+        try:
+            values = metrics(ds.task, y, part.column("score").to_numpy(zero_copy_only=False))
+        except ValueError as exc:  # e.g. a label of 2 for a binary model
+            raise ValueError(
+                f"{config.source}/labels/dt={partition}, column {ds.label!r}: {exc}"
+            ) from exc
         for name, value in sorted(values.items()):
             rows.append(
                 {

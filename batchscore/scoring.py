@@ -38,7 +38,7 @@ from batchscore.features import FeatureColumns, unseen_mask
 from batchscore.partitions import HELD, SUCCESS, Chunk, PartitionPlan, plan_to_json
 from batchscore.registry import LoadedModel, ModelRef, utc_now
 from batchscore.storage import Location
-from batchscore.validation import validate_chunk, warm_up_validation
+from batchscore.validation import RowVerdict, validate_chunk, warm_up_validation
 from drift import (
     SCORE_FEATURE,
     Counts,
@@ -246,7 +246,7 @@ def _batches(parquet: pq.ParquetFile, chunk: Chunk, batch_rows: int):
 
 
 def _quarantined(
-    table: pa.Table, bad: np.ndarray, verdict, file: str, now: dt.datetime, run_id: str
+    table: pa.Table, bad: np.ndarray, verdict: RowVerdict, file: str, now: dt.datetime, run_id: str
 ) -> pa.Table:
     """The rejected rows as they were read, with why, where from, when and by which run."""
     rows = np.flatnonzero(bad)

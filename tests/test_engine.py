@@ -408,3 +408,29 @@ def test_a_partition_larger_than_a_chunk_is_never_materialised_whole(
     assert whole == [("id",)]  # the plan's id column, nothing else
     assert sum(seen["validate"]) == 12_000 and max(seen["validate"]) == batch_rows
     assert sum(seen["predict"]) == 12_000 - 3 and max(seen["predict"]) <= batch_rows
+
+
+def test_a_label_outside_0_and_1_is_named_with_its_folder_and_column(tmp_path):
+    """Realised performance of a binary model refuses a label of 2, and says where it is."""
+    from batchscore import partitions, performance, scoring
+
+    config = _config(tmp_path)
+    _register(config)
+    folder = Path(config.source) / "incoming" / "dt=2026-01-01"
+    folder.mkdir(parents=True)
+    pq.write_table(_table(500, seed=4), folder / "part-0.parquet")
+    ref = Registry(config.store, "gen").champion_ref()
+    plan = partitions.plan_partition(config, "2026-01-01", ref)
+    results = [scoring.score_chunk(config, c, ref, plan, "run") for c in plan.chunks]
+    scoring.publish_partition(config, plan, ref, results, "run")
+    labels = Path(config.source) / "labels" / "dt=2026-01-01"
+    labels.mkdir(parents=True)
+    y = np.zeros(500)
+    y[::3], y[7] = 1.0, 2.0
+    pq.write_table(pa.table({"id": np.arange(500, dtype=np.int64), "y": y}), labels / "l.parquet")
+
+    with pytest.raises(ValueError) as raised:
+        performance.measure(config, "2026-01-01", "run")
+    message = str(raised.value)
+    assert "labels/dt=2026-01-01" in message and "'y'" in message
+    assert "binary labels must be 0 or 1; found [0.0, 1.0, 2.0]" in message
