@@ -117,6 +117,9 @@ class FeatureColumns(Mapping):
             return pc.cast(column, pa.string()).combine_chunks()
         return numeric_values(column)
 
+    def __contains__(self, name: object) -> bool:  # Mapping's would convert the column
+        return name in self._features and name in self._table.column_names
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._features)
 

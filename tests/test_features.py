@@ -161,3 +161,31 @@ def test_training_profile_round_trips_through_json():
     assert restored == profile
     assert restored.numeric["ratio"] == NumericProfile(0.5, 2.25, 4, 2)
     assert restored.categorical["plan"].counts == {"basic": 1, "gold": 1, "premium": 1}
+
+
+def test_feature_columns_convert_one_column_when_it_is_read(monkeypatch):
+    """Drift counting reads a batch's features through `FeatureColumns`: asking whether a
+    feature is there converts nothing, reading it converts that column only, and the values
+    are those of `feature_columns`."""
+    from batchscore import features
+
+    table = pa.table(
+        {
+            "n": pa.array([1.5, None, -2.0]),
+            "i": pa.array([1, 2, None], pa.int32()),
+            "c": pa.array(["a", None, "b"]).dictionary_encode(),
+        }
+    )
+    converted = []
+    real = features.numeric_values
+    monkeypatch.setattr(
+        features, "numeric_values", lambda column: converted.append(1) or real(column)
+    )
+    lazy = features.FeatureColumns(table, ["n", "i", "c", "gone"], ["c"])
+    assert "n" in lazy and "c" in lazy and "gone" not in lazy and "other" not in lazy
+    assert converted == []
+    np.testing.assert_array_equal(lazy["i"], [1.0, 2.0, np.nan])
+    assert converted == [1]
+    eager = features.feature_columns(table, ["n", "i", "c"], ["c"])
+    np.testing.assert_array_equal(lazy["n"], eager["n"])
+    assert lazy["c"].to_pylist() == eager["c"].to_pylist() == ["a", None, "b"]
