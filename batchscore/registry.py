@@ -59,9 +59,9 @@ class LoadedModel:
 
     @cached_property
     def booster(self) -> lgb.Booster:
-        """LightGBM's Booster, built on first use: importing LightGBM (which imports
-        scikit-learn and SciPy with it) takes over a second, and the flow process and the
-        plan never need it (scoring workers do: the lightgbm engine, and the compiled
+        """LightGBM's Booster, built on first use: importing LightGBM (which imports SciPy
+        and pandas with it) takes ~0.7 s, and the flow process and the plan
+        never need it (scoring workers do: the lightgbm engine, and the compiled
         engine's checks against Booster.predict)."""
         import lightgbm as lgb
 
