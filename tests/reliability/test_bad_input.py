@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -144,6 +145,30 @@ def broken_run(request, tmp_path_factory, prefect_api):
     }
 
 
+def _final_task_runs(flow_run_id, names: list[str], timeout: float = 30.0) -> dict:
+    """The flow run's task runs by name, once every one of `names` is recorded as final.
+
+    The server records task runs from the events the client sends in the background, so the
+    last ones of a run can reach it a moment after the flow call returns.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.events.worker import EventsWorker
+
+    EventsWorker.drain_all(timeout=10)
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while True:
+            runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+            )
+            by_name = {r.name: r for r in runs}
+            waiting = [n for n in names if n not in by_name or not by_name[n].state.is_final()]
+            if not waiting or time.monotonic() > deadline:
+                return by_name
+            time.sleep(0.2)
+
+
 def _held(run, partition: str) -> dict:
     return json.loads((run["store"] / "quarantine" / f"dt={partition}" / "_HELD").read_text())
 
@@ -195,16 +220,8 @@ def test_a_file_level_problem_holds_its_partition_naming_file_and_column(
 
 
 def test_held_partitions_end_their_prefect_task_failed_with_the_reason(broken_run):
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(
-                id=FlowRunFilterId(any_=[broken_run["state"].state_details.flow_run_id])
-            )
-        )
-    by_name = {r.name: r for r in runs}
+    names = [*(f"hold {p}" for p in FILE_CASES), f"publish {TOO_BAD}", f"publish {GOOD}"]
+    by_name = _final_task_runs(broken_run["state"].state_details.flow_run_id, names)
     for partition in FILE_CASES:
         run = by_name[f"hold {partition}"]
         assert run.state.is_failed()
