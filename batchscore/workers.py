@@ -23,12 +23,21 @@ from __future__ import annotations
 
 import multiprocessing
 
-# What every scoring worker imports: the tasks (Prefect, pyarrow, batchscore, drift
-# counting), the compiled engine's runtime, and LightGBM (checking the compiled model's first
-# batch, or the lightgbm engine); then `fork_ready` loads Prefect's collections and freezes
-# it all out of the garbage collector's reach. An import that fails here is only skipped:
-# the worker imports it itself, and reports the error where it is used.
-PRELOAD = ["tasks.scoring", "batchscore.engine", "lleaves", "lightgbm", "batchscore.fork_ready"]
+# What every scoring worker imports: the score flow (every task run's context holds it, and
+# importing it installs `flows/__init__.py`'s changes to Prefect), the tasks (Prefect,
+# pyarrow, batchscore, drift counting), the compiled engine's runtime, and LightGBM
+# (checking the compiled model's first batch, or the lightgbm engine); then `fork_ready`
+# loads Prefect's collections and freezes it all out of the garbage collector's reach. An
+# import that fails here is only skipped: the worker imports it itself, and reports the
+# error where it is used.
+PRELOAD = [
+    "flows.score",
+    "tasks.scoring",
+    "batchscore.engine",
+    "lleaves",
+    "lightgbm",
+    "batchscore.fork_ready",
+]
 
 
 def forkserver_context():

@@ -95,3 +95,44 @@ def test_a_flow_run_ends_without_joining_its_heartbeat_thread(prefect_api):
     for thread in left:
         thread.join(timeout=5)
         assert not thread.is_alive()
+
+
+def test_api_clients_share_one_verified_tls_context_per_ca_file(prefect_api, tmp_path):
+    """Each Prefect API client parsed its CA bundle (22 ms); after `reuse_tls_contexts`
+    (installed with the flows) clients with the same CA file share one context, a changed
+    file gets a new one, and the unverified context is still the client's own."""
+    import ssl
+
+    import certifi
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.settings import (
+        PREFECT_API_SSL_CERT_FILE,
+        PREFECT_API_TLS_INSECURE_SKIP_VERIFY,
+        temporary_settings,
+    )
+
+    import flows  # noqa: F401  (installs it)
+
+    def context_of(client: SyncPrefectClient) -> ssl.SSLContext:
+        return client._client._transport._pool._ssl_context
+
+    bundle = tmp_path / "ca.pem"
+    bundle.write_bytes(Path(certifi.where()).read_bytes())
+    with temporary_settings({PREFECT_API_SSL_CERT_FILE: str(bundle)}):
+        with SyncPrefectClient(prefect_api) as a, SyncPrefectClient(prefect_api) as b:
+            assert context_of(a) is context_of(b)
+            assert context_of(a).verify_mode == ssl.CERT_REQUIRED
+            assert a.hello().status_code == 200
+            shared = context_of(a)
+        bundle.write_bytes(bundle.read_bytes() + b"\n")  # a new version of the file
+        with SyncPrefectClient(prefect_api) as c:
+            assert context_of(c) is not shared
+            assert context_of(c).verify_mode == ssl.CERT_REQUIRED
+    with (
+        temporary_settings({PREFECT_API_TLS_INSECURE_SKIP_VERIFY: True}),
+        SyncPrefectClient(prefect_api) as d,
+        SyncPrefectClient(prefect_api) as e,
+    ):
+        assert context_of(d) is not context_of(e)
+        assert context_of(d).verify_mode == ssl.CERT_NONE
+    assert shared.verify_mode == ssl.CERT_REQUIRED and shared.check_hostname
