@@ -1,6 +1,11 @@
 """Prefect flows: the orchestration (what runs, in which order, on which runner)."""
 
-from batchscore.prefect_api import end_flow_runs_without_waiting_for_heartbeats, reuse_tls_contexts
+from batchscore.prefect_api import (
+    build_task_settings_once,
+    end_flow_runs_without_waiting_for_heartbeats,
+    reuse_tls_contexts,
+)
 
 end_flow_runs_without_waiting_for_heartbeats()
 reuse_tls_contexts()
+build_task_settings_once()

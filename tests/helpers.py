@@ -37,6 +37,22 @@ def _value(v) -> str:
     return repr(v)
 
 
+def settings_seen(tag: int) -> dict:
+    """A task body for worker-pool tests: the Prefect settings the task runs with."""
+    import os
+
+    from prefect.settings import get_current_settings
+
+    settings = get_current_settings()
+    return {
+        "tag": tag,
+        "pid": os.getpid(),
+        "settings": id(settings),
+        "max_retries": settings.client.max_retries,
+        "api": str(settings.api.url),
+    }
+
+
 def where_am_i() -> dict:
     """A task body for worker-pool tests: what the worker process looks like at its start."""
     import gc

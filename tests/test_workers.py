@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from helpers import where_am_i
+from helpers import settings_seen, where_am_i
 from prefect import flow, task
 
 from batchscore import workers
@@ -36,3 +36,58 @@ def test_workers_are_forked_with_their_imports_done_and_get_the_flows_environmen
         # import (after the fork: `frozen_objects` counts only what came before)
         assert s["collections_loaded"]
         assert s["marker"] == "set after the fork server started"
+
+
+def test_a_worker_builds_the_flows_settings_once_per_run(prefect_api):
+    """`build_task_settings_once`: a worker rebuilds the flow's settings for its first task
+    only, and every task sees the flow's values."""
+    from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+
+    probe = task(settings_seen, name="settings-seen")
+
+    @flow
+    def eight_tasks():
+        with (
+            temporary_settings({PREFECT_CLIENT_MAX_RETRIES: 7}),
+            ForkedProcessPool(max_workers=2) as pool,
+        ):
+            futures = [pool.submit(probe, {"tag": tag}) for tag in range(8)]
+            return [f.result() for f in futures]
+
+    seen = eight_tasks()
+    assert {(s["max_retries"], s["api"]) for s in seen} == {(7, prefect_api)}
+    by_worker: dict[int, set[int]] = {}
+    for s in seen:
+        by_worker.setdefault(s["pid"], set()).add(s["settings"])
+    assert all(len(ids) == 1 for ids in by_worker.values()), by_worker
+
+
+def test_settings_built_once_follow_a_change_of_settings_or_environment(monkeypatch):
+    """A long-lived worker (Dask's) runs tasks of many flow runs: each run's settings, and
+    a changed `PREFECT_*` environment, get their own settings."""
+    import prefect.context as context
+    from prefect.settings import (
+        PREFECT_CLIENT_MAX_RETRIES,
+        get_current_settings,
+        temporary_settings,
+    )
+
+    import flows  # noqa: F401  (installs it)
+
+    def serialized(retries: int) -> dict:
+        with temporary_settings({PREFECT_CLIENT_MAX_RETRIES: retries}):
+            return {"settings_context": context.SettingsContext.get().serialize()}
+
+    def hydrated(ctx: dict):
+        with context.hydrated_context(ctx):
+            return get_current_settings()
+
+    seven, nine = serialized(7), serialized(9)
+    first = hydrated(seven)
+    assert first.client.max_retries == 7
+    assert hydrated(seven) is first
+    assert hydrated(nine).client.max_retries == 9
+    assert hydrated(seven) is first
+    monkeypatch.setenv("PREFECT_BATCHSCORE_TEST_MARKER", "changed")
+    assert hydrated(seven) is not first
+    assert hydrated(seven).client.max_retries == 7
