@@ -74,9 +74,15 @@ class DriftResult:
 
 
 def warm_up() -> None:
-    """Import SciPy's statistics now (about a second). Scoring workers only count values
-    and never need it; a process about to evaluate drift can load it ahead, in a thread."""
+    """Load now what evaluating drift and writing its report load at first use: SciPy's
+    statistics (about a second), and pandas, which pyarrow imports (when installed) the
+    first time it converts Python objects to an array, as the report's table does (0.3 s).
+    Scoring workers only count values and never need them; a process about to evaluate
+    drift can load them ahead, in a thread."""
+    import pyarrow as pa
     from scipy import stats  # noqa: F401
+
+    pa.array([0.0])
 
 
 def ks_statistic(reference_cells: np.ndarray, current_cells: np.ndarray) -> float:
