@@ -103,16 +103,26 @@ def feature_columns(table: pa.Table, features: list[str], categorical: list[str]
 
 
 class FeatureColumns(Mapping):
-    """`feature_columns` of a table, each converted when it is read and not kept: counting
-    a batch's drift holds one converted column at a time, not a copy of every feature."""
+    """`feature_columns` of a table (of its rows where `keep` is true, if given), each
+    converted when it is read and not kept: counting a batch's drift holds one converted
+    column at a time, not a copy of every feature."""
 
-    def __init__(self, table: pa.Table, features: list[str], categorical: list[str]):
+    def __init__(
+        self,
+        table: pa.Table,
+        features: list[str],
+        categorical: list[str],
+        keep: np.ndarray | None = None,
+    ):
         self._table, self._features, self._categorical = table, features, set(categorical)
+        self._keep = None if keep is None else pa.array(keep)
 
     def __getitem__(self, name: str):
         if name not in self._features:
             raise KeyError(name)
         column = self._table.column(name)
+        if self._keep is not None:
+            column = pc.filter(column, self._keep)
         if name in self._categorical:
             return pc.cast(column, pa.string()).combine_chunks()
         return numeric_values(column)

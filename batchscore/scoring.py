@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from batchscore.config import Config
@@ -104,8 +105,8 @@ def score_chunk(
 
     A chunk is a run of whole row groups, and a writer may make row groups of any size
     (pandas and pyarrow write 1,048,576 rows); reading it in batches keeps a worker's memory
-    at about `BATCH_ROWS` rows whatever the file's layout and `chunk_rows`. Only the scores
-    (a few columns) and the rejected rows are kept until the chunk's files are written.
+    at about `BATCH_ROWS` rows whatever the file's layout and `chunk_rows`. Each batch's
+    scores are written as it is done; only the rejected rows are kept to the chunk's end.
     """
     staging = staging_location(config, plan, model)
     name = f"part-{chunk.index:05d}"
@@ -122,58 +123,63 @@ def score_chunk(
     parquet = _open_for_batches(source, chunk.file)
     batches = _batches(parquet, chunk, min(BATCH_ROWS, config.scoring.chunk_rows))
     timings["read"] += time.perf_counter() - t0
-    scored: list[pa.Table] = []
     rejected: list[pa.Table] = []
     failed: dict[str, int] = {}
     unseen = dict.fromkeys(loaded.schema.vocabularies, 0)
     counts: dict[str, Counts] = {}
     rows_in = rows_bad = 0
-    while True:
-        t0 = time.perf_counter()
-        table = next(batches, None)
-        t1 = time.perf_counter()
-        timings["read"] += t1 - t0
-        if table is None:
-            break
-        rows_in += table.num_rows
+    # Scores are written batch by batch (a row group each), not kept for the chunk's end.
+    with staging.parquet_writer("scores", f"{name}.parquet") as scores_out:
+        while True:
+            t0 = time.perf_counter()
+            table = next(batches, None)
+            t1 = time.perf_counter()
+            timings["read"] += t1 - t0
+            if table is None:
+                break
+            rows_in += table.num_rows
 
-        verdict = validate_chunk(table, config, loaded.profile, plan.duplicate_ids)
-        for k, v in verdict.failed.items():
-            failed[k] = failed.get(k, 0) + v
-        bad = verdict.bad_mask(table.num_rows)
-        n_bad = int(bad.sum())
-        if n_bad:
-            rows_bad += n_bad
-            rejected.append(_quarantined(table, bad, verdict, chunk.file, now, run_id))
-        good = table.filter(pa.array(~bad)) if n_bad else table  # no copy when all pass
-        del table, verdict
-        t2 = time.perf_counter()
-        timings["validate"] += t2 - t1
+            verdict = validate_chunk(table, config, loaded.profile, plan.duplicate_ids)
+            for k, v in verdict.failed.items():
+                failed[k] = failed.get(k, 0) + v
+            bad = verdict.bad_mask(table.num_rows)
+            n_bad = int(bad.sum())
+            # The rows that passed, as a mask: the steps below take what they need of them
+            # column by column, never a filtered copy of the whole batch.
+            keep = None
+            if n_bad:
+                rows_bad += n_bad
+                rejected.append(_quarantined(table, bad, verdict, chunk.file, now, run_id))
+                keep = ~bad
+            del verdict
+            t2 = time.perf_counter()
+            timings["validate"] += t2 - t1
 
-        scores = predict(loaded, good, config.scoring.threads, config.scoring.engine)
-        t3 = time.perf_counter()
-        timings["score"] += t3 - t2
+            scores = predict(loaded, table, config.scoring.threads, config.scoring.engine, keep)
+            t3 = time.perf_counter()
+            timings["score"] += t3 - t2
 
-        scored.append(scores_table(config, good, scores, model, now, run_id))
-        for col, vocab in loaded.schema.vocabularies.items():
-            unseen[col] += int(unseen_mask(good.column(col), vocab).sum())
-        t4 = time.perf_counter()
-        timings["write"] += t4 - t3
-        # Drift counts from the rows already in memory: the data is read once. Counts are
-        # integers per bin, so the batches' partial counts merge exactly.
-        part = loaded.reference.count(FeatureColumns(good, ds.features, ds.categorical), scores)
-        counts = {f: merge(counts[f], c) if f in counts else c for f, c in part.items()}
-        del good, scores, part
-        timings["drift"] += time.perf_counter() - t4
+            scores_out.write(scores_table(config, table, scores, model, now, run_id, keep))
+            for col, vocab in loaded.schema.vocabularies.items():
+                unseen_rows = unseen_mask(table.column(col), vocab)
+                unseen[col] += int((unseen_rows if keep is None else unseen_rows & keep).sum())
+            t4 = time.perf_counter()
+            timings["write"] += t4 - t3
+            # Drift counts from the rows already in memory: the data is read once. Counts are
+            # integers per bin, so the batches' partial counts merge exactly.
+            columns = FeatureColumns(table, ds.features, ds.categorical, keep)
+            part = loaded.reference.count(columns, scores)
+            counts = {f: merge(counts[f], c) if f in counts else c for f, c in part.items()}
+            del table, columns, scores, part
+            timings["drift"] += time.perf_counter() - t4
 
-    if rows_in != chunk.rows:
-        raise RuntimeError(
-            f"{chunk.file}: row groups {chunk.row_groups} hold {rows_in} "
-            f"rows, the plan counted {chunk.rows}; the file changed while "
-            "the partition was being scored"
-        )
-    t0 = time.perf_counter()
-    staging.write_parquet(_concat(scored), "scores", f"{name}.parquet")
+        if rows_in != chunk.rows:
+            raise RuntimeError(
+                f"{chunk.file}: row groups {chunk.row_groups} hold {rows_in} "
+                f"rows, the plan counted {chunk.rows}; the file changed while "
+                "the partition was being scored"
+            )
+        t0 = time.perf_counter()  # the file is finished as the block ends
     if rejected:
         staging.write_parquet(_concat(rejected), "quarantine", f"{name}.parquet")
     timings["write"] += time.perf_counter() - t0
@@ -238,7 +244,10 @@ def _batches(parquet: pq.ParquetFile, chunk: Chunk, batch_rows: int):
             )
         if batch.num_rows:
             empty = False
-            yield pa.Table.from_batches([batch])
+            # Hand the batch over without keeping it: a generator's locals live until it
+            # resumes, and this one resumes only after the next batch is decoded.
+            held, batch = [batch], None
+            yield pa.Table.from_batches([held.pop()])
         if position >= end:
             break
     if empty:
@@ -263,24 +272,39 @@ def _concat(tables: list[pa.Table]) -> pa.Table:
     return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
 
 
-def predict(model: LoadedModel, table: pa.Table, threads: int, engine: str = "auto") -> np.ndarray:
-    """Scores of `table`'s rows (float64), with the engine of `[scoring] engine`.
+def predict(
+    model: LoadedModel,
+    table: pa.Table,
+    threads: int,
+    engine: str = "auto",
+    keep: np.ndarray | None = None,
+) -> np.ndarray:
+    """Scores (float64) of `table`'s rows, or of those where `keep` is true, in order, with
+    the engine of `[scoring] engine`.
 
     Arrow columns go straight into C-ordered float64 matrices (no pandas), one block of
     `PREDICT_BLOCK_ROWS` rows at a time: the matrix never holds the whole chunk, and its
-    memory is reused from block to block. Rows are scored independently, so the blocks give
-    the same bits as one matrix. The predictor (compiled or LightGBM) is built once per
-    process and model, never per chunk.
+    memory is reused from block to block; rows not kept are dropped from each block's
+    matrix, never scored. Rows are scored independently, so the blocks give the same bits
+    as one matrix. The predictor (compiled or LightGBM) is built once per process and
+    model, never per chunk.
     """
-    out = np.empty(table.num_rows, dtype=np.float64)
-    if table.num_rows == 0:
+    out = np.empty(table.num_rows if keep is None else int(keep.sum()), dtype=np.float64)
+    if len(out) == 0:
         return out
     predictor = get_predictor(model, engine, threads)
     schema = model.schema
+    filled = 0
     for start in range(0, table.num_rows, PREDICT_BLOCK_ROWS):
         block = table.slice(start, PREDICT_BLOCK_ROWS)
         matrix = schema.to_matrix(block)
-        out[start : start + block.num_rows] = predictor.predict(matrix, may_overwrite=True)
+        if keep is not None:
+            rows = keep[start : start + block.num_rows]
+            if not rows.all():
+                matrix = matrix[rows]
+        if len(matrix):
+            out[filled : filled + len(matrix)] = predictor.predict(matrix, may_overwrite=True)
+            filled += len(matrix)
     return out
 
 
@@ -291,9 +315,15 @@ def scores_table(
     model: ModelRef,
     now: dt.datetime,
     run_id: str,
+    keep: np.ndarray | None = None,
 ) -> pa.Table:
-    n = rows.num_rows
-    columns = {c: rows.column(c) for c in config.dataset.id_columns}
+    """The scores file's rows: ids (of the rows `keep` names, or all), score, provenance."""
+    n = len(scores)
+    mask = None if keep is None else pa.array(keep)
+    columns = {
+        c: rows.column(c) if mask is None else pc.filter(rows.column(c), mask)
+        for c in config.dataset.id_columns
+    }
     columns["score"] = pa.array(scores, pa.float64())
     columns["model_version"] = pa.repeat(pa.scalar(model.version, pa.string()), n)
     columns["scored_at"] = pa.repeat(pa.scalar(now, pa.timestamp("us", tz="UTC")), n)

@@ -136,7 +136,7 @@ class Location:
             return
         folder, name = final.rsplit("/", 1)
         self.fs.create_dir(folder, recursive=True)
-        tmp = f"{folder}/.{name}.{uuid.uuid4().hex}.tmp"
+        tmp = _temporary(folder, name)
         with self.fs.open_output_stream(tmp) as fh:
             fh.write(data)
         _fsync_local(self, tmp)
@@ -146,16 +146,35 @@ class Location:
         self.write_bytes(json.dumps(obj, indent=2, sort_keys=True, default=str).encode(), *parts)
 
     def write_parquet(self, table: pa.Table, *parts: str) -> None:
+        with self.parquet_writer(*parts) as out:
+            out.write(table)
+
+    @contextmanager
+    def parquet_writer(self, *parts: str) -> Iterator[ParquetOut]:
+        """A Parquet file written table by table (a row group or more each), so that its
+        rows need not be in memory at once; it appears whole when the block ends, or (on an
+        error, locally) not at all. On object storage an error may leave the rows written
+        so far as the object: callers write there only what a later marker vouches for
+        (a chunk's staged files count once its `chunks/*.json` exists)."""
         final = self.path(*parts)
-        if not self.is_local:  # a (multipart) upload is visible only once complete
-            pq.write_table(table, final, filesystem=self.fs, compression="zstd")
-            return
-        folder, name = final.rsplit("/", 1)
-        self.fs.create_dir(folder, recursive=True)
-        tmp = f"{folder}/.{name}.{uuid.uuid4().hex}.tmp"
-        pq.write_table(table, tmp, filesystem=self.fs, compression="zstd")
-        _fsync_local(self, tmp)
-        self.fs.move(tmp, final)
+        # On object storage a (multipart) upload is visible only once complete: no temporary.
+        target = final
+        if self.is_local:
+            folder, name = final.rsplit("/", 1)
+            self.fs.create_dir(folder, recursive=True)
+            target = _temporary(folder, name)
+        out = ParquetOut(target, self.fs)
+        try:
+            yield out
+            if not out.close():
+                raise ValueError(f"{final}: no table was written, so the file has no schema")
+            if target != final:
+                _fsync_local(self, target)
+                self.fs.move(target, final)
+        finally:
+            out.close()
+            if target != final and self.fs.get_file_info(target).type != pafs.FileType.NotFound:
+                self.fs.delete_file(target)
 
     def create_exclusive(self, data: bytes, *parts: str) -> bool:
         """On object storage: create an object only if it does not exist; False when it does
@@ -191,6 +210,10 @@ class Location:
         if not self.is_local:
             self._publish_by_copy(staging, parts, last)
             return
+        # A writer killed mid-file leaves its temporary behind; it is no part of the result.
+        for rel in staging.files():
+            if _is_temporary(rel):
+                self.fs.delete_file(staging.path(rel))
         final = self.path(*parts)
         self.fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
         if self.exists(*parts):
@@ -482,6 +505,42 @@ def _read_lease(path: str) -> dict | None:
     except ValueError:
         # Created but not yet written by its holder: treat as live, never as stale.
         return {"expires_at": float("inf")}
+
+
+def _temporary(folder: str, name: str) -> str:
+    """Where a local file is written before it is renamed to `folder/name`."""
+    return f"{folder}/.{name}.{uuid.uuid4().hex}.tmp"
+
+
+def _is_temporary(rel: str) -> bool:
+    name = rel.rsplit("/", 1)[-1]
+    return name.startswith(".") and name.endswith(".tmp")
+
+
+class ParquetOut:
+    """A Parquet file being written, created at the first table (whose schema it takes)."""
+
+    def __init__(self, path: str, fs: pafs.FileSystem):
+        self._path, self._fs = path, fs
+        self._writer: pq.ParquetWriter | None = None
+        self._closed = False
+        self.rows = 0
+
+    def write(self, table: pa.Table) -> None:
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(
+                self._path, table.schema, filesystem=self._fs, compression="zstd"
+            )
+        self._writer.write_table(table)
+        self.rows += table.num_rows
+
+    def close(self) -> bool:
+        """Finish the file; False when no table was ever written (there is no file)."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()
+            self._closed = True
+        return self._closed
 
 
 def _fsync_local(location: Location, path: str) -> None:

@@ -176,6 +176,29 @@ def test_compiled_agrees_with_lightgbm_on_categoricals_unseen_codes_and_missing(
         assert np.max(np.abs(compiled - raw)) > 0.1
 
 
+@pytest.mark.parametrize("engine_name", ["compiled", "lightgbm"])
+def test_scoring_the_kept_rows_of_a_batch_gives_the_bits_of_scoring_them_alone(
+    tmp_path, monkeypatch, engine_name
+):
+    """`predict(..., keep)` drops rows from each block's matrix instead of copying the
+    filtered batch first: the scores are those of the filtered table, bit for bit, across
+    blocks with some rows dropped, none, or all."""
+    from batchscore import scoring
+
+    monkeypatch.setattr(scoring, "PREDICT_BLOCK_ROWS", 1_000)
+    model = _register(_config(tmp_path))
+    table = _table(4_500, seed=5, unseen=True)
+    keep = np.random.default_rng(6).random(4_500) > 0.2
+    keep[1_000:2_000] = True
+    keep[2_000:3_000] = False
+    filtered = table.filter(pa.array(keep))
+    kept = scoring.predict(model, table, 1, engine_name, keep)
+    alone = scoring.predict(model, filtered, 1, engine_name)
+    assert kept.dtype == np.float64 and len(kept) == keep.sum() == filtered.num_rows
+    assert kept.tobytes() == alone.tobytes()
+    assert len(scoring.predict(model, table, 1, engine_name, np.zeros(4_500, bool))) == 0
+
+
 def test_compiled_agrees_with_lightgbm_on_the_sample(sample):
     config = load_config(sample)
     train(config)
@@ -385,8 +408,9 @@ def test_a_partition_larger_than_a_chunk_is_never_materialised_whole(
         return real_validate(table, *args, **kwargs)
 
     def predict(model, table, *args, **kwargs):
-        seen["predict"].append(table.num_rows)
-        return real_predict(model, table, *args, **kwargs)
+        scores = real_predict(model, table, *args, **kwargs)
+        seen["predict"].append(len(scores))  # rows scored: those that passed validation
+        return scores
 
     monkeypatch.setattr(pq.ParquetFile, "read_row_groups", read_row_groups)
     monkeypatch.setattr(pq.ParquetFile, "read", read)

@@ -189,3 +189,8 @@ def test_feature_columns_convert_one_column_when_it_is_read(monkeypatch):
     eager = features.feature_columns(table, ["n", "i", "c"], ["c"])
     np.testing.assert_array_equal(lazy["n"], eager["n"])
     assert lazy["c"].to_pylist() == eager["c"].to_pylist() == ["a", None, "b"]
+    # Only the kept rows, column by column, as if the table had been filtered first.
+    kept = features.FeatureColumns(table, ["n", "i", "c"], ["c"], np.array([True, False, True]))
+    np.testing.assert_array_equal(kept["n"], [1.5, -2.0])
+    np.testing.assert_array_equal(kept["i"], [1.0, np.nan])
+    assert kept["c"].to_pylist() == ["a", "b"]

@@ -175,6 +175,53 @@ def test_publishing_on_s3_replaces_a_folder_whole_and_leaves_no_staging(s3_api):
     assert store.files("_staging") == []
 
 
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_parquet_file_written_table_by_table_appears_whole_or_not_at_all(
+    where, request, tmp_path
+):
+    """`Location.parquet_writer`: one row group per table written, visible once the block
+    ends; locally an error leaves neither the file nor its temporary; nothing written is an
+    error naming the file."""
+    import pyarrow as pa
+
+    if where == "s3":
+        request.getfixturevalue("s3_api")
+        store = Location(f"s3://{new_bucket()}/store")
+    else:
+        store = Location(str(tmp_path / "store"))
+    with store.parquet_writer("scores", "part-00000.parquet") as out:
+        for start in (0, 3, 6):
+            out.write(pa.table({"id": pa.array(range(start, start + 3), pa.int64())}))
+        if where == "local":
+            assert "part-00000.parquet" not in store.files("scores"), "visible too soon"
+    read = pq.ParquetFile(store.fs.open_input_file(store.path("scores", "part-00000.parquet")))
+    assert read.metadata.num_row_groups == 3
+    assert read.read().column("id").to_pylist() == list(range(9))
+
+    with (
+        pytest.raises(ValueError, match="part-00001.parquet: no table was written"),
+        store.parquet_writer("scores", "part-00001.parquet"),
+    ):
+        pass
+    if where == "local":
+        with (
+            pytest.raises(RuntimeError, match="the source changed"),
+            store.parquet_writer("scores", "part-00002.parquet") as out,
+        ):
+            out.write(pa.table({"id": pa.array([1], pa.int64())}))
+            raise RuntimeError("the source changed")
+        assert store.files("scores") == ["part-00000.parquet"]
+        assert sorted(p.name for p in (tmp_path / "store" / "scores").iterdir()) == [
+            "part-00000.parquet"
+        ]
+        # A writer killed mid-file leaves its temporary; publishing the folder drops it.
+        staging = store.child("_staging", "run")
+        staging.write_bytes(b"{}", "_SUCCESS")
+        (tmp_path / "store" / "_staging" / "run" / ".part-00003.parquet.dead.tmp").write_bytes(b"x")
+        store.publish_dir(staging, "published")
+        assert sorted(p.name for p in (tmp_path / "store" / "published").iterdir()) == ["_SUCCESS"]
+
+
 def test_an_endpoint_in_the_uri_is_used_and_kept_by_children(s3_api, monkeypatch):
     bucket = new_bucket()
     monkeypatch.delenv("AWS_ENDPOINT_URL")  # only the URI says where the store is
