@@ -22,6 +22,7 @@ share the two cores (three at once slowed a run of one small partition by 2-3 s)
 from __future__ import annotations
 
 import multiprocessing
+import os
 
 # What every scoring worker imports: the score flow (every task run's context holds it, and
 # importing it installs `flows/__init__.py`'s changes to Prefect), the tasks (Prefect,
@@ -47,6 +48,12 @@ def forkserver_context():
         context = multiprocessing.get_context("forkserver")
     except ValueError:  # no fork server on this platform
         return None
+    # Arrow's allocator (mimalloc) keeps pages a batch freed for a while before it gives
+    # them back; workers tell it to give them back after 50 ms. Measured at 5M rows: the
+    # pool's resident memory (PSS sum) -105 MiB, no measurable change in wall time (100 ms:
+    # -60 MiB; 0, at once: +2 s). Set before the fork server starts, as its imports start
+    # the allocator, which reads it then; a value already in the environment is kept.
+    os.environ.setdefault("MIMALLOC_PURGE_DELAY", "50")
     context.set_forkserver_preload(PRELOAD)
     return context
 

@@ -66,4 +66,5 @@ def where_am_i() -> dict:
         "marker": os.environ.get("BATCHSCORE_TEST_MARKER"),
         "frozen_objects": gc.get_freeze_count(),
         "collections_loaded": "prefect_dask" in sys.modules,
+        "mimalloc_purge_delay": os.environ.get("MIMALLOC_PURGE_DELAY"),
     }

@@ -36,6 +36,8 @@ def test_workers_are_forked_with_their_imports_done_and_get_the_flows_environmen
         # import (after the fork: `frozen_objects` counts only what came before)
         assert s["collections_loaded"]
         assert s["marker"] == "set after the fork server started"
+        # Arrow's allocator gives freed pages back after 50 ms (`forkserver_context`)
+        assert s["mimalloc_purge_delay"] == os.environ.get("MIMALLOC_PURGE_DELAY") == "50"
 
 
 def test_a_worker_builds_the_flows_settings_once_per_run(prefect_api):
