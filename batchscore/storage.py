@@ -164,6 +164,7 @@ class Location:
             self.fs.create_dir(folder, recursive=True)
             target = _temporary(folder, name)
         out = ParquetOut(target, self.fs)
+        done = False
         try:
             yield out
             if not out.close():
@@ -171,10 +172,12 @@ class Location:
             if target != final:
                 _fsync_local(self, target)
                 self.fs.move(target, final)
+            done = True
         finally:
             out.close()
-            if target != final and self.fs.get_file_info(target).type != pafs.FileType.NotFound:
-                self.fs.delete_file(target)
+            if not done and target != final:
+                with suppress(FileNotFoundError):  # never created: nothing was written
+                    self.fs.delete_file(target)
 
     def create_exclusive(self, data: bytes, *parts: str) -> bool:
         """On object storage: create an object only if it does not exist; False when it does
