@@ -69,9 +69,9 @@ class PartitionHeld(RuntimeError):
         self.outcome = outcome
 
 
-# Rows a worker reads, validates and scores at once. Parquet's reader holds about 2.5 times
+# Rows a worker reads, validates and scores at once. Parquet's reader holds about 2 times
 # the batch besides the batch itself (measured with pyarrow 26): at 250,000 rows of 22
-# features a worker's Arrow memory peaked at 220 MiB, at 131,072 at 117 MiB, as fast;
+# features a worker's Arrow memory peaked at 220 MiB, at 131,072 at 110 MiB, as fast;
 # at 65,536, 7% slower (per-batch costs: validation calls, drift count merges).
 BATCH_ROWS = 131_072
 

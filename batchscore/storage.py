@@ -129,18 +129,8 @@ class Location:
 
     def write_bytes(self, data: bytes, *parts: str) -> None:
         """Write a file so that it appears whole or not at all."""
-        final = self.path(*parts)
-        if not self.is_local:  # a PUT is atomic: no temporary object
-            with self.fs.open_output_stream(final) as fh:
-                fh.write(data)
-            return
-        folder, name = final.rsplit("/", 1)
-        self.fs.create_dir(folder, recursive=True)
-        tmp = _temporary(folder, name)
-        with self.fs.open_output_stream(tmp) as fh:
+        with self._written_whole(*parts) as path, self.fs.open_output_stream(path) as fh:
             fh.write(data)
-        _fsync_local(self, tmp)
-        self.fs.move(tmp, final)
 
     def write_json(self, obj: Any, *parts: str) -> None:
         self.write_bytes(json.dumps(obj, indent=2, sort_keys=True, default=str).encode(), *parts)
@@ -156,28 +146,37 @@ class Location:
         error, locally) not at all. On object storage an error may leave the rows written
         so far as the object: callers write there only what a later marker vouches for
         (a chunk's staged files count once its `chunks/*.json` exists)."""
+        with self._written_whole(*parts) as path:
+            out = ParquetOut(path, self.fs)
+            try:
+                yield out
+                if not out.close():
+                    raise ValueError(
+                        f"{self.path(*parts)}: no table was written, so the file has no schema"
+                    )
+            finally:
+                out.close()
+
+    @contextmanager
+    def _written_whole(self, *parts: str) -> Iterator[str]:
+        """The path to write `parts` at. On object storage that is the object itself (a PUT
+        or multipart upload is visible only once complete); locally a temporary beside it,
+        flushed and renamed into place when the block ends, deleted when it fails."""
         final = self.path(*parts)
-        # On object storage a (multipart) upload is visible only once complete: no temporary.
-        target = final
-        if self.is_local:
-            folder, name = final.rsplit("/", 1)
-            self.fs.create_dir(folder, recursive=True)
-            target = _temporary(folder, name)
-        out = ParquetOut(target, self.fs)
-        done = False
+        if not self.is_local:
+            yield final
+            return
+        folder, name = final.rsplit("/", 1)
+        self.fs.create_dir(folder, recursive=True)
+        tmp = _temporary(folder, name)
         try:
-            yield out
-            if not out.close():
-                raise ValueError(f"{final}: no table was written, so the file has no schema")
-            if target != final:
-                _fsync_local(self, target)
-                self.fs.move(target, final)
-            done = True
-        finally:
-            out.close()
-            if not done and target != final:
-                with suppress(FileNotFoundError):  # never created: nothing was written
-                    self.fs.delete_file(target)
+            yield tmp
+            _fsync_local(self, tmp)
+            self.fs.move(tmp, final)
+        except BaseException:
+            with suppress(FileNotFoundError):  # never created: nothing was written
+                self.fs.delete_file(tmp)
+            raise
 
     def create_exclusive(self, data: bytes, *parts: str) -> bool:
         """On object storage: create an object only if it does not exist; False when it does
