@@ -163,7 +163,12 @@ def _final_task_runs(flow_run_id, names: list[str], timeout: float = 30.0) -> di
                 flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
             )
             by_name = {r.name: r for r in runs}
-            waiting = [n for n in names if n not in by_name or not by_name[n].state.is_final()]
+            # A task run can be recorded before its first state is: `state` is then None.
+            waiting = [
+                n
+                for n in names
+                if n not in by_name or by_name[n].state is None or not by_name[n].state.is_final()
+            ]
             if not waiting or time.monotonic() > deadline:
                 return by_name
             time.sleep(0.2)
