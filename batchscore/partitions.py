@@ -173,8 +173,10 @@ def plan_partition(config: Config, partition: str, model: ModelRef) -> Partition
             {
                 "files": described,
                 "chunk_rows": config.scoring.chunk_rows,
-                # How chunks are cut: a staged chunk of an older layout is not reused.
-                "chunking": "row-ranges",
+                # The cut itself: it also depends on the worker count (a large row group is
+                # split into one range per worker), so a run resumed with other workers or
+                # on a machine with other cores must not reuse chunks staged for this one.
+                "chunks": [[c.file, c.row_groups, c.rows, c.offset] for c in chunks],
                 "model": model.sha256,
                 "validation": config.validation.model_dump(),
             },

@@ -167,6 +167,49 @@ def test_scores_do_not_depend_on_workers_or_chunk_size(sample, prefect_api, tmp_
     assert np.max(np.abs(one.column("score").to_numpy() - two.column("score").to_numpy())) <= 1e-12
 
 
+def test_chunks_staged_by_a_run_with_other_workers_are_not_reused(sample, prefect_api, tmp_path):
+    """A large row group is cut into one range per worker, so the cut depends on the worker
+    count: a run resumed with other workers (or on a machine with other cores) must not mix
+    in chunks a killed run staged for another cut. It did: the accounting check refused to
+    publish (rows read > rows in), on that run and every later one."""
+    from batchscore import partitions, scoring
+    from batchscore.registry import Registry
+
+    config = load_config(sample)
+    train(config)
+    day = "2026-10-05"
+    source = tmp_path / "one-day"
+    shutil.copytree(
+        Path(config.source) / "incoming" / f"dt={day}", source / "incoming" / f"dt={day}"
+    )
+    store = Path(config.store)  # where the model was registered
+    paths = {
+        workers: write_config(
+            tmp_path / f"w{workers}.toml",
+            sample.read_text(),
+            storage={"source": str(source), "store": str(store)},
+            scoring={"workers": workers, "chunk_rows": 3_000},
+        )
+        for workers in (1, 2)
+    }
+    # A run with one worker is killed after its first chunks were staged.
+    one = load_config(paths[1])
+    model = Registry(one.store, one.dataset.name).champion_ref()
+    plan = partitions.plan_partition(one, day, model)
+    for chunk in plan.chunks[:3]:
+        scoring.score_chunk(one, chunk, model, plan, "killed-run")
+    two = partitions.plan_partition(load_config(paths[2]), day, model)
+    assert len(two.chunks) != len(plan.chunks)  # the sample's row groups are cut differently
+
+    assert score(config=str(paths[2]), return_state=True).is_completed()
+    manifest = _manifest(store, day)
+    assert manifest["status"] == "scored" and manifest["reused_chunks"] == 0
+    assert two.fingerprint != plan.fingerprint
+    assert manifest["rows_in"] == sum(
+        pq.ParquetFile(f).metadata.num_rows for f in (source / "incoming" / f"dt={day}").iterdir()
+    )
+
+
 class _RecordingRunner:
     """A task runner that records what is submitted to it (and runs it in a real pool)."""
 
