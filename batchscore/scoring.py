@@ -68,6 +68,9 @@ class PartitionHeld(RuntimeError):
         super().__init__(f"partition {outcome.partition} held: {'; '.join(outcome.reasons)}")
         self.outcome = outcome
 
+    def __reduce__(self):  # raised in a worker, it is pickled back to the flow
+        return type(self), (self.outcome,)
+
 
 # Rows a worker reads, validates and scores at once. Parquet's reader holds about 2 times
 # the batch besides the batch itself (measured with pyarrow 26): at 250,000 rows of 22

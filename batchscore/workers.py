@@ -27,16 +27,18 @@ import os
 # What every scoring worker imports: the score flow (every task run's context holds it, and
 # importing it installs `flows/__init__.py`'s changes to Prefect), the tasks (Prefect,
 # pyarrow, batchscore, drift counting), the compiled engine's runtime, and LightGBM
-# (checking the compiled model's first batch, or the lightgbm engine); then `fork_ready`
-# loads Prefect's collections and freezes it all out of the garbage collector's reach. An
-# import that fails here is only skipped: the worker imports it itself, and reports the
-# error where it is used.
+# (checking the compiled model's first batch, or the lightgbm engine; it brings pandas),
+# SciPy's statistics (a run's last partition is published in a worker: its drift p-values,
+# 0.6 s to import); then `fork_ready` loads Prefect's collections and freezes it all out of
+# the garbage collector's reach. An import that fails here is only skipped: the worker
+# imports it itself, and reports the error where it is used.
 PRELOAD = [
     "flows.score",
     "tasks.scoring",
     "batchscore.engine",
     "lleaves",
     "lightgbm",
+    "scipy.stats",
     "batchscore.fork_ready",
 ]
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Generic, TypeVar
+
 from prefect.cache_policies import NO_CACHE
+
+T = TypeVar("T")
 
 
 def transient(task, task_run, state) -> bool:
@@ -18,4 +22,27 @@ def transient(task, task_run, state) -> bool:
 
 # Task inputs are configs, plans and keys: hashing them for a cache buys nothing.
 TASK_DEFAULTS = {"cache_policy": NO_CACHE, "persist_result": False}
+
+
+class Sealed(Generic[T]):
+    """A task input that Prefect passes as it is, without walking into it.
+
+    Before a task runs, Prefect's engine walks every parameter looking for futures and
+    states (`visit_collection`: lists, dicts, dataclasses, all the way down), twice. A
+    partition's chunk results hold its drift counts, ~670,000 values at 5M rows: the walks
+    took 10 s in a worker. `prefect.utilities.annotations.opaque` stops them when the task
+    runs in this process, but the process pool unwraps it before the worker's engine sees
+    the value. An object of a plain class is a leaf for the walk, wherever it runs.
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: T):
+        self.value = value
+
+    def __repr__(self) -> str:  # in logs and tracebacks: not the whole value
+        size = f"{len(self.value)} items" if hasattr(self.value, "__len__") else "value"
+        return f"Sealed({type(self.value).__name__}, {size})"
+
+
 IO_RETRIES = {"retries": 3, "retry_delay_seconds": [1, 4, 16], "retry_condition_fn": transient}

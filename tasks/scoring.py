@@ -10,7 +10,7 @@ from batchscore.partitions import Chunk, PartitionPlan
 from batchscore.registry import ModelIntegrityError, ModelRef, Registry
 from batchscore.scoring import ChunkResult, PartitionHeld, PartitionOutcome
 from batchscore.storage import Location, release_lease, try_lease
-from tasks.common import IO_RETRIES, TASK_DEFAULTS
+from tasks.common import IO_RETRIES, TASK_DEFAULTS, Sealed
 
 
 @task(name="resolve-champion", **TASK_DEFAULTS, **IO_RETRIES)
@@ -85,9 +85,13 @@ def prepare_worker(config: Config, model: ModelRef) -> None:
 
 @task(name="publish-partition", task_run_name="publish {plan.partition}", **TASK_DEFAULTS)
 def publish_partition(
-    config: Config, plan: PartitionPlan, model: ModelRef, results: list[ChunkResult], run_id: str
+    config: Config,
+    plan: PartitionPlan,
+    model: ModelRef,
+    results: Sealed[list[ChunkResult]],
+    run_id: str,
 ) -> PartitionOutcome:
-    outcome = scoring.publish_partition(config, plan, model, results, run_id)
+    outcome = scoring.publish_partition(config, plan, model, results.value, run_id)
     _log(outcome)
     if outcome.status == "held":
         raise PartitionHeld(outcome)  # the task run ends Failed with the reason

@@ -136,3 +136,38 @@ def test_api_clients_share_one_verified_tls_context_per_ca_file(prefect_api, tmp
         assert context_of(d) is not context_of(e)
         assert context_of(d).verify_mode == ssl.CERT_NONE
     assert shared.verify_mode == ssl.CERT_REQUIRED and shared.check_hostname
+
+
+def test_a_sealed_task_input_is_passed_without_walking_into_it():
+    """Prefect walks task parameters for futures and states before a task runs; a partition's
+    chunk results (hundreds of thousands of drift counts) must be one leaf of that walk,
+    in the flow process and in a pool worker alike (where `opaque` arrives unwrapped)."""
+    from prefect.utilities.collections import visit_collection
+
+    from tasks.common import Sealed
+
+    counts = {"x": list(range(1_000)), "y": [{"a": 1}, {"b": (2, 3)}]}
+    visited = []
+
+    def visit(expression):
+        visited.append(expression)
+        return expression
+
+    sealed = Sealed([counts, counts])
+    assert visit_collection(sealed, visit, return_data=True) is sealed
+    assert visited == [sealed]
+    visited.clear()
+    visit_collection([counts], visit, return_data=True)
+    assert len(visited) > 1_000  # what it saves: the same value, unsealed, is walked whole
+    assert repr(sealed) == "Sealed(list, 2 items)"
+
+
+def test_a_held_partition_raised_in_a_worker_reaches_the_flow_with_its_outcome():
+    import pickle
+
+    from batchscore.scoring import PartitionHeld, PartitionOutcome
+
+    outcome = PartitionOutcome("2026-11-07", "held", 10, 0, 10, 0.5, ("too many bad rows",))
+    again = pickle.loads(pickle.dumps(PartitionHeld(outcome)))
+    assert isinstance(again, PartitionHeld) and again.outcome == outcome
+    assert str(again) == "partition 2026-11-07 held: too many bad rows"

@@ -234,7 +234,8 @@ def test_work_of_one_chunk_is_scored_in_the_flow_process_and_more_in_workers(
     train(config)
     day = "2026-10-05"  # 20,987 rows in 2 files
     scores = {}
-    for chunk_rows, expected in ((100_000, []), (3_000, ["plan-partition"] + ["score-chunk"] * 6)):
+    in_workers = ["plan-partition"] + ["score-chunk"] * 6 + ["publish-partition"]
+    for chunk_rows, expected in ((100_000, []), (3_000, in_workers)):
         path = write_config(
             tmp_path / f"c{chunk_rows}.toml",
             sample.read_text(),
@@ -254,3 +255,36 @@ def test_work_of_one_chunk_is_scored_in_the_flow_process_and_more_in_workers(
     assert one.num_rows == many.num_rows > 20_000
     assert one.column("customer_id").equals(many.column("customer_id"))
     assert np.array_equal(one.column("score").to_numpy(), many.column("score").to_numpy())
+
+
+def test_partitions_are_published_as_their_chunks_finish_and_the_last_in_a_worker(
+    sample, prefect_api, tmp_path
+):
+    """Every partition but the last is published in the flow process while the workers score
+    the next ones; the last, when the workers are idle, in a worker (which has SciPy loaded)."""
+    from batchscore.registry import Registry
+    from flows.score import ForkedProcessPool, score_partitions
+
+    config = load_config(sample)
+    train(config)
+    days = ["2026-10-05", "2026-10-06", "2026-10-07"]
+    path = write_config(
+        tmp_path / "three.toml",
+        sample.read_text(),
+        storage={"source": config.source, "store": config.store},
+        scoring={"workers": 2, "chunk_rows": 3_000},
+    )
+    cfg = load_config(path)
+    model = Registry(cfg.store, cfg.dataset.name).champion_ref()
+    with ForkedProcessPool(max_workers=2) as pool:
+        runner = _RecordingRunner(pool)
+        outcomes, failures = score_partitions(runner, cfg, model, days, "run")
+    assert failures == [] and [(o.partition, o.status) for o in outcomes] == [
+        (d, "scored") for d in days
+    ]
+    assert runner.submitted.count("publish-partition") == 1
+    assert runner.submitted[-1] == "publish-partition"
+    for day in days:
+        manifest = _manifest(Path(cfg.store), day)
+        assert manifest["status"] == "scored"
+        assert (Path(cfg.store) / "drift" / f"dt={day}").is_dir()
