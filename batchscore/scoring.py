@@ -93,10 +93,13 @@ class ChunkResult:
     reused: bool = False
 
 
+STAGING = "_staging"  # under the store: work in progress, one folder per partition attempt
+
+
 def staging_location(config: Config, plan: PartitionPlan, model: ModelRef) -> Location:
     # Keyed by what determines the output, so a rerun of the same work finds its chunks.
     return Location(config.store).child(
-        "_staging", f"dt={plan.partition}-{model.version}-{plan.fingerprint}"
+        STAGING, f"dt={plan.partition}-{model.version}-{plan.fingerprint}"
     )
 
 
@@ -422,6 +425,7 @@ def publish_partition(
         )
         store.publish_dir(staging.child("quarantine"), "quarantine", f"dt={plan.partition}")
         staging.delete_dir()
+        _drop_abandoned_staging(store, plan.partition)
         return PartitionOutcome(
             plan.partition, "held", plan.rows_in, 0, quarantined, seconds, (reason,)
         )
@@ -462,6 +466,7 @@ def publish_partition(
     )
     store.publish_dir(staging.child("scores"), "scores", f"dt={plan.partition}")
     staging.delete_dir()
+    _drop_abandoned_staging(store, plan.partition)
     reused = sum(r.reused for r in results)
     rows = drift.select(["feature", "method", "statistic", "threshold", "drifted"]).to_pylist()
     return PartitionOutcome(
@@ -477,6 +482,16 @@ def publish_partition(
         drift_report=html_report_uri(store, plan.partition),
         drift_warnings=measured.warnings,
     )
+
+
+def _drop_abandoned_staging(store: Location, partition: str) -> None:
+    """Delete what other attempts at this partition staged: a run that was killed and never
+    resumed under the same key (other files, model, validation settings, or cut into chunks
+    for other workers). Only the run holding the partition's lease publishes it, so no live
+    run is writing there."""
+    for entry in store.list(STAGING):
+        if entry.base_name.startswith(f"dt={partition}-"):
+            store.delete_dir(STAGING, entry.base_name)
 
 
 @dataclass(frozen=True)

@@ -167,7 +167,9 @@ def test_scores_do_not_depend_on_workers_or_chunk_size(sample, prefect_api, tmp_
     assert np.max(np.abs(one.column("score").to_numpy() - two.column("score").to_numpy())) <= 1e-12
 
 
-def test_chunks_staged_by_a_run_with_other_workers_are_not_reused(sample, prefect_api, tmp_path):
+def test_chunks_staged_by_a_run_with_other_workers_are_not_reused_and_are_deleted(
+    sample, prefect_api, tmp_path
+):
     """A large row group is cut into one range per worker, so the cut depends on the worker
     count: a run resumed with other workers (or on a machine with other cores) must not mix
     in chunks a killed run staged for another cut. It did: the accounting check refused to
@@ -201,10 +203,19 @@ def test_chunks_staged_by_a_run_with_other_workers_are_not_reused(sample, prefec
     two = partitions.plan_partition(load_config(paths[2]), day, model)
     assert len(two.chunks) != len(plan.chunks)  # the sample's row groups are cut differently
 
+    other_day = store / "_staging" / "dt=2026-10-06-v0001-0123456789abcdef"
+    (other_day / "chunks").mkdir(parents=True)
+    (other_day / "chunks" / "part-00000.json").write_text("{}")
+
     assert score(config=str(paths[2]), return_state=True).is_completed()
     manifest = _manifest(store, day)
     assert manifest["status"] == "scored" and manifest["reused_chunks"] == 0
     assert two.fingerprint != plan.fingerprint
+    # Publishing the partition deleted what the killed attempt had staged for it, and only
+    # that: another partition's staged work waits for its own run.
+    assert [p.name for p in (store / "_staging").iterdir() if not p.name.startswith(".")] == [
+        other_day.name
+    ]
     assert manifest["rows_in"] == sum(
         pq.ParquetFile(f).metadata.num_rows for f in (source / "incoming" / f"dt={day}").iterdir()
     )
