@@ -231,7 +231,7 @@ def score_partitions(
                     publish_partition,
                     {
                         "config": cfg,
-                        "plan": plan,
+                        "partition_plan": plan,
                         "model": model,
                         "results": Sealed(results),
                         "run_id": run_id,

@@ -83,15 +83,15 @@ def prepare_worker(config: Config, model: ModelRef) -> None:
     scoring.prepare_worker(config, model)
 
 
-@task(name="publish-partition", task_run_name="publish {plan.partition}", **TASK_DEFAULTS)
+@task(name="publish-partition", task_run_name="publish {partition_plan.partition}", **TASK_DEFAULTS)
 def publish_partition(
     config: Config,
-    plan: PartitionPlan,
+    partition_plan: PartitionPlan,
     model: ModelRef,
     results: Sealed[list[ChunkResult]],
     run_id: str,
 ) -> PartitionOutcome:
-    outcome = scoring.publish_partition(config, plan, model, results.value, run_id)
+    outcome = scoring.publish_partition(config, partition_plan, model, results.value, run_id)
     _log(outcome)
     if outcome.status == "held":
         raise PartitionHeld(outcome)  # the task run ends Failed with the reason
