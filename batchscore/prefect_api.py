@@ -112,6 +112,9 @@ class TemporaryServer:
 
 
 _early: TemporaryServer | None = None
+# The URLs of every temporary server this process started early, stopped ones included:
+# Prefect reads its settings once, so after a first run they still name that run's server.
+_ours: set[str] = set()
 
 
 def start_early() -> bool:
@@ -131,6 +134,7 @@ def start_early() -> bool:
     if os.environ.get("PREFECT_API_URL") or _maybe_configured():
         return False
     _early = TemporaryServer()
+    _ours.add(_early.api_url)
     os.environ["PREFECT_API_URL"] = _early.api_url
     return True
 
@@ -157,10 +161,12 @@ def one_api() -> Iterator[str]:
     global _early
     early, _early = _early, None
     configured = get_current_settings().api.url
-    if early is not None and configured == early.api_url:
+    stale = configured in _ours and (early is None or configured != early.api_url)
+    if early is not None and (configured == early.api_url or stale):
         try:
             early.wait_ready()
-            yield early.api_url
+            with temporary_settings({PREFECT_API_URL: early.api_url}):
+                yield early.api_url
         finally:
             _drain()
             os.environ.pop("PREFECT_API_URL", None)
@@ -168,7 +174,7 @@ def one_api() -> Iterator[str]:
         return
     if early is not None:
         early.stop()
-    if configured:
+    if configured and not stale:
         yield str(configured)
         return
     # Prefect's own server class: a thread that runs without this context's settings asks

@@ -270,3 +270,33 @@ def test_models_without_an_action_is_a_usage_error(capsys):
 
     assert info.value.code == 2
     assert "the following arguments are required: action" in capsys.readouterr().err
+
+
+def test_workers_are_started_early_only_for_work_that_needs_them(
+    trained: dict, tmp_path: Path, monkeypatch
+):
+    """A score run whose pending rows fit in one chunk, with no realised performance to
+    measure, runs in the CLI's process: starting the workers' fork server beside it only
+    took its CPU. Anything else starts it early, as does any doubt."""
+    from batchscore import cli, workers
+    from batchscore.config import load_config
+
+    path, _ = _config_for(trained, "after-one", tmp_path)
+    config = load_config(write_config(path, path.read_text(), scoring={"chunk_rows": 100_000}))
+    started = []
+    monkeypatch.setattr(workers, "start_early", lambda: started.append(True))
+
+    def starts(run) -> bool:
+        started.clear()
+        cli._start_workers_early(config, run)
+        return bool(started)
+
+    assert not starts(("2026-10-12", False))  # ~21,000 rows, no labels
+    assert starts((None, False))  # 14 partitions, ~294,000 rows > chunk_rows
+    assert starts(("2026-10-05", True))  # labelled: its performance is measured in workers
+    assert starts(None)  # `demo`: no check
+    broken = load_config(_config_for(trained, "after-one", tmp_path / "broken")[0])
+    shutil.rmtree(broken.store)  # no champion: the flow will say so; the guess is "start"
+    started.clear()
+    cli._start_workers_early(broken, ("2026-10-12", False))
+    assert started

@@ -48,6 +48,34 @@ def test_a_server_started_early_is_the_one_api_and_is_stopped_after():
     assert done.stdout.strip().endswith("ok")
 
 
+def test_a_second_run_in_the_same_process_gets_its_own_server():
+    """`batchscore.cli.main` called twice in one process (a notebook, a script, a test): the
+    first run's early server is gone, and Prefect's settings, read once, still name it. The
+    second run must use its own server, not that one (it was refused a connection)."""
+    done = _run(
+        """
+        import batchscore.prefect_api as api
+
+        urls = []
+        for _ in range(2):
+            api.start_early()
+            with api.one_api() as url:
+                from prefect import flow
+
+                @flow
+                def one() -> int:
+                    return 1
+
+                assert one() == 1
+                urls.append(url)
+        assert urls[0] != urls[1], urls
+        print("ok")
+        """
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().endswith("ok")
+
+
 def test_a_configured_api_starts_no_server():
     done = _run(
         """
