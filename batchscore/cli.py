@@ -198,8 +198,7 @@ def _score(config, partition: str | None, rescore: bool) -> int:
     from flows.score import score
 
     started = time.time()
-    # With a temporary server: its imports run while we wait
-    _start_workers_early(config, (partition, rescore))
+    _start_workers_early(config, (partition, rescore))  # booting a server: while we wait
     with one_api():  # reuses the demo's API when there is one
         state = score(config=config.path, partition=partition, rescore=rescore, return_state=True)
     outcomes = state.result(raise_on_failure=False)
@@ -217,7 +216,11 @@ def _start_workers_early(config, run: tuple[str | None, bool] | None = None) -> 
     With a Prefect API already running, right away: its imports run beside this process's.
     With a temporary server booting, once this process's imports are done (the CLI calls it
     again then): three processes importing at once on two cores slowed all three, and a run
-    of one small partition by 2-3 s. Calling it twice starts one server."""
+    of one small partition by 2-3 s. Only the first call of a process decides."""
+    global _workers_decided
+    if _workers_decided:
+        return
+    _workers_decided = True
     if config.scoring.runner != "process":
         return
     if run is not None and _runs_in_this_process(config, *run):
@@ -227,25 +230,34 @@ def _start_workers_early(config, run: tuple[str | None, bool] | None = None) -> 
     workers.start_early()
 
 
+_workers_decided = False
+
+
 def _runs_in_this_process(config, partition: str | None, rescore: bool) -> bool:
     """Whether a score run will do all its work in this process, by what the store holds now:
     everything pending fits in one chunk (by the Parquet footers; the flow then scores it here)
     and no labelled partition needs realised performance (measured in workers). Then a fork
     server would only take CPU from this process: a 20,000-row partition took 6.7 s instead
     of 5.8 s with a temporary server, 3.1 s instead of 2.6 s with an API running. A guess, a
-    few file reads: any doubt (an error, a partition arriving meanwhile) costs time, never
-    results, as a pool starts its fork server when it first needs a worker."""
+    few file reads, the cheap ones first: any doubt (an error, a partition arriving meanwhile)
+    costs time, never results, as a pool starts its fork server when it first needs a
+    worker. Asked of local folders only: on an object store the reads are round trips (a
+    manifest per labelled partition), and the fork server starts early as before."""
     try:
         from batchscore import partitions, performance
         from batchscore.registry import Registry
+        from batchscore.storage import Location
 
+        if not (Location(config.store).is_local and Location(config.source).is_local):
+            return False
         model = Registry(config.store, config.dataset.name).champion_ref()
         found = partitions.discover(config).partitions
         candidates = [p for p in found if partition is None or p == partition]
         todo = partitions.pending(config, model, candidates, rescore)
-        if performance.pending(config) or set(todo) & set(performance.labelled_partitions(config)):
+        if not partitions.rows_at_most(config, todo, config.scoring.chunk_rows):
             return False
-        return partitions.rows_at_most(config, todo, config.scoring.chunk_rows)
+        labelled = set(performance.labelled_partitions(config))
+        return not (labelled & set(todo) or performance.pending(config))
     except Exception:  # noqa: BLE001 - a guess: the flow reports real problems
         return False
 

@@ -286,17 +286,19 @@ def test_workers_are_started_early_only_for_work_that_needs_them(
     started = []
     monkeypatch.setattr(workers, "start_early", lambda: started.append(True))
 
-    def starts(run) -> bool:
+    def starts(run, cfg=config) -> bool:
         started.clear()
-        cli._start_workers_early(config, run)
+        monkeypatch.setattr(cli, "_workers_decided", False)  # a new process
+        cli._start_workers_early(cfg, run)
         return bool(started)
 
     assert not starts(("2026-10-12", False))  # ~21,000 rows, no labels
     assert starts((None, False))  # 14 partitions, ~294,000 rows > chunk_rows
     assert starts(("2026-10-05", True))  # labelled: its performance is measured in workers
     assert starts(None)  # `demo`: no check
+    started.clear()
+    cli._start_workers_early(config, None)  # the CLI's second call: decided already
+    assert not started
     broken = load_config(_config_for(trained, "after-one", tmp_path / "broken")[0])
     shutil.rmtree(broken.store)  # no champion: the flow will say so; the guess is "start"
-    started.clear()
-    cli._start_workers_early(broken, ("2026-10-12", False))
-    assert started
+    assert starts(("2026-10-12", False), broken)
