@@ -424,8 +424,7 @@ def publish_partition(
             HELD,
         )
         store.publish_dir(staging.child("quarantine"), "quarantine", f"dt={plan.partition}")
-        staging.delete_dir()
-        _drop_abandoned_staging(store, plan.partition)
+        _delete_staging(store, plan.partition)
         return PartitionOutcome(
             plan.partition, "held", plan.rows_in, 0, quarantined, seconds, (reason,)
         )
@@ -465,8 +464,7 @@ def publish_partition(
         SUCCESS,
     )
     store.publish_dir(staging.child("scores"), "scores", f"dt={plan.partition}")
-    staging.delete_dir()
-    _drop_abandoned_staging(store, plan.partition)
+    _delete_staging(store, plan.partition)
     reused = sum(r.reused for r in results)
     rows = drift.select(["feature", "method", "statistic", "threshold", "drifted"]).to_pylist()
     return PartitionOutcome(
@@ -484,11 +482,11 @@ def publish_partition(
     )
 
 
-def _drop_abandoned_staging(store: Location, partition: str) -> None:
-    """Delete what other attempts at this partition staged: a run that was killed and never
-    resumed under the same key (other files, model, validation settings, or cut into chunks
-    for other workers). Only the run holding the partition's lease publishes it, so no live
-    run is writing there."""
+def _delete_staging(store: Location, partition: str) -> None:
+    """Delete every staging folder of this partition once it is published: this attempt's,
+    and what other attempts left, runs killed and never resumed under the same key (other
+    files, model, validation settings, or cut into chunks for other workers). Only the run
+    holding the partition's lease publishes it, so no live run is writing there."""
     for entry in store.list(STAGING):
         if entry.base_name.startswith(f"dt={partition}-"):
             store.delete_dir(STAGING, entry.base_name)
