@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,17 @@ from helpers import write_config
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# Prefect's home (its profiles, result storage and the temporary server's SQLite database)
+# is private to the session, set before Prefect is imported: the suite must neither read a
+# developer's profile nor grow ~/.prefect/prefect.db run after run (it held 300 retrain flow
+# runs from earlier suites on one machine, past the API's default page of 200).
+_PREFECT_HOME = tempfile.mkdtemp(prefix="batchscore-tests-prefect-")
+os.environ["PREFECT_HOME"] = _PREFECT_HOME
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_PREFECT_HOME, ignore_errors=True)
+
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "data" / "sample"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -105,6 +106,7 @@ def test_drift_starts_exactly_one_retrain_and_labels_give_realised_performance(
     train(config, reason="first")
     registry = Registry(config.store, config.dataset.name)
 
+    started = datetime.now(UTC)
     assert score(config=str(fast_sample), return_state=True).is_completed()
     triggered = [r for r in registry.retrains() if r.get("trigger")]
     assert len(triggered) == 1
@@ -117,10 +119,18 @@ def test_drift_starts_exactly_one_retrain_and_labels_give_realised_performance(
 
     # The retrain is a flow run of its own in the Prefect API.
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+    from prefect.client.schemas.filters import (
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterStartTime,
+    )
 
     with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["retrain"])))
+        runs = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["retrain"])),
+            flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(after_=started)),
+        )
     mine = [r for r in runs if r.parameters.get("config") == config.path]
     assert len(mine) == 1 and mine[0].state.is_completed()
     assert mine[0].parameters["event_id"] == trigger["event_id"]
