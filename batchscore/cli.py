@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import os
+import signal
 import sys
 import time
 
@@ -429,12 +430,39 @@ def run() -> None:
     0.7-0.8 s here on every command; the exit handlers (logging's flush, Prefect's workers,
     multiprocessing's) run, the output streams are flushed, and the process ends without it.
     An exception still ends the process the usual way, with its traceback.
+
+    Ctrl-C or SIGTERM ends the command with code 130 or 143, once its flow run is recorded
+    as Crashed, its workers are stopped and its temporary server is stopped. Nothing is
+    lost: published partitions stay complete, and chunks already scored stay staged for the
+    next run. (Prefect's flow engine turns SIGTERM into a crash of the run, then delivers
+    it again to the handler it found: this one, not the default that ended the process
+    there and left the server to stop on its own.)
     """
-    code = main()
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        code = main()
+    except KeyboardInterrupt:
+        code = 128 + _signalled
+        print(
+            "batchscore: interrupted. Partitions already published are complete; chunks"
+            " already scored stay staged in the store's _staging/ and the next run of the"
+            " same work reuses them.",
+            file=sys.stderr,
+        )
     atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+_signalled = signal.SIGINT
+
+
+def _interrupt(signum, frame):
+    """SIGTERM handled as Ctrl-C is: a KeyboardInterrupt, which every cleanup sees."""
+    global _signalled
+    _signalled = signum
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -58,11 +58,13 @@ class TemporaryServer:
         self.port = _free_port()
         spec = importlib.util.find_spec("prefect")
         site = str(Path(spec.origin).parent.parent)  # the folder holding the prefect package
+        on_main_thread = threading.current_thread() is threading.main_thread()
         self.process = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
-                "uvicorn",
+                "batchscore.api_server",
+                str(os.getpid() if on_main_thread else 0),
                 "--app-dir",
                 site,
                 "--factory",
@@ -77,6 +79,7 @@ class TemporaryServer:
                 "on",
             ],
             env=self._env,
+            start_new_session=True,  # see batchscore/api_server.py
         )
 
     @property

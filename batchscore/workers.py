@@ -23,6 +23,9 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import select
+import threading
+import time
 
 # What every scoring worker imports: the score flow (every task run's context holds it, and
 # importing it installs `flows/__init__.py`'s changes to Prefect), the tasks (Prefect,
@@ -58,6 +61,37 @@ def forkserver_context():
     os.environ.setdefault("MIMALLOC_PURGE_DELAY", "50")
     context.set_forkserver_preload(PRELOAD)
     return context
+
+
+def exit_with(pid: int) -> None:
+    """A pool worker's initializer: end this worker as soon as process `pid` (the flow's)
+    ends, however it ends.
+
+    A worker is the fork server's child, not the flow process's, and it holds its task
+    queue's both ends, so nothing told it: after a flow process killed with SIGKILL (the
+    OOM killer, `kill -9`), its workers scored the chunks already queued to them and then
+    waited for more, with the fork server, for good. A chunk cut short is not lost work
+    nor half a result: it is staged whole or not at all."""
+
+    def watch() -> None:
+        try:
+            select.select([os.pidfd_open(pid)], [], [])  # readable once it has ended
+        except (AttributeError, OSError):  # no pidfd here (or it has ended already)
+            while _alive(pid):
+                time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-flow", daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def start_early() -> None:

@@ -10,12 +10,15 @@ was published.
 from __future__ import annotations
 
 import multiprocessing
+import os
+import sys
 import threading
 import time
 from contextlib import ExitStack, suppress
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.exceptions import ExternalSignal
 from prefect.runtime import deployment, flow_run
 from prefect.states import Completed, Failed
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner
@@ -24,7 +27,7 @@ from batchscore.config import Config, load_config
 from batchscore.policy import RetrainDecision
 from batchscore.registry import ModelRef
 from batchscore.scoring import PartitionHeld, PartitionOutcome
-from batchscore.workers import forkserver_context
+from batchscore.workers import exit_with, forkserver_context
 from flows.retrain import retrain
 from tasks.common import Sealed
 from tasks.performance import find_labelled, measure_performance, report_performance
@@ -58,7 +61,7 @@ def score(config: str = "batchscore.toml", partition: str | None = None, rescore
         outcomes, failures = score_partitions(runner, cfg, model, todo, run_id)
         performance = measure_all(runner, cfg, run_id)
     except BaseException:
-        workers.close()
+        workers.__exit__(*sys.exc_info())  # an interrupt stops them at once
         raise
     finally:
         release_partitions(leases)
@@ -130,7 +133,13 @@ class _Multiprocessing:
 
 class ForkedProcessPool(ProcessPoolTaskRunner):
     """Prefect's process pool, its workers forked from a server that already imported what
-    they need (`batchscore.workers`): milliseconds to start a worker instead of seconds."""
+    they need (`batchscore.workers`): milliseconds to start a worker instead of seconds.
+    Its workers end with the process that started the pool (`workers.exit_with`)."""
+
+    def __init__(self, max_workers: int | None = None, **kwargs):
+        kwargs.setdefault("initializer", exit_with)
+        kwargs.setdefault("initargs", (os.getpid(),))
+        super().__init__(max_workers=max_workers, **kwargs)
 
     def __enter__(self):
         context = forkserver_context()
@@ -146,6 +155,16 @@ class ForkedProcessPool(ProcessPoolTaskRunner):
             return super().__enter__()
         finally:
             runners.multiprocessing = real
+
+    def __exit__(self, exc_type, exc_value, traceback):
+        """On an interrupt (Ctrl-C, or SIGTERM as Prefect's TerminationSignal), stop the
+        workers now: Prefect's exit waits for the chunks they are scoring, and the ones
+        queued next. Chunks already staged are kept; the next run reuses them."""
+        if exc_type is not None and issubclass(exc_type, (KeyboardInterrupt, ExternalSignal)):
+            processes = getattr(self._executor, "_processes", None) or {}
+            for process in list(processes.values()):
+                process.terminate()
+        super().__exit__(exc_type, exc_value, traceback)
 
 
 def score_partitions(
