@@ -138,7 +138,10 @@ def _server_among(processes: dict[int, str]) -> bool:
 
 @pytest.mark.parametrize(
     ("how", "signum"),
-    [("Ctrl-C in the terminal", signal.SIGINT), ("kill", signal.SIGTERM)],
+    [
+        pytest.param("Ctrl-C in the terminal", signal.SIGINT, id="ctrl-c"),
+        pytest.param("kill", signal.SIGTERM, id="sigterm"),
+    ],
 )
 def test_an_interrupted_run_ends_crashed_leaves_nothing_running_and_the_next_resumes(
     victim, how, signum
