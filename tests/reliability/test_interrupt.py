@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -109,7 +110,7 @@ def _processes_of(command: int) -> dict[int, str]:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        server = b"batchscore.api_server" in argv and str(command).encode() in argv
+        server = int(stat[1]) == command and b"batchscore.api_server" in argv  # stat[1]: ppid
         if int(stat[2]) == command or server:  # stat[2]: the process group
             found[int(entry.name)] = stat[19]  # its start time
     return found
@@ -126,6 +127,26 @@ def _still_running(processes: dict[int, str], within: float = 15.0) -> list[int]
         if not left or time.time() > deadline:
             return left
         time.sleep(0.1)
+
+
+@contextmanager
+def _signalled_at_a_staged_chunk(config: Path):
+    """Start the command, wait for a staged chunk, and yield (its process, its processes)
+    for the test to signal; whatever the test's outcome, nothing it started is left."""
+    proc = _start(config)
+    processes: dict[int, str] = {}
+    try:
+        _wait_for_a_staged_chunk(proc, config)
+        processes = _processes_of(proc.pid)
+        assert len(processes) >= 4 and _server_among(processes), processes
+        yield proc, processes
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for pid in _still_running(processes, within=0):  # by start time: not a recycled pid
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc.communicate()
 
 
 def _server_among(processes: dict[int, str]) -> bool:
@@ -155,20 +176,16 @@ def test_an_interrupted_run_ends_crashed_leaves_nothing_running_and_the_next_res
     )
 
     started = datetime.now(UTC)
-    proc = _start(victim)
-    _wait_for_a_staged_chunk(proc, victim)
-    processes = _processes_of(proc.pid)
-    assert len(processes) >= 4 and _server_among(processes), processes
-    if signum == signal.SIGINT:
-        os.killpg(proc.pid, signal.SIGINT)  # what the terminal does: the whole group
-    else:
-        os.kill(proc.pid, signal.SIGTERM)
-    output, _ = proc.communicate(timeout=120)
-
-    assert proc.returncode == 128 + signum, output
-    assert "batchscore: interrupted" in output
-    assert "Traceback" not in output
-    assert _still_running(processes) == []
+    with _signalled_at_a_staged_chunk(victim) as (proc, processes):
+        if signum == signal.SIGINT:
+            os.killpg(proc.pid, signal.SIGINT)  # what the terminal does: the whole group
+        else:
+            os.kill(proc.pid, signal.SIGTERM)
+        output, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 128 + signum, output
+        assert "batchscore: interrupted" in output
+        assert "Traceback" not in output
+        assert _still_running(processes) == []
 
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(
@@ -192,10 +209,7 @@ def test_a_run_killed_with_sigkill_leaves_no_process_behind(victim):
     """Nothing of the command runs after SIGKILL (the OOM killer, `kill -9`): its workers
     and its temporary server must notice it is gone. The kill-and-resume results are
     tests/reliability/test_crash_and_writers.py's; this checks the processes."""
-    proc = _start(victim)
-    _wait_for_a_staged_chunk(proc, victim)
-    processes = _processes_of(proc.pid)
-    assert len(processes) >= 4 and _server_among(processes), processes
-    os.kill(proc.pid, signal.SIGKILL)  # the command alone, not its group
-    proc.communicate(timeout=60)
-    assert _still_running(processes) == []
+    with _signalled_at_a_staged_chunk(victim) as (proc, processes):
+        os.kill(proc.pid, signal.SIGKILL)  # the command alone, not its group
+        proc.communicate(timeout=60)
+        assert _still_running(processes) == []
