@@ -11,7 +11,8 @@ own process), and so does importing Prefect and the flows here. The CLI
 calls `start_early()` before its heavy imports, so the two happen side by side instead of
 one after the other. The server is the one Prefect's `SubprocessASGIServer` runs (uvicorn
 with `prefect.server.api.server:create_app`, UI off), started without importing Prefect's
-server code into this process.
+server code into this process, in a session of its own and ending with this process
+(`batchscore/api_server.py`).
 """
 
 from __future__ import annotations
