@@ -68,3 +68,25 @@ def where_am_i() -> dict:
         "collections_loaded": "prefect_dask" in sys.modules,
         "mimalloc_purge_delay": os.environ.get("MIMALLOC_PURGE_DELAY"),
     }
+
+
+def start_score(config: Path, *, temporary_server: bool = False):
+    """`batchscore score --config CONFIG` as a subprocess in a process group of its own (as a
+    terminal starts a job), output and errors together in `stdout`. With
+    `temporary_server`, without the session's PREFECT_API_URL: the command boots its own
+    server (on the session's PREFECT_HOME, so on the session API's database)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "GX_ANALYTICS_ENABLED": "false"}
+    if temporary_server:
+        env.pop("PREFECT_API_URL", None)
+    return subprocess.Popen(
+        [str(Path(sys.executable).parent / "batchscore"), "score", "--config", str(config)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        text=True,
+    )

@@ -17,15 +17,13 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from helpers import write_config
+from helpers import start_score, write_config
 from objectstore import download, keys, new_bucket, upload
 
 from batchscore.config import load_config
@@ -34,7 +32,6 @@ from flows.score import score
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "data" / "sample"
-BIN = Path(sys.executable).parent
 DAYS = [f"2026-10-{d:02d}" for d in range(1, 7)]
 
 
@@ -101,18 +98,6 @@ def _finished_chunks(stores) -> set[str]:
     return {p.parent.parent.name for p in Path(store).glob("_staging/*/chunks/*.json")}
 
 
-def _start(config: Path) -> subprocess.Popen:
-    env = {**os.environ, "GX_ANALYTICS_ENABLED": "false"}
-    return subprocess.Popen(
-        [str(BIN / "batchscore"), "score", "--config", str(config)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        text=True,
-    )
-
-
 def _children(pid: int) -> list[int]:
     out = []
     for entry in Path("/proc").iterdir():
@@ -153,7 +138,7 @@ def test_kill_at_random_points_then_resume_gives_the_uninterrupted_scores(stores
     rng = np.random.default_rng(20261121)
     kills = []
     # First kill: as soon as a chunk has finished, so that the next run must reuse it.
-    proc = _start(configs["victim"])
+    proc = start_score(configs["victim"])
     deadline = time.time() + 180
     while not _finished_chunks(stores) and time.time() < deadline:
         time.sleep(0.1)
@@ -165,7 +150,7 @@ def test_kill_at_random_points_then_resume_gives_the_uninterrupted_scores(stores
 
     random_kills = 2 if on_s3 else 4
     for i in range(random_kills):
-        proc = _start(configs["victim"])
+        proc = start_score(configs["victim"])
         time.sleep(float(rng.uniform(2.0, 14.0)))
         if i % 2 == 0 and (workers := _children(proc.pid)):
             os.kill(int(rng.choice(workers)), signal.SIGKILL)  # one worker dies
@@ -177,7 +162,7 @@ def test_kill_at_random_points_then_resume_gives_the_uninterrupted_scores(stores
             proc.wait()
         _assert_readers_see_only_complete_partitions(_victim(stores), on_s3)
 
-    final = _start(configs["victim"])
+    final = start_score(configs["victim"])
     output, _ = final.communicate(timeout=600)
     assert final.returncode == 0, output
     victim = _victim(stores)
@@ -203,7 +188,7 @@ def test_kill_at_random_points_then_resume_gives_the_uninterrupted_scores(stores
 @pytest.mark.parametrize("stores", ["local"], indirect=True)
 def test_two_writers_never_score_the_same_partition_twice(stores):
     configs = stores["configs"]
-    first, second = _start(configs["victim"]), _start(configs["victim"])
+    first, second = start_score(configs["victim"]), start_score(configs["victim"])
     outputs = [p.communicate(timeout=600)[0] for p in (first, second)]
     assert first.returncode == 0 and second.returncode == 0, outputs
     store = _victim(stores)

@@ -16,21 +16,19 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from helpers import write_config
+from helpers import start_score, write_config
 
 from batchscore.config import load_config
 from batchscore.training import train
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "data" / "sample"
-BIN = Path(sys.executable).parent
 DAYS = [f"2026-10-{d:02d}" for d in range(1, 7)]
 
 
@@ -62,21 +60,6 @@ def victim(trained, tmp_path) -> Path:
     store = tmp_path / "store"
     shutil.copytree(trained["models"], store / "models")
     return _config(tmp_path / "victim.toml", trained["source"], store)
-
-
-def _start(config: Path) -> subprocess.Popen:
-    """`batchscore score` as a terminal starts it: its own process group, SIGINT not
-    ignored, and no Prefect API configured, so that it boots a temporary server (on the
-    session's PREFECT_HOME: the same database as the session's API)."""
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    return subprocess.Popen(
-        [str(BIN / "batchscore"), "score", "--config", str(config)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        text=True,
-    )
 
 
 def _staged_chunks(config: Path) -> list[Path]:
@@ -133,7 +116,7 @@ def _still_running(processes: dict[int, str], within: float = 15.0) -> list[int]
 def _signalled_at_a_staged_chunk(config: Path):
     """Start the command, wait for a staged chunk, and yield (its process, its processes)
     for the test to signal; whatever the test's outcome, nothing it started is left."""
-    proc = _start(config)
+    proc = start_score(config, temporary_server=True)
     processes: dict[int, str] = {}
     try:
         _wait_for_a_staged_chunk(proc, config)
@@ -196,7 +179,7 @@ def test_an_interrupted_run_ends_crashed_leaves_nothing_running_and_the_next_res
     assert run.state.is_crashed(), run.state
 
     staged = len(_staged_chunks(victim))
-    again = _start(victim)
+    again = start_score(victim, temporary_server=True)
     output, _ = again.communicate(timeout=600)
     assert again.returncode == 0, output
     store = Path(load_config(victim).store)
