@@ -4,6 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample"
+
+
+def copy_sample(source: Path, days: list[str]) -> Path:
+    """The sample's incoming partitions of `days`, and their labels where the sample has
+    them, copied under `source` (a config's `source`); returns `source`."""
+    import shutil
+
+    for day in days:
+        for kind in ("incoming", "labels"):
+            if (SAMPLE / kind / f"dt={day}").exists():
+                shutil.copytree(SAMPLE / kind / f"dt={day}", source / kind / f"dt={day}")
+    return source
+
 
 def write_config(path: Path, text: str, **tables: dict) -> Path:
     """A config file: `text` with the given tables' keys replaced or added."""

@@ -5,13 +5,12 @@ process-pool run of the same data, ids byte for byte and scores to 1e-12."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from helpers import write_config
+from helpers import copy_sample, write_config
 from objectstore import download, keys, new_bucket, upload
 
 from batchscore.config import load_config
@@ -44,11 +43,7 @@ def runs(tmp_path_factory, prefect_api, s3_api, dask_cluster):
     """The same partitions and model scored twice: locally with the process pool, and on
     S3 with the Dask runner. Returns both stores as local folders (the S3 one downloaded)."""
     base = tmp_path_factory.mktemp("s3")
-    source = base / "source"  # the days to score, and the labels of those that have them
-    for kind in ("incoming", "labels"):
-        for day in DAYS:
-            if (SAMPLE / kind / f"dt={day}").exists():
-                shutil.copytree(SAMPLE / kind / f"dt={day}", source / kind / f"dt={day}")
+    source = copy_sample(base / "source", DAYS)
     common = dict(
         retrain={"on_drift": "off", "lightgbm": {"max_rounds": 40}},
         scoring={"chunk_rows": 8_000, "workers": 2},  # three chunks per partition

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from helpers import start_score, write_config
+from helpers import copy_sample, start_score, write_config
 from objectstore import download, keys, new_bucket, upload
 
 from batchscore.config import load_config
@@ -31,7 +31,6 @@ from batchscore.training import train
 from flows.score import score
 
 ROOT = Path(__file__).resolve().parents[2]
-SAMPLE = ROOT / "data" / "sample"
 DAYS = [f"2026-10-{d:02d}" for d in range(1, 7)]
 
 
@@ -39,10 +38,7 @@ DAYS = [f"2026-10-{d:02d}" for d in range(1, 7)]
 def reference(tmp_path_factory, prefect_api):
     """Six labelled partitions, a model trained on them, and an uninterrupted run's scores."""
     base = tmp_path_factory.mktemp("reference")
-    source = base / "source"
-    for day in DAYS:  # labelled too: the model is trained on them
-        for kind in ("incoming", "labels"):
-            shutil.copytree(SAMPLE / kind / f"dt={day}", source / kind / f"dt={day}")
+    source = copy_sample(base / "source", DAYS)  # labelled too: the model is trained on them
     config = _config(base / "reference.toml", {"source": str(source), "store": str(base / "store")})
     train(load_config(config))
     shutil.copytree(base / "store" / "models", base / "models")  # as training left them

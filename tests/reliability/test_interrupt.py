@@ -22,13 +22,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from helpers import start_score, write_config
+from helpers import copy_sample, start_score, write_config
 
 from batchscore.config import load_config
 from batchscore.training import train
 
 ROOT = Path(__file__).resolve().parents[2]
-SAMPLE = ROOT / "data" / "sample"
 DAYS = [f"2026-10-{d:02d}" for d in range(1, 7)]
 
 
@@ -36,12 +35,9 @@ DAYS = [f"2026-10-{d:02d}" for d in range(1, 7)]
 def trained(tmp_path_factory, prefect_api):
     """Six labelled partitions and a model trained on them."""
     base = tmp_path_factory.mktemp("interrupt")
-    for day in DAYS:
-        for kind in ("incoming", "labels"):
-            shutil.copytree(SAMPLE / kind / f"dt={day}", base / "source" / kind / f"dt={day}")
-    config = _config(base / "train.toml", base / "source", base / "store")
-    train(load_config(config))
-    return {"source": base / "source", "models": base / "store" / "models"}
+    source = copy_sample(base / "source", DAYS)
+    train(load_config(_config(base / "train.toml", source, base / "store")))
+    return {"source": source, "models": base / "store" / "models"}
 
 
 def _config(path: Path, source: Path, store: Path) -> Path:
