@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from helpers import write_config
+from helpers import SAMPLE, write_config
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -24,9 +24,7 @@ def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_PREFECT_HOME, ignore_errors=True)
 
 
-ROOT = Path(__file__).resolve().parent.parent
-SAMPLE = ROOT / "data" / "sample"
-SAMPLE_CONFIG = ROOT / "batchscore.toml"
+SAMPLE_CONFIG = SAMPLE.parent.parent / "batchscore.toml"
 
 
 @pytest.fixture(scope="session")

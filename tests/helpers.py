@@ -104,3 +104,22 @@ def start_score(config: Path, *, temporary_server: bool = False):
         start_new_session=True,
         text=True,
     )
+
+
+def flow_runs_since(flow: str, started, config: str) -> list:
+    """The API's runs of `flow` started after `started` with this `config` parameter (asked
+    by start time: the API answers one page, 200 runs, sorted by random id)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterStartTime,
+    )
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=[flow])),
+            flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(after_=started)),
+        )
+    return [r for r in runs if r.parameters.get("config") == config]

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from helpers import copy_sample, write_config
+from helpers import SAMPLE, copy_sample, write_config
 from objectstore import download, keys, new_bucket, upload
 
 from batchscore.config import load_config
@@ -19,7 +19,6 @@ from batchscore.training import train
 from flows.score import score
 
 ROOT = Path(__file__).resolve().parent.parent
-SAMPLE = ROOT / "data" / "sample"
 # Labelled (realised performance), broken rows in quarantine, undrifted, drifted.
 DAYS = ["2026-10-10", "2026-10-11", "2026-10-12", "2026-10-14"]
 

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
-from helpers import write_config
+from helpers import flow_runs_since, write_config
 
 from batchscore.config import load_config
 from batchscore.registry import Registry
@@ -118,20 +118,7 @@ def test_drift_starts_exactly_one_retrain_and_labels_give_realised_performance(
     assert trigger["event_id"] in meta["reason"]
 
     # The retrain is a flow run of its own in the Prefect API.
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (
-        FlowFilter,
-        FlowFilterName,
-        FlowRunFilter,
-        FlowRunFilterStartTime,
-    )
-
-    with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(
-            flow_filter=FlowFilter(name=FlowFilterName(any_=["retrain"])),
-            flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(after_=started)),
-        )
-    mine = [r for r in runs if r.parameters.get("config") == config.path]
+    mine = flow_runs_since("retrain", started, config.path)
     assert len(mine) == 1 and mine[0].state.is_completed()
     assert mine[0].parameters["event_id"] == trigger["event_id"]
 

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from helpers import copy_sample, start_score, write_config
+from helpers import copy_sample, flow_runs_since, start_score, write_config
 
 from batchscore.config import load_config
 from batchscore.training import train
@@ -146,14 +146,6 @@ def _server_among(processes: dict[int, str]) -> bool:
 def test_an_interrupted_run_ends_crashed_leaves_nothing_running_and_the_next_resumes(
     victim, how, signum
 ):
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (
-        FlowFilter,
-        FlowFilterName,
-        FlowRunFilter,
-        FlowRunFilterStartTime,
-    )
-
     started = datetime.now(UTC)
     with _signalled_at_a_staged_chunk(victim) as (proc, processes):
         if signum == signal.SIGINT:
@@ -166,12 +158,7 @@ def test_an_interrupted_run_ends_crashed_leaves_nothing_running_and_the_next_res
         assert "Traceback" not in output
         assert _still_running(processes) == []
 
-    with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(
-            flow_filter=FlowFilter(name=FlowFilterName(any_=["score"])),
-            flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(after_=started)),
-        )
-    (run,) = [r for r in runs if r.parameters.get("config") == load_config(victim).path]
+    (run,) = flow_runs_since("score", started, load_config(victim).path)
     assert run.state.is_crashed(), run.state
 
     staged = len(_staged_chunks(victim))
