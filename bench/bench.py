@@ -25,7 +25,9 @@ everything else), then measures, each in its own process:
 
 Each of (a), (b), (b'), (c), (e) and (e') runs `--repeat` times (default 3; the runs of (b)
 after the first rescore the partition) and the run with the median time is reported, with
-every run's time beside it: on a shared machine a single run is a draw.
+every run's time beside it: on a shared machine a single run is a draw. (a), (b) and (c) run
+in rounds (a, b, c, a, b, c, ...), so that a slow stretch of the machine slows one run of
+each rather than all the runs of one; b/a is also printed round by round.
 
 Peak RSS: each measurement runs under a small runner process that reports
 getrusage(RUSAGE_CHILDREN).ru_maxrss (the largest single process of the tree) and samples
@@ -479,6 +481,7 @@ def _batchscore_cmd(config: Path) -> list[str]:
 
 def setup(workdir: Path, rows: int) -> Path:
     source, store = workdir / "source", workdir / "store"
+    shutil.rmtree(store, ignore_errors=True)  # a reused --workdir: start from an empty store
     t0 = time.perf_counter()
     write_partition(source, rows, seed=1)
     config = write_config(workdir, source, store)
@@ -518,14 +521,11 @@ def run_b_repeated(workdir: Path, config: Path, label: str, repeat: int) -> dict
     return median_of(runs)
 
 
-def _child_repeated(kind: str, workdir: Path, repeat: int, key: str) -> dict:
-    """A measured child `repeat` times, each with the figures it wrote; the median run."""
-    runs = []
-    for i in range(repeat):
-        run = measure(_child(kind, workdir), workdir / f"{kind.strip('_')}-{i}.log")
-        run.update(json.loads((workdir / f"{kind}.json").read_text()))
-        runs.append(run)
-    return median_of(runs, key)
+def _child_run(kind: str, workdir: Path, i: int) -> dict:
+    """A measured child, with the figures it wrote."""
+    run = measure(_child(kind, workdir), workdir / f"{kind.strip('_')}-{i}.log")
+    run.update(json.loads((workdir / f"{kind}.json").read_text()))
+    return run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -591,12 +591,23 @@ def main(argv: list[str] | None = None) -> int:
         del compiled
 
         n = max(1, args.repeat)
-        print(f"(a) naive pipeline, {n} run(s) ...", flush=True)
-        a = _child_repeated("_naive", main_dir, n, "wall")
-        print(f"(b) batchscore score, {n} run(s) ...", flush=True)
-        b = run_b_repeated(main_dir, config, "main", n)
-        print(f"(c) bare Booster.predict, {n} run(s) ...", flush=True)
-        c = _child_repeated("_bare", main_dir, n, "predict_seconds")
+        # In rounds of (a), (b), (c), not three (a)s then three (b)s: a slow stretch of a
+        # shared machine then slows one run of each, instead of every run of one of them.
+        runs: dict[str, list[dict]] = {"a": [], "b": [], "c": []}
+        for i in range(n):
+            print(
+                f"round {i + 1} of {n}: (a) naive pipeline, (b) batchscore score, "
+                "(c) bare Booster.predict ...",
+                flush=True,
+            )
+            runs["a"].append(_child_run("_naive", main_dir, i))
+            runs["b"].append(run_b(main_dir, config, f"main-{i}", rescore=i > 0))
+            runs["c"].append(_child_run("_bare", main_dir, i))
+        a = median_of(runs["a"], "wall")
+        b = median_of(runs["b"])
+        c = median_of(runs["c"], "predict_seconds")
+        pairs = zip(runs["a"], runs["b"], strict=True)
+        b["round_ratios"] = [ra["wall"] / rb["wall"] for ra, rb in pairs]
 
         rss = {}
         for size in sizes:
@@ -625,6 +636,7 @@ def main(argv: list[str] | None = None) -> int:
                 d = base / f"warm-{label}"
                 d.mkdir(exist_ok=True)
                 cfg = write_config(d, src / "source", d / "store")
+                shutil.rmtree(d / "store", ignore_errors=True)
                 shutil.copytree(main_dir / "store" / "models", d / "store" / "models")
                 warm[label] = run_b_repeated(d, cfg, f"warm-{label}", n)
             if not args.skip_dask:
@@ -747,6 +759,11 @@ def report(n, cores, info, a, b, c, rss, small, warm) -> None:
     print()
     print(
         f"b/a rows/s: {ratio_ba:.2f}x  (against (a)'s work without imports: {ratio_ba_work:.2f}x)"
+        + (
+            "; round by round: " + ", ".join(f"{r:.2f}x" for r in b["round_ratios"])
+            if "round_ratios" in b
+            else ""
+        )
     )
     print(f"b/c rows/s: {ratio_bc:.2f}x")
     print(f"with the Prefect API already running: b'/a {ratio_wa:.2f}x, b'/c {ratio_wc:.2f}x")
