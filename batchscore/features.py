@@ -83,7 +83,9 @@ class FeatureSchema:
 
 def numeric_values(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """float64 values with nulls as NaN."""
-    as_float = pc.cast(column, pa.float64())
+    # Unsafe: an int64 beyond 2**53 becomes the nearest float, as numpy and LightGBM make it
+    # (a safe cast raises, and one such row failed its whole partition).
+    as_float = pc.cast(column, pa.float64(), safe=False)
     return pc.fill_null(as_float, np.nan).to_numpy(zero_copy_only=False)
 
 

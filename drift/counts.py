@@ -32,13 +32,14 @@ def as_float64(values: ArrayLike | Iterable[Any]) -> np.ndarray:
     if isinstance(values, pa.ChunkedArray | pa.Array):
         if not pa.types.is_floating(values.type):
             # Casting first turns nulls of int/bool columns into NaN instead of object None.
-            values = pc.cast(values, pa.float64())
+            # Unsafe: an int64 beyond 2**53 becomes the nearest float, as in numpy.
+            values = pc.cast(values, pa.float64(), safe=False)
         out = np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.float64)
     else:
         array = np.asarray(values)
         if array.dtype == object:
             # None in an object array: let pyarrow map None/NaN to null, then null to NaN.
-            array = pc.cast(pa.array(array, from_pandas=True), pa.float64()).to_numpy(
+            array = pc.cast(pa.array(array, from_pandas=True), pa.float64(), safe=False).to_numpy(
                 zero_copy_only=False
             )
         out = np.asarray(array, dtype=np.float64)

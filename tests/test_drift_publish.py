@@ -185,13 +185,33 @@ def test_drift_folder_reads_as_one_table_with_html_beside_it(published):
     assert html.startswith("<!doctype html>") and "<svg" in html and "<script" not in html
 
 
-def test_duckdb_reads_the_drift_folder(published):
-    duckdb = pytest.importorskip("duckdb", reason="DuckDB is not installed")
-    root = Path(published["config"].store) / "drift"
-    count = duckdb.sql(
+def test_readme_queries_find_the_drifted_rows_beside_not_computed_ones(published):
+    """README's pandas and DuckDB queries, as written, on a folder where a feature could not
+    be measured (`drifted` null): `query("drifted")` raised on the nulls."""
+    import duckdb
+
+    config, profile = published["config"], published["profile"]
+    rng = np.random.default_rng(9)
+    columns = _columns(rng, 2_000, shift=40.0)
+    columns["amount"][:] = np.nan  # all missing: KS and PSI of amount are not_computed
+    _publish(config, published["model"], DAYS[3], [profile.count(columns, rng.beta(2, 5, 2_000))])
+    root = Path(config.store) / "drift"
+    rows = pads.dataset(root, format="parquet", partitioning="hive").to_table().to_pylist()
+    assert any(r["status"] == "not_computed" and r["drifted"] is None for r in rows)
+    expected = sorted((str(r["dt"]), r["feature"], r["method"]) for r in rows if r["drifted"])
+    assert expected  # the shifted days drift
+
+    frame = pads.dataset(root, partitioning="hive").to_table().to_pandas().query("drifted == True")
+    assert sorted(zip(frame.dt.astype(str), frame.feature, frame.method, strict=True)) == expected
+    found = duckdb.sql(
+        "select dt, feature, method, statistic, threshold "
+        f"from read_parquet('{root}/*/*.parquet', hive_partitioning=true) where drifted"
+    ).fetchall()
+    assert sorted((str(dt), f, m) for dt, f, m, _, _ in found) == expected
+    total = duckdb.sql(
         f"select count(*) from read_parquet('{root}/*/*.parquet', hive_partitioning=true)"
-    ).fetchone()[0]
-    assert count == 3 * 6
+    ).fetchall()
+    assert total == [(len(rows),)] and len(rows) == 4 * 6
 
 
 def _run(*argv: str) -> tuple[int, str, str]:

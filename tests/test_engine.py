@@ -458,3 +458,34 @@ def test_a_label_outside_0_and_1_is_named_with_its_folder_and_column(tmp_path):
     message = str(raised.value)
     assert "labels/dt=2026-01-01" in message and "'y'" in message
     assert "binary labels must be 0 or 1; found [0.0, 1.0, 2.0]" in message
+
+
+def test_an_integer_beyond_2_to_the_53_is_quarantined_not_a_failed_partition(tmp_path):
+    """An int64 feature value that has no exact float64 (2**60 + 1) is a number outside the
+    validation band: its row goes to quarantine and the rest are scored, with drift counted.
+    A safe int-to-float cast raised on it, in the scoring matrix (which converts a whole
+    block, rejected rows too) and in the drift counts, failing the whole partition."""
+    from batchscore import partitions, scoring
+
+    config = _config(tmp_path)
+    _register(config)
+    table = _table(500, seed=4)
+    ints = table.column("integers").to_numpy(zero_copy_only=False)
+    as_int = pa.array(np.nan_to_num(ints).astype(np.int64), mask=np.isnan(ints))
+    as_int = pa.concat_arrays([as_int[:7], pa.array([2**60 + 1], pa.int64()), as_int[8:]])
+    table = table.set_column(table.schema.get_field_index("integers"), "integers", as_int)
+    folder = Path(config.source) / "incoming" / "dt=2026-01-01"
+    folder.mkdir(parents=True)
+    pq.write_table(table, folder / "part-0.parquet")
+
+    ref = Registry(config.store, "gen").champion_ref()
+    plan = partitions.plan_partition(config, "2026-01-01", ref)
+    results = [scoring.score_chunk(config, c, ref, plan, "run") for c in plan.chunks]
+    outcome = scoring.publish_partition(config, plan, ref, results, "run")
+    assert (outcome.status, outcome.rows_scored, outcome.rows_quarantined) == ("scored", 499, 1)
+    quarantined = pq.read_table(Path(config.store) / "quarantine" / "dt=2026-01-01")
+    assert quarantined.column("id").to_pylist() == [7]
+    assert "integers=1152921504606846977" in quarantined.column("reason")[0].as_py()
+    assert "outside the validation band" in quarantined.column("reason")[0].as_py()
+    report = pq.read_table(Path(config.store) / "drift" / "dt=2026-01-01").to_pylist()
+    assert {r["status"] for r in report if r["feature"] == "integers"} == {"ok"}

@@ -165,3 +165,19 @@ def test_profile_shape(profile) -> None:
 
 def _reject_constant(token: str) -> float:
     raise AssertionError(f"non-standard JSON constant {token}")
+
+
+def test_integers_without_an_exact_float64_are_read_as_the_nearest_float() -> None:
+    """An int64 beyond 2**53 is a number like any other (numpy's `astype(float)`): counting
+    it, or fitting a reference on it, used to raise on pyarrow's safe cast."""
+    import pyarrow as pa
+
+    from drift.counts import as_float64
+
+    values = pa.chunked_array([pa.array([2**60 + 1, None, 3, -(2**62) - 1], pa.int64())])
+    np.testing.assert_array_equal(as_float64(values), np.array([2.0**60, np.nan, 3.0, -(2.0**62)]))
+    np.testing.assert_array_equal(
+        as_float64(np.array([2**60 + 1, None], dtype=object)), [2.0**60, np.nan]
+    )
+    reference = NumericReference.fit(as_float64(values))
+    assert reference.count(as_float64(values)).n == 4
