@@ -119,6 +119,22 @@ def test_unseen_categories_are_rejected_only_when_the_config_says_so(profile: Tr
     assert sorted(strict.reasons) == sorted(default.reasons) == [1, 2, 3, 4, 8]
 
 
+def test_a_category_that_is_not_utf8_is_named_with_its_bytes_escaped(profile: TrainingProfile):
+    """Some writers do not validate strings: Arrow reads `zz\\xff` as a string, Python cannot
+    decode it, and describing the rejected row used to fail the chunk."""
+    values = [b"x", b"zz\xff", b"y", b"x"]
+    offsets = np.cumsum([0] + [len(v) for v in values]).astype(np.int32)
+    c = pa.Array.from_buffers(
+        pa.string(), 4, [None, pa.py_buffer(offsets.tobytes()), pa.py_buffer(b"".join(values))]
+    )
+    chunk = pa.table({"id": pa.array([1, 2, 3, 4]), "a": [1.0] * 4, "b": [1.0] * 4, "c": c})
+    for encoded in (chunk, chunk.set_column(3, "c", pc.dictionary_encode(c))):
+        verdict = validate_chunk(
+            encoded, _config(quarantine_unseen_categories=True), profile, frozenset()
+        )
+        assert verdict.reasons == {1: ["c='zz\\\\xff' is a category unseen in training"]}
+
+
 def test_a_wider_band_factor_accepts_what_the_default_rejects(profile: TrainingProfile):
     verdict = validate_chunk(_chunk(), _config(band_width_factor=2.0), profile, frozenset())
 
