@@ -418,7 +418,10 @@ def publish_partition(
                 "status": "held",
                 "reasons": [reason],
                 "rows_scored": 0,
-                "rows_quarantined": plan.rows_in,
+                # What the quarantine folder holds; the rows that passed are in neither
+                # output (still in the source), counted apart so the three add up.
+                "rows_quarantined": quarantined,
+                "rows_held": plan.rows_in - quarantined,
             },
             "quarantine",
             HELD,

@@ -280,6 +280,9 @@ def test_too_many_bad_rows_hold_the_partition_with_its_rows_in_quarantine(broken
     assert rows.num_rows == bad and set(rows.column("reason").to_pylist()) == {
         "null id customer_id"
     }
+    # The manifest accounts for what is where: the rejected rows in quarantine, the rest held.
+    assert (held["rows_in"], held["rows_scored"]) == (n, 0)
+    assert (held["rows_quarantined"], held["rows_held"]) == (bad, n - bad)
 
 
 @pytest.mark.parametrize("partition", [EMPTY_DIR, EMPTY_FILE])
