@@ -97,6 +97,21 @@ def test_sample_scores_every_partition_once_and_quarantines_the_invalid_rows(sam
     per_day = len(config.dataset.features) * 2 + 2  # two methods per feature, and __score__
     assert report.num_rows == per_day * len(SAMPLE_DAYS)
     assert _manifest(store, "2026-10-13")["drifted_features"] == sorted(injected)
+    # The statistics data/sample/README.md quotes (computed there with scipy and numpy from
+    # the raw rows): PSI to its 3 decimals, KS within that plus the sketch's 1/2048.
+    quoted = {
+        ("monthly_charges", "ks"): (0.130, 0.168, 0.210),
+        ("monthly_charges", "psi"): (0.274, 0.556, 0.778),
+        ("days_since_last_login", "ks"): (0.142, 0.207, 0.271),
+        ("days_since_last_login", "psi"): (0.159, 0.365, 0.778),
+    }
+    statistic = {
+        (str(r["partition"]), r["feature"], r["method"]): r["statistic"] for r in report.to_pylist()
+    }
+    for (feature, method), values in quoted.items():
+        for day, value in zip(("2026-10-12", "2026-10-13", "2026-10-14"), values, strict=True):
+            slack = 0.0005 + (1 / 2048 if method == "ks" else 0)
+            assert abs(statistic[day, feature, method] - value) <= slack, (day, feature, method)
 
     # Scoring again scores nothing and rewrites nothing.
     before = {p: p.stat().st_mtime_ns for p in (store / "scores").rglob("*")}
