@@ -26,6 +26,11 @@ from drift._encoding import JsonForm, decode_ints, encode_ints, frozen, loads
 
 ArrayLike = np.ndarray | pa.Array | pa.ChunkedArray
 
+# Categories unseen in the reference are also counted by name, up to this many distinct ones
+# (beyond, by their total only): a rolling window's categories are the training's plus the
+# names it saw (`drift.reference.CategoricalReference.with_counts`).
+UNSEEN_NAMES = 1_000
+
 
 def as_float64(values: ArrayLike | Iterable[Any]) -> np.ndarray:
     """A 1-D float64 view of numeric values with every missing value (null/None/NaN) as NaN."""
@@ -156,10 +161,13 @@ class CategoricalCounts(_Binned, JsonForm):
 
     `bin_counts`: one count per reference category (in `categories_` order), then the unseen
     bin (categories absent from the reference), then the missing bin.
+    `unseen`: the unseen bin by category name; None when not known (more than
+    `UNSEEN_NAMES` distinct names, or counts written before names were kept).
     """
 
     reference_id: str
     bin_counts: np.ndarray
+    unseen: dict[str, int] | None = None
 
     kind: ClassVar[str] = "categorical"
 
@@ -167,6 +175,11 @@ class CategoricalCounts(_Binned, JsonForm):
         object.__setattr__(self, "bin_counts", frozen(self.bin_counts, np.int64))
         if self.bin_counts.size < 2:
             raise ValueError("malformed categorical counts: needs unseen and missing bins")
+        if self.unseen is not None:
+            names = {str(k): int(v) for k, v in sorted(self.unseen.items()) if int(v)}
+            object.__setattr__(self, "unseen", names)
+            if sum(names.values()) != self.n_unseen:
+                raise ValueError("malformed categorical counts: unseen names and bin disagree")
 
     @property
     def n_unseen(self) -> int:
@@ -180,6 +193,7 @@ class CategoricalCounts(_Binned, JsonForm):
             isinstance(other, CategoricalCounts)
             and self.reference_id == other.reference_id
             and np.array_equal(self.bin_counts, other.bin_counts)
+            and self.unseen == other.unseen
         )
 
     __hash__ = None  # type: ignore[assignment]
@@ -189,6 +203,7 @@ class CategoricalCounts(_Binned, JsonForm):
             "kind": self.kind,
             "reference_id": self.reference_id,
             "bin_counts": encode_ints(self.bin_counts),
+            **({} if self.unseen is None else {"unseen": self.unseen}),
         }
 
     @classmethod
@@ -197,6 +212,7 @@ class CategoricalCounts(_Binned, JsonForm):
         return cls(
             reference_id=str(payload["reference_id"]),
             bin_counts=decode_ints(payload["bin_counts"]),
+            unseen=payload.get("unseen"),
         )
 
 
@@ -219,7 +235,14 @@ def merge(a: C, b: C) -> C:
             a.reference_id, a.bin_counts + b.bin_counts, a.sketch_counts + b.sketch_counts
         )
     assert isinstance(b, CategoricalCounts)
-    return CategoricalCounts(a.reference_id, a.bin_counts + b.bin_counts)  # type: ignore[return-value]
+    unseen = None
+    if a.unseen is not None and b.unseen is not None:
+        unseen = dict(a.unseen)
+        for name, n in b.unseen.items():
+            unseen[name] = unseen.get(name, 0) + n
+        if len(unseen) > UNSEEN_NAMES:  # the distinct names only grow: any order agrees
+            unseen = None
+    return CategoricalCounts(a.reference_id, a.bin_counts + b.bin_counts, unseen)  # type: ignore[return-value]
 
 
 def merge_all(parts: Iterable[C]) -> C:
@@ -299,7 +322,23 @@ def count_categorical(
     bin_counts[position_np[known]] = distinct_counts[known]
     bin_counts[-2] = int(distinct_counts[~known].sum())
     bin_counts[-1] = n_missing
-    return CategoricalCounts(reference_id, bin_counts)
+    unseen = None
+    if int((~known).sum()) <= UNSEEN_NAMES:
+        names = distinct.field("values").filter(pa.array(~known))
+        unseen = {}
+        for name, n in zip(_texts(names), distinct_counts[~known].tolist(), strict=True):
+            unseen[name] = unseen.get(name, 0) + n  # two spellings could escape alike
+    return CategoricalCounts(reference_id, bin_counts, unseen)
+
+
+def _texts(strings: pa.Array) -> list[str]:
+    """Python strings of a string array; bytes that are not UTF-8 (a writer that did not
+    validate) escaped rather than failing."""
+    try:
+        return strings.to_pylist()
+    except UnicodeDecodeError:
+        raw = strings.cast(pa.large_binary()).to_pylist()
+        return [v.decode("utf-8", "backslashreplace") for v in raw]
 
 
 def _check_kind(payload: dict[str, Any], kind: str) -> None:

@@ -102,6 +102,35 @@ def ks_statistic(reference_cells: np.ndarray, current_cells: np.ndarray) -> floa
     return max(largest_above, largest_below)
 
 
+# DESIGN.md: "a binned/sketched computation must stay within 1e-3 of the exact D".
+KS_TOLERANCE = 1e-3
+
+
+def ks_error_bound(reference_cells: np.ndarray, current_cells: np.ndarray) -> tuple[float, int]:
+    """How much higher than the sketched D the exact D can be, and in which sketch cell.
+
+    Inside an open cell (between two grid points, or beyond the outer ones) each CDF rises by
+    its share m of the values in the cell, so with d the gap F_ref - F_cur at the cell's
+    left end and d' at its right limit, F_ref - F_cur stays <= min(d + m_ref, d' + m_cur)
+    and F_cur - F_ref <= min(-d + m_cur, -d' + m_ref) in it. The exact D is at most the
+    largest of these over the cells, or the sketched D itself. For a reference fitted on raw
+    values the answer is below 1/sketch_points (see `NumericReference`); a rolling window
+    counted in the training grid can put any share of its values into one cell (all of them,
+    beyond the training maximum), and its D is then not known.
+    """
+    n_ref, n_cur = reference_cells.sum(), current_cells.sum()
+    gaps = np.cumsum(reference_cells) / n_ref - np.cumsum(current_cells) / n_cur
+    sketched = max(float(gaps.max()), float(-gaps.min()), 0.0)
+    left = np.concatenate([[0.0], gaps[1::2]])  # the gap at each open cell's left end
+    right = gaps[0::2]  # ... and at its right limit
+    m_ref, m_cur = reference_cells[0::2] / n_ref, current_cells[0::2] / n_cur
+    highest = np.maximum(
+        np.minimum(left + m_ref, right + m_cur), np.minimum(-left + m_cur, -right + m_ref)
+    )
+    cell = int(np.argmax(highest))
+    return max(float(highest[cell]) - sketched, 0.0), 2 * cell
+
+
 def ks_p_value(statistic: float, n_reference: int, n_current: int) -> float | None:
     """Asymptotic two-sided p-value exactly as `ks_2samp(method='asymp')` computes it.
 
@@ -227,6 +256,18 @@ class KS(DriftMethod):
             reason = "reference is empty"
         elif n_ref == 0:
             reason = "all reference values are missing"
+        if reason is None:
+            bound, cell = ks_error_bound(reference.sketch_counts_, counts.sketch_counts)
+            # A fitted reference's own guarantee is 1/sketch_points (below 1e-3 by default).
+            tolerance = max(KS_TOLERANCE, 1 / reference.sketch_points)
+            if bound > tolerance:
+                reason = (
+                    "the reference's KS grid cannot resolve these data: between two of its "
+                    f"points, in {reference.cell_text(cell)}, the exact D could be up to "
+                    f"{bound:.4f} above the sketch's (more than {tolerance:g}); a rolling "
+                    "window counted in the training grid, with values where training had "
+                    "few: measure against the training reference, or retrain"
+                )
         if reason is not None:
             return cls._not_computed(feature, kind, threshold, n_ref, n_cur, reason)
         d = ks_statistic(reference.sketch_counts_, counts.sketch_counts)
@@ -250,9 +291,11 @@ class PSI(DriftMethod):
             reason = "current data is empty"
         elif n_ref == 0:
             reason = "reference is empty"
+        if reason is None:
+            reason = reference.window_problem(counts)  # type: ignore[arg-type]
         if reason is not None:
             return cls._not_computed(feature, kind, threshold, n_ref, n_cur, reason)
-        value = psi(reference.counts_, counts.bin_counts)
+        value = psi(*reference.psi_counts(counts))
         return cls._ok(feature, kind, value, None, threshold, n_ref, n_cur)
 
 
@@ -270,17 +313,20 @@ class Chi2(DriftMethod):
         assert isinstance(reference, CategoricalReference)
         assert isinstance(counts, CategoricalCounts)
         n_ref, n_cur = reference.n_, counts.n
-        non_empty = int(np.count_nonzero(reference.counts_ + counts.bin_counts))
         reason = None
         if n_cur == 0:
             reason = "current data is empty"
         elif n_ref == 0:
             reason = "reference is empty"
-        elif non_empty < 2:
-            reason = "only one non-empty bin in reference and current together"
+        else:
+            reason = reference.window_problem(counts)
+        if reason is None:
+            bins = reference.psi_counts(counts)
+            if int(np.count_nonzero(bins[0] + bins[1])) < 2:
+                reason = "only one non-empty bin in reference and current together"
         if reason is not None:
             return cls._not_computed(feature, kind, threshold, n_ref, n_cur, reason)
-        cramers_v, _, p_value = chi2_homogeneity(reference.counts_, counts.bin_counts)
+        cramers_v, _, p_value = chi2_homogeneity(*bins)
         return cls._ok(feature, kind, cramers_v, p_value, threshold, n_ref, n_cur)
 
 

@@ -31,6 +31,7 @@ from drift._encoding import (
     frozen,
 )
 from drift.counts import (
+    UNSEEN_NAMES,
     ArrayLike,
     CategoricalCounts,
     Counts,
@@ -45,6 +46,10 @@ SCORE_FEATURE = "__score__"
 """Name under which the model's scores are profiled and reported (prediction drift)."""
 
 PROFILE_FORMAT = "batchscore.drift.profile/1"
+
+# A rolling window's PSI edges are taken at grid points (`NumericReference.window_edges`);
+# each may be this far (a share of the window's values) from its exact decile, and no more.
+PSI_EDGE_TOLERANCE = 1e-3
 
 
 @dataclass(frozen=True, eq=False)
@@ -71,7 +76,13 @@ class NumericReference(JsonForm):
     F(g_j) >= i/S), and there is no reference mass below g1 or above gK. Hence
     0 <= D_exact - D_sketch < 1/S, i.e. < 4.9e-4 for the default S = 2048, whatever the
     current data look like. (A reference rebuilt from merged counts with `with_counts` keeps
-    the bins but not this guarantee: its bound is max over cells of min(ref, cur) mass.)
+    the grid but not this guarantee: its bound is max over cells of min(ref, cur) mass, which
+    `drift.methods.KS` checks against DESIGN.md's 1e-3 before it reports a D.)
+
+    `window`: counts merged from partitions (`with_counts`, a rolling reference) rather than
+    fitted on raw values. Its PSI bins are then the window's own deciles, as DESIGN.md's
+    "bins from the reference alone" asks, taken at the sketch grid's resolution
+    (`psi_counts`): the training deciles would measure the window in someone else's bins.
     """
 
     edges_: np.ndarray
@@ -80,6 +91,7 @@ class NumericReference(JsonForm):
     sketch_counts_: np.ndarray
     bins: int = 10
     sketch_points: int = 2048
+    window: bool = False
 
     kind: ClassVar[str] = "numeric"
 
@@ -164,7 +176,8 @@ class NumericReference(JsonForm):
         return NumericCounts(self.reference_id, self.counts_, self.sketch_counts_)
 
     def with_counts(self, counts: NumericCounts) -> NumericReference:
-        """Same bins, counts replaced: a rolling reference built from merged partition counts."""
+        """Same grid, counts replaced: a rolling reference built from merged partition counts
+        (`window`: its PSI bins are re-derived from those counts, see `psi_counts`)."""
         _check_same_bins(self.reference_id, counts)
         return NumericReference(
             edges_=self.edges_,
@@ -173,7 +186,82 @@ class NumericReference(JsonForm):
             sketch_counts_=counts.sketch_counts,
             bins=self.bins,
             sketch_points=self.sketch_points,
+            window=True,
         )
+
+    def psi_counts(self, counts: NumericCounts) -> tuple[np.ndarray, np.ndarray]:
+        """Reference and current counts in the PSI bins, the missing bin last.
+
+        Fitted on raw values: the stored edges (exact `numpy.quantile`s). A `window`: the
+        edges of `window_edges`, and both sides' counts summed from their sketch cells,
+        exact for those bins.
+        """
+        if not self.window:
+            return self.counts_, counts.bin_counts
+        points, _ = self.window_edges()
+        bounds = np.concatenate([[0], 2 * points + 2])  # a bin ends with its point's cell
+
+        def rebinned(sketch: np.ndarray, missing: int) -> np.ndarray:
+            return np.append(np.add.reduceat(sketch, bounds), missing).astype(np.int64)
+
+        return (
+            rebinned(self.sketch_counts_, int(self.counts_[-1])),
+            rebinned(counts.sketch_counts, int(counts.bin_counts[-1])),
+        )
+
+    def window_problem(self, counts: NumericCounts) -> str | None:
+        """Why `psi_counts` cannot build a window's bins; None when it can."""
+        if not self.window:
+            return None
+        _, error = self.window_edges()
+        if error <= PSI_EDGE_TOLERANCE:
+            return None
+        return (
+            "the reference's grid cannot place this window's deciles: one is off by up to "
+            f"{error:.2%} of the window's values, which lie between two grid points (a "
+            "rolling window counted in the training grid, with values where training had "
+            "few): measure against the training reference, or retrain"
+        )
+
+    def window_edges(self) -> tuple[np.ndarray, float]:
+        """A window's PSI edges as grid indices, and how far they can be from its exact
+        deciles, as a share of its present values.
+
+        The value of rank i/bins of the window lies in one sketch cell. In a grid point's cell
+        ({g}, a point mass) the decile is g itself: exact. Strictly between two grid points the
+        nearer point (by the window's counts) is taken, off by at most the window's share in
+        that open cell; `drift.methods.PSI` reports nothing when that exceeds 1e-3.
+        """
+        cells = self.sketch_counts_
+        n = int(cells.sum())
+        if n == 0 or self.grid_.size == 0:
+            return np.empty(0, dtype=np.int64), 0.0
+        cumulative = np.cumsum(cells)
+        targets = np.arange(1, self.bins) / self.bins * n
+        cell = np.searchsorted(cumulative, targets)  # the first cell that reaches the rank
+        points, error = [], 0.0
+        for target, c in zip(targets, cell, strict=True):
+            if c % 2:  # {g_j}: the decile is g_j
+                points.append((c - 1) // 2)
+                continue
+            below = cumulative[c - 1] if c > 0 else 0  # values <= the grid point below
+            above = cumulative[c]  # values below the grid point above
+            lower, upper = c // 2 - 1, c // 2  # grid indices of the points around the cell
+            if upper >= self.grid_.size or (lower >= 0 and target - below <= above - target):
+                points.append(lower)
+                error = max(error, (target - below) / n)
+            else:
+                points.append(upper)
+                error = max(error, (above - target) / n)
+        chosen = np.unique([p for p in points if p >= 0])  # duplicate edges dropped
+        return chosen.astype(np.int64), error
+
+    def cell_text(self, cell: int) -> str:
+        """Sketch cell `cell` (even: an open interval) as text, for a reason."""
+        j, grid = cell // 2, self.grid_
+        low = f"{grid[j - 1]:.6g}" if j > 0 else "-inf"
+        high = f"{grid[j]:.6g}" if j < grid.size else "+inf"
+        return f"({low}, {high})"
 
     def to_dict(self) -> dict[str, Any]:
         # Only inner edges are stored: the outer bins are open, so +-inf never needs writing.
@@ -208,10 +296,18 @@ class CategoricalReference(JsonForm):
       `categories_` the reference's distinct non-missing categories (as strings), sorted.
       `counts_`     reference count per category, then the unseen bin (0 when fitted on raw
                     data; non-zero only for a rolling reference), then the missing bin.
+
+    `window`: counts merged from partitions (`with_counts`, a rolling reference), with
+    `unseen` the window's categories unseen in training, by name (None: not known). Its
+    categories are then those the window holds, as DESIGN.md's "one bin per reference
+    category" asks (`psi_counts`): the training's would lump every newer category into one
+    unseen bin, where two different ones cancel out.
     """
 
     categories_: tuple[str, ...]
     counts_: np.ndarray
+    window: bool = False
+    unseen: dict[str, int] | None = None
 
     kind: ClassVar[str] = "categorical"
 
@@ -260,7 +356,46 @@ class CategoricalReference(JsonForm):
     def with_counts(self, counts: CategoricalCounts) -> CategoricalReference:
         """Same categories, counts replaced: a rolling reference from merged partition counts."""
         _check_same_bins(self.reference_id, counts)
-        return CategoricalReference(categories_=self.categories_, counts_=counts.bin_counts)
+        return CategoricalReference(
+            categories_=self.categories_,
+            counts_=counts.bin_counts,
+            window=True,
+            unseen=counts.unseen,
+        )
+
+    def window_problem(self, counts: CategoricalCounts) -> str | None:
+        """Why `psi_counts` cannot build a window's bins for `counts`; None when it can."""
+        if not self.window:
+            return None
+        if self.unseen is None and self.counts_[-2]:
+            return (
+                "the window holds categories unseen in training that are not known by name "
+                f"(more than {UNSEEN_NAMES:,} of them, or counted by an older batchscore)"
+            )
+        if counts.unseen is None and counts.n_unseen and self.unseen:
+            return (
+                f"the current data hold more than {UNSEEN_NAMES:,} categories unseen in "
+                "training, not known by name, to compare with the window's"
+            )
+        return None
+
+    def psi_counts(self, counts: CategoricalCounts) -> tuple[np.ndarray, np.ndarray]:
+        """Reference and current counts per reference category, then the unseen bin, then
+        missing. A `window`'s categories are the training categories it holds and the newer
+        ones it saw (by name); anything else in the current data is unseen."""
+        if not self.window:
+            return self.counts_, counts.bin_counts
+        held = self.counts_[:-2] > 0
+        names = sorted(self.unseen or {})
+        reference = np.concatenate(
+            [self.counts_[:-2][held], [self.unseen[n] for n in names], [0, self.counts_[-1]]]
+        )
+        current_named = [(counts.unseen or {}).get(n, 0) for n in names]
+        unseen = counts.n_unseen - sum(current_named) + int(counts.bin_counts[:-2][~held].sum())
+        current = np.concatenate(
+            [counts.bin_counts[:-2][held], current_named, [unseen, counts.bin_counts[-1]]]
+        )
+        return reference.astype(np.int64), current.astype(np.int64)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -159,3 +159,72 @@ def test_categories_compared_as_strings() -> None:
         1,
         1,
     ]
+
+
+def _window(training: np.ndarray, days: list[np.ndarray]) -> CategoricalReference:
+    """A rolling reference as the pipeline makes it: days counted in the training profile's
+    categories (JSON round trip included, as `_COUNTS.json` stores them), merged."""
+    from drift import counts_from_dict, merge_all
+
+    fitted = CategoricalReference.fit(training)
+    return fitted.with_counts(
+        merge_all(counts_from_dict(fitted.count(day).to_dict()) for day in days)
+    )
+
+
+ROLLING = {
+    # the helper's case: the window added "student", the current day "senior" instead
+    "a new category each": (
+        [categories(3_000, ["basic", "plus", "student", None], [0.5, 0.4, 0.08, 0.02], 11)],
+        categories(3_000, ["basic", "plus", "senior", None], [0.5, 0.4, 0.08, 0.02], 12),
+    ),
+    # a training category the window never holds comes back in the current data
+    "a category comes back": (
+        [categories(2_000, ["basic", "plus"], [0.6, 0.4], 13)] * 2,
+        categories(2_000, ["basic", "plus", "pro", "student"], [0.5, 0.3, 0.1, 0.1], 14),
+    ),
+    "the same categories": (
+        [categories(2_500, LABELS, [0.4, 0.3, 0.2, 0.05, 0.05], 15 + i) for i in range(3)],
+        categories(2_500, LABELS, [0.3, 0.3, 0.3, 0.05, 0.05], 19),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ROLLING))
+def test_a_rolling_window_has_its_own_categories_exactly(case: str) -> None:
+    """DESIGN.md: one bin per reference category, one for categories unseen in the
+    reference, one for missing; the reference being the window, not training."""
+    training = categories(10_000, LABELS, [0.4, 0.3, 0.2, 0.1, 0.0], 10)
+    days, current = ROLLING[case]
+    window = _window(training, days)
+    counts = CategoricalReference.fit(training).count(current)
+    pooled = np.concatenate(days)
+
+    got = PSI.compute("plan", "categorical", window, counts, 0.2)
+    assert got.status == "ok"
+    assert got.statistic == pytest.approx(psi_direct(pooled, current), rel=1e-12, abs=1e-15)
+    ref_bins, cur_bins = direct_bins(pooled, current)
+    table = np.vstack([ref_bins, cur_bins])
+    table = table[:, table.sum(axis=0) > 0]
+    expected = stats.chi2_contingency(table, correction=False)
+    v = math.sqrt(expected.statistic / (table.sum() * (min(table.shape) - 1)))
+    chi2 = Chi2.compute("plan", "categorical", window, counts, 0.1)
+    assert chi2.statistic == pytest.approx(v, rel=1e-12)
+    assert chi2.p_value == pytest.approx(expected.pvalue, rel=1e-9, abs=1e-300)
+    if case == "a new category each":
+        assert got.drifted and got.statistic > 1.0  # it used to be ~0: both "unseen"
+
+
+def test_unseen_names_past_the_limit_are_not_guessed() -> None:
+    """More than UNSEEN_NAMES distinct new categories in the window: kept as a total only,
+    and the methods say why they are not computed instead of lumping them."""
+    from drift.counts import UNSEEN_NAMES
+
+    training = categories(1_000, ["a", "b"], [0.5, 0.5], 20)
+    many = np.array([f"new{i}" for i in range(UNSEEN_NAMES + 1)], dtype=object)
+    window = _window(training, [many[: UNSEEN_NAMES // 2], many[UNSEEN_NAMES // 2 :]])
+    assert window.unseen is None and window.counts_[-2] == UNSEEN_NAMES + 1
+    counts = CategoricalReference.fit(training).count(categories(500, ["a", "x"], [0.5, 0.5], 21))
+    for method in (PSI, Chi2):
+        result = method.compute("c", "categorical", window, counts, 0.1)
+        assert result.status == "not_computed" and "not known by name" in result.reason

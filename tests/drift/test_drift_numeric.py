@@ -244,3 +244,52 @@ def test_fit_rejects_bad_parameters() -> None:
         NumericReference.fit(np.arange(10.0), sketch_points=0)
     with pytest.raises(ValueError, match="1-D"):
         NumericReference.fit(np.zeros((3, 3)))
+
+
+def _window(training: np.ndarray, days: list[np.ndarray]) -> NumericReference:
+    """A rolling reference as the pipeline makes it: the days counted in the training
+    profile's bins, merged, and put in place of the training counts."""
+    from drift import merge_all
+
+    fitted = NumericReference.fit(training)
+    return fitted.with_counts(merge_all(fitted.count(day) for day in days))
+
+
+@pytest.mark.parametrize("shift", [0.0, 0.3, 1.0])
+def test_a_rolling_window_is_measured_in_its_own_deciles_and_within_1e_3_of_exact_ks(shift):
+    """DESIGN.md: PSI bins come from the reference (here the window), KS within 1e-3. The
+    window and the current day drift away from training; both stay inside its range."""
+    training = with_missing(rng(1).normal(0, 1, 50_000), 0.02, 2)
+    days = [with_missing(rng(3 + i).normal(shift, 1.1, 8_000), 0.02, 9 + i) for i in range(3)]
+    current = with_missing(rng(7).normal(shift + 0.2, 1.2, 9_000), 0.05, 8)
+    window = _window(training, days)
+    pooled = np.concatenate(days)
+    counts = NumericReference.fit(training).count(current)
+
+    ks = KS.compute("x", "numeric", window, counts, 0.1)
+    exact = stats.ks_2samp(pooled[~np.isnan(pooled)], current[~np.isnan(current)]).statistic
+    assert ks.status == "ok" and 0 <= exact - ks.statistic <= 1e-3
+    got = PSI.compute("x", "numeric", window, counts, 0.2)
+    assert got.status == "ok"
+    # Edges within 1e-3 of the window's exact deciles (in rank): PSI within a few 1e-3.
+    assert got.statistic == pytest.approx(psi_direct(pooled, current), abs=3e-3)
+    if shift >= 0.3:  # the training bins, which the window used to be measured in, miss it
+        in_training_bins = psi_direct(training, current) - psi_direct(training, pooled)
+        assert abs(in_training_bins - psi_direct(pooled, current)) > 10 * 3e-3
+
+
+def test_a_rolling_window_beyond_the_training_range_is_not_measured_in_its_grid():
+    """A window and a current day both above the training maximum, in different ranges:
+    total drift (exact D = 1) that the training grid, one open cell up there, showed as
+    D = 0 and PSI = 0. Now both say why they are not computed."""
+    training = rng(1).uniform(20, 120, 20_000)
+    window = _window(training, [rng(2).uniform(150, 185, 5_000)])
+    current = NumericReference.fit(training).count(rng(3).uniform(185, 220, 5_000))
+
+    ks = KS.compute("monthly_charges", "numeric", window, current, 0.1)
+    assert ks.status == "not_computed" and ks.statistic is None
+    assert "cannot resolve these data" in ks.reason and "up to 1.0000 above" in ks.reason
+    assert f"({training.max():.6g}, +inf)" in ks.reason
+    psi_result = PSI.compute("monthly_charges", "numeric", window, current, 0.2)
+    assert psi_result.status == "not_computed"
+    assert "cannot place this window's deciles" in psi_result.reason
