@@ -230,7 +230,119 @@ def _duplicate_ids(
         return frozenset(), 0
     if fast:
         return find_duplicate_int_ids(values[:filled])
-    return find_duplicate_ids(pa.concat_tables(tables, promote_options="permissive"), id_columns)
+    named = list(zip((rel for rel, _ in readable), tables, strict=True))
+    ids = _unified_ids(named, id_columns, problems)
+    return (frozenset(), 0) if ids is None else find_duplicate_ids(ids, id_columns)
+
+
+def _unified_ids(
+    tables: list[tuple[str, pa.Table]], id_columns: list[str], problems: list[FileProblem]
+) -> pa.Table | None:
+    """The files' id columns as one table, each column cast to one type holding every file's
+    values, so that an id repeated across files is found whatever its encoding in each file
+    (Arrow's permissive concatenation raised on dictionary beside plain strings, and on
+    integer beside string ids). None when the files' ids cannot be compared: the reasons,
+    which hold the partition like a schema problem, are in `problems`."""
+    types = [_common_id_type(tables, column, problems) for column in id_columns]
+    if problems:
+        return None
+    return pa.concat_tables(
+        [
+            pa.table(
+                [table.column(c).cast(t) for c, t in zip(id_columns, types, strict=True)],
+                names=id_columns,
+            )
+            for _, table in tables
+        ]
+    )
+
+
+# The type that holds every value of one kind of id, whatever each file's encoding:
+# dictionary, string, large_string and string_view ids are the same strings.
+_COMMON = {"string": pa.large_string(), "date": pa.date64()}
+
+
+def _common_id_type(
+    tables: list[tuple[str, pa.Table]], column: str, problems: list[FileProblem]
+) -> pa.DataType:
+    """One id column's type across the files. Ids of different kinds (integers in one file,
+    strings in another) never compare equal, so ids repeated across the files cannot be
+    found: each file is named with its type in `problems`."""
+    types = {rel: table.schema.field(column).type for rel, table in tables}
+    kinds = {rel: _id_kind(t) for rel, t in types.items()}
+    first: dict[str, str] = {}  # a file of each kind, named beside the files of the others
+    for rel, kind in kinds.items():
+        if kind is not None:
+            first.setdefault(kind, rel)
+    if len(first) > 1:
+        for rel, kind in kinds.items():
+            if kind is None:
+                continue
+            other = next(r for k, r in first.items() if k != kind)
+            problems.append(
+                FileProblem(
+                    rel,
+                    f"id column {column!r} has type {types[rel]}, but {other} has "
+                    f"{types[other]}: {' and '.join(sorted({kind, kinds[other]}))} ids never "
+                    "compare equal, so ids repeated across the files cannot be found",
+                )
+            )
+        return pa.null()
+    if len(set(types.values())) == 1:
+        return next(iter(types.values()))
+    if "integer" in first:
+        return _common_integer(tables, column, problems)
+    return _COMMON[next(iter(first))]
+
+
+def _id_kind(t: pa.DataType) -> str | None:
+    """What an id type's values are, whatever their encoding: integer, string or date; None
+    for Arrow's null type (a column of nulls only, which any type holds)."""
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    if pa.types.is_integer(t):
+        return "integer"
+    if pa.types.is_date(t):
+        return "date"
+    return None if pa.types.is_null(t) else "string"  # check_schema allows nothing else
+
+
+_INT64_MAX = 2**63 - 1
+
+
+def _common_integer(
+    tables: list[tuple[str, pa.Table]], column: str, problems: list[FileProblem]
+) -> pa.DataType:
+    """int64 when every file's ids fit it (those of any integer type but uint64 do), else
+    uint64 when none is negative. Else no 64-bit type holds them all: the files beyond
+    either side are named in `problems`."""
+    high, low = {}, {}
+    for rel, table in tables:
+        t = table.schema.field(column).type
+        values = table.column(column)
+        if pa.types.is_dictionary(t):
+            values = values.cast(t.value_type)
+        extremes = pc.min_max(values)
+        if values.type == pa.uint64() and (extremes["max"].as_py() or 0) > _INT64_MAX:
+            high[rel] = f"type {t} and values up to {extremes['max'].as_py()}"
+        elif (extremes["min"].as_py() or 0) < 0:
+            low[rel] = f"type {t} and values down to {extremes['min'].as_py()}"
+    if not high:
+        return pa.int64()
+    if not low:
+        return pa.uint64()
+    for files, others in ((high, low), (low, high)):
+        other = next(iter(others))
+        for rel, described in files.items():
+            problems.append(
+                FileProblem(
+                    rel,
+                    f"id column {column!r} has {described}, but {other} has {others[other]}: "
+                    "no 64-bit integer type holds both, so ids repeated across the files "
+                    "cannot be found",
+                )
+            )
+    return pa.null()
 
 
 def _with_retries(read, delays: tuple[float, ...] = (0.5, 2.0)):

@@ -18,7 +18,8 @@ Two levels:
   partition's id columns (the one check that needs every row of the partition; GX's
   uniqueness expectation needed a pandas copy of them and its import in the planning
   process, seconds before any chunk could start). Rows holding a duplicated id are then
-  rejected chunk by chunk, with the other row-level reasons.
+  rejected chunk by chunk, with the other row-level reasons. Id columns that cannot be
+  compared across the files (integers in one, strings in another) hold the partition.
 
 Every rejected row gets a readable reason naming the column and the value.
 """

@@ -350,6 +350,115 @@ def test_the_plan_finds_ids_repeated_across_files_with_nulls_left_out(tmp_path, 
     assert (keys, rows, problems) == (frozenset(expected), 4, [])
 
 
+def _plan_ids(tmp_path, columns: list[pa.Array]) -> tuple[frozenset, int, list]:
+    """The plan's duplicate check on one Parquet file per id column: keys, rows, problems."""
+    from batchscore.partitions import _duplicate_ids
+
+    files = []
+    for i, ids in enumerate(columns):
+        path = tmp_path / f"part-{i}.parquet"
+        pq.write_table(pa.table({"id": ids}), path, row_group_size=2)
+        assert pq.read_schema(path).field("id").type == ids.type  # read back as written
+        files.append((path.name, pq.ParquetFile(path)))
+    problems = []
+    keys, rows = _duplicate_ids(files, ["id"], problems)
+    return keys, rows, problems
+
+
+def _ids(values: list, type_: pa.DataType) -> pa.Array:
+    plain = type_.value_type if pa.types.is_dictionary(type_) else type_
+    if not pa.types.is_integer(plain):
+        values = [None if v is None else str(v) for v in values]
+    ids = pa.array(values, plain)
+    return ids.dictionary_encode().cast(type_) if pa.types.is_dictionary(type_) else ids
+
+
+@pytest.mark.parametrize(
+    "first, second",
+    [
+        (pa.dictionary(pa.int32(), pa.string()), pa.string()),
+        (pa.string(), pa.large_string()),
+        (pa.int32(), pa.int64()),
+        (pa.uint64(), pa.int64()),
+        (pa.string_view(), pa.dictionary(pa.int32(), pa.string())),
+    ],
+)
+def test_the_plan_finds_ids_repeated_across_files_whose_id_types_hold_the_same_values(
+    tmp_path, first, second
+):
+    keys, rows, problems = _plan_ids(
+        tmp_path, [_ids([1, 2, None, 3, None], first), _ids([3, 4, 4, 5], second)]
+    )
+
+    expected = {3, 4} if pa.types.is_integer(second) else {"3", "4"}
+    assert (keys, rows, problems) == (frozenset(expected), 4, [])
+
+
+def test_a_file_whose_ids_are_all_null_matches_no_other_files_ids(tmp_path):
+    keys, rows, problems = _plan_ids(tmp_path, [pa.nulls(3), pa.array([3, 4, 4, 5])])
+
+    assert (keys, rows, problems) == (frozenset({4}), 2, [])
+
+
+def test_uint64_ids_beyond_int64_beside_negative_ids_hold_the_partition(tmp_path):
+    keys, rows, problems = _plan_ids(
+        tmp_path, [pa.array([2**63, 1], pa.uint64()), pa.array([-1, 1], pa.int64())]
+    )
+
+    assert (keys, rows) == (frozenset(), 0)
+    assert [p.file for p in problems] == ["part-0.parquet", "part-1.parquet"]
+    assert "id column 'id' has type uint64 and values up to 9223372036854775808" in (
+        problems[0].reason
+    )
+    assert "id column 'id' has type int64 and values down to -1" in problems[1].reason
+
+
+def test_integer_ids_in_one_file_and_string_ids_in_another_hold_the_partition(tmp_path):
+    """Ids of different kinds never compare equal, so duplicates across the files cannot be
+    found: the partition is held, each file named with its id type, like other schema
+    problems (Arrow's permissive concatenation raised an uncaught ArrowTypeError)."""
+    from batchscore.partitions import plan_partition
+    from batchscore.registry import ModelRef
+
+    folder = tmp_path / "src" / "incoming" / "dt=2026-01-01"
+    folder.mkdir(parents=True)
+    rows = {"a": [1.0, 2.0], "b": [1.0, 2.0], "c": ["x", "y"]}
+    pq.write_table(pa.table({"id": pa.array([1, 2]), **rows}), folder / "a.parquet")
+    pq.write_table(pa.table({"id": pa.array(["1", "3"]), **rows}), folder / "b.parquet")
+    pq.write_table(
+        pa.table({"id": pa.array(["4", "5"]).dictionary_encode(), **rows}), folder / "c.parquet"
+    )
+    config = parse_config(
+        {
+            "dataset": DATASET,
+            "storage": {"source": str(tmp_path / "src"), "store": str(tmp_path / "out")},
+        }
+    )
+
+    plan = plan_partition(config, "2026-01-01", ModelRef(config.store, "t", "v0001", "0"))
+
+    assert plan.held and plan.duplicate_ids == frozenset()
+    base = "incoming/dt=2026-01-01"
+    assert [(p.file, p.reason) for p in plan.problems] == [
+        (
+            f"{base}/a.parquet",
+            f"id column 'id' has type int64, but {base}/b.parquet has string: integer and "
+            "string ids never compare equal, so ids repeated across the files cannot be found",
+        ),
+        (
+            f"{base}/b.parquet",
+            f"id column 'id' has type string, but {base}/a.parquet has int64: integer and "
+            "string ids never compare equal, so ids repeated across the files cannot be found",
+        ),
+        (
+            f"{base}/c.parquet",
+            "id column 'id' has type dictionary<values=string, indices=int32, ordered=0>, "
+            f"but {base}/a.parquet has int64: integer and string ids never compare equal, so "
+            "ids repeated across the files cannot be found",
+        ),
+    ]
+
+
 # --- the Arrow engine against Great Expectations itself ------------------------------------
 
 
