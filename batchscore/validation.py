@@ -370,10 +370,23 @@ def _rows_with_ids(table: pa.Table, id_columns: list[str], ids: frozenset) -> np
     """Positions of the rows whose id is in `ids` (one id column: one Arrow lookup)."""
     if len(id_columns) == 1:
         column = _decoded(table.column(id_columns[0]))
-        wanted = pa.array(list(ids), column.type)
+        if pa.types.is_null(column.type):  # ids all null: rejected as such, never duplicates
+            return np.empty(0, dtype=np.int64)
+        wanted = pa.array(_ids_of_type(ids, column.type), column.type)
         return np.flatnonzero(pc.is_in(column, value_set=wanted).to_numpy(zero_copy_only=False))
     keys = id_keys(table, id_columns)
     return np.array([i for i, k in enumerate(keys) if k in ids], dtype=np.int64)
+
+
+def _ids_of_type(ids: frozenset, id_type: pa.DataType) -> list:
+    """The ids a column of `id_type` can hold. The plan finds duplicates across the files of
+    a partition, whose integer types may differ: an id repeated in a file of int64 ids
+    (5,000,000,000, or -1) cannot be in a chunk of int32 (or uint32) ids, and does not convert
+    to its type."""
+    if not pa.types.is_integer(id_type):
+        return list(ids)
+    bounds = np.iinfo(id_type.to_pandas_dtype())
+    return [i for i in ids if bounds.min <= i <= bounds.max]
 
 
 def _decoded(column: pa.ChunkedArray) -> pa.ChunkedArray:

@@ -489,3 +489,37 @@ def test_an_integer_beyond_2_to_the_53_is_quarantined_not_a_failed_partition(tmp
     assert "outside the validation band" in quarantined.column("reason")[0].as_py()
     report = pq.read_table(Path(config.store) / "drift" / "dt=2026-01-01").to_pylist()
     assert {r["status"] for r in report if r["feature"] == "integers"} == {"ok"}
+
+
+def test_duplicate_ids_across_files_of_other_id_types_are_quarantined(tmp_path):
+    """File a holds int32 ids, b int64 ids with 5,000,000,000 twice, c ids that are all null
+    (Arrow's null type). The duplicates and the null ids go to quarantine, the rest is
+    scored. Looking the plan's duplicates up in a chunk converted them to the chunk's id
+    type, which raised on 5,000,000,000 in a's int32 chunk and on any id in c's null one,
+    failing the partition."""
+    from batchscore import partitions, scoring
+
+    config = _config(tmp_path)
+    _register(config)
+    folder = Path(config.source) / "incoming" / "dt=2026-01-01"
+    folder.mkdir(parents=True)
+    a = _table(300, seed=4)
+    b = _table(300, seed=5)
+    c = _table(10, seed=6)
+    pq.write_table(a.set_column(0, "id", a.column("id").cast(pa.int32())), folder / "a.parquet")
+    ids = np.arange(1_000, 1_300)
+    ids[[3, 200]] = 5_000_000_000
+    pq.write_table(b.set_column(0, "id", pa.array(ids)), folder / "b.parquet")
+    pq.write_table(c.set_column(0, "id", pa.nulls(10)), folder / "c.parquet")
+
+    ref = Registry(config.store, "gen").champion_ref()
+    plan = partitions.plan_partition(config, "2026-01-01", ref)
+    assert (plan.duplicate_ids, plan.duplicate_rows) == (frozenset({5_000_000_000}), 2)
+    results = [scoring.score_chunk(config, chunk, ref, plan, "run") for chunk in plan.chunks]
+    outcome = scoring.publish_partition(config, plan, ref, results, "run")
+
+    assert (outcome.status, outcome.rows_scored, outcome.rows_quarantined) == ("scored", 598, 12)
+    quarantined = pq.read_table(Path(config.store) / "quarantine" / "dt=2026-01-01")
+    reasons = quarantined.column("reason").to_pylist()
+    duplicate = "duplicate id id=5000000000: the partition holds this id more than once"
+    assert sorted(reasons) == [duplicate] * 2 + ["null id id"] * 10

@@ -459,6 +459,42 @@ def test_integer_ids_in_one_file_and_string_ids_in_another_hold_the_partition(tm
     ]
 
 
+@pytest.mark.parametrize(
+    "id_type, duplicates",
+    [
+        (pa.int32(), {7, 5_000_000_000}),  # found in another file, with int64 ids
+        (pa.uint32(), {7, -3}),
+        (pa.dictionary(pa.int8(), pa.uint8()), {7, 300, -1}),
+    ],
+)
+def test_a_duplicate_id_that_this_chunks_id_type_cannot_hold_is_looked_up_without_raising(
+    profile: TrainingProfile, id_type, duplicates
+):
+    chunk = _chunk().drop_null()  # ids 1, 3, ..., 7, 7, 9, 10: no null
+    ids = chunk.column("id").cast(
+        id_type.value_type if pa.types.is_dictionary(id_type) else id_type
+    )
+    if pa.types.is_dictionary(id_type):
+        ids = ids.dictionary_encode()
+    chunk = chunk.set_column(0, "id", ids)
+
+    verdict = validate_chunk(chunk, _config(), profile, frozenset(duplicates))
+
+    rows = [i for i, v in enumerate(chunk.column("id").to_pylist()) if v == 7]
+    assert {r: [DUPLICATE_7] for r in rows}.items() <= dict(verdict.reasons).items()
+    assert verdict.failed["duplicate_id"] == 2
+
+
+def test_a_chunk_whose_ids_are_all_null_holds_no_duplicate(profile: TrainingProfile):
+    chunk = _chunk().slice(0, 3)
+    chunk = chunk.set_column(0, "id", pa.nulls(3))
+
+    verdict = validate_chunk(chunk, _config(), profile, frozenset({7}))
+
+    assert [verdict.reasons[i][0] for i in range(3)] == ["null id id"] * 3
+    assert "duplicate_id" not in verdict.failed
+
+
 # --- the Arrow engine against Great Expectations itself ------------------------------------
 
 
