@@ -58,6 +58,9 @@ class PartitionPlan:
     extra_columns: tuple[str, ...] = ()
     problems: tuple[FileProblem, ...] = ()
     fingerprint: str = ""
+    # Per id column, the type its files' ids are written with when the files disagree
+    # (`ID_TYPES` names; "" keeps the file's own), so a partition's outputs read as one table.
+    id_types: tuple[str, ...] = ()
 
     @property
     def held(self) -> bool:
@@ -167,7 +170,9 @@ def plan_partition(config: Config, partition: str, model: ModelRef) -> Partition
             )
         )
         readable.append((rel, parquet))
-    duplicates, duplicate_rows = _duplicate_ids(readable, config.dataset.id_columns, problems)
+    duplicates, duplicate_rows, id_types = _duplicate_ids(
+        readable, config.dataset.id_columns, problems
+    )
     fingerprint = hashlib.sha256(
         json.dumps(
             {
@@ -193,6 +198,7 @@ def plan_partition(config: Config, partition: str, model: ModelRef) -> Partition
         tuple(sorted(extra)),
         tuple(problems),
         fingerprint,
+        id_types,
     )
 
 
@@ -202,8 +208,9 @@ _INT64_SAFE = (pa.int8(), pa.int16(), pa.int32(), pa.int64(), pa.uint8(), pa.uin
 
 def _duplicate_ids(
     readable: list[tuple[str, pq.ParquetFile]], id_columns: list[str], problems: list[FileProblem]
-) -> tuple[frozenset, int]:
-    """Read the id columns of every readable file and find the ids held more than once.
+) -> tuple[frozenset, int, tuple[str, ...]]:
+    """Read the id columns of every readable file and find the ids held more than once;
+    with the type each id column is written with, if the files' types differ (`id_types`).
 
     One integer id column (the common case) is read batch by batch into one int64 array,
     sorted in place: 8 bytes a row, where a hash grouping of a table of ids took over 1 GiB
@@ -227,26 +234,31 @@ def _duplicate_ids(
         except (pa.ArrowInvalid, OSError) as exc:
             problems.append(FileProblem(rel, f"cannot read the id columns: {exc}"))
     if problems or not readable:
-        return frozenset(), 0
+        return frozenset(), 0, ()
     if fast:
-        return find_duplicate_int_ids(values[:filled])
+        types = {parquet.schema_arrow.field(id_columns[0]).type for _, parquet in readable}
+        return *find_duplicate_int_ids(values[:filled]), ("int64",) if len(types) > 1 else ()
     named = list(zip((rel for rel, _ in readable), tables, strict=True))
-    ids = _unified_ids(named, id_columns, problems)
-    return (frozenset(), 0) if ids is None else find_duplicate_ids(ids, id_columns)
+    unified = _unified_ids(named, id_columns, problems)
+    if unified is None:
+        return frozenset(), 0, ()
+    ids, id_types = unified
+    return *find_duplicate_ids(ids, id_columns), id_types
 
 
 def _unified_ids(
     tables: list[tuple[str, pa.Table]], id_columns: list[str], problems: list[FileProblem]
-) -> pa.Table | None:
+) -> tuple[pa.Table, tuple[str, ...]] | None:
     """The files' id columns as one table, each column cast to one type holding every file's
     values, so that an id repeated across files is found whatever its encoding in each file
     (Arrow's permissive concatenation raised on dictionary beside plain strings, and on
     integer beside string ids). None when the files' ids cannot be compared: the reasons,
-    which hold the partition like a schema problem, are in `problems`."""
+    which hold the partition like a schema problem, are in `problems`. With the table, the
+    `PartitionPlan.id_types` the outputs are written with."""
     types = [_common_id_type(tables, column, problems) for column in id_columns]
     if problems:
         return None
-    return pa.concat_tables(
+    ids = pa.concat_tables(
         [
             pa.table(
                 [table.column(c).cast(t) for c, t in zip(id_columns, types, strict=True)],
@@ -255,11 +267,28 @@ def _unified_ids(
             for _, table in tables
         ]
     )
+    same = all(len({table.schema.field(c).type for _, table in tables}) == 1 for c in id_columns)
+    return ids, () if same else tuple(str(t) for t in types)
 
 
 # The type that holds every value of one kind of id, whatever each file's encoding:
 # dictionary, string, large_string and string_view ids are the same strings.
 _COMMON = {"string": pa.large_string(), "date": pa.date64()}
+# `PartitionPlan.id_types` names: the types `_common_id_type` can choose.
+ID_TYPES = {str(t): t for t in (pa.int64(), pa.uint64(), pa.large_string(), pa.date64())}
+
+
+def with_id_types(table: pa.Table, plan: PartitionPlan, id_columns: list[str]) -> pa.Table:
+    """`table` with its id columns cast to the partition's `id_types` (if its files'
+    differ): every chunk's scores and quarantine files then share one schema, and the
+    partition's folder reads as one table (int32 and int64 files, or one whose ids are all
+    null, wrote parts a reader could not combine)."""
+    for column, name in zip(id_columns, plan.id_types, strict=False):
+        target = ID_TYPES.get(name)
+        at = table.schema.get_field_index(column)
+        if target is not None and at >= 0 and table.schema.field(at).type != target:
+            table = table.set_column(at, column, table.column(at).cast(target))
+    return table
 
 
 def _common_id_type(

@@ -36,7 +36,14 @@ from batchscore.drift_store import (
 )
 from batchscore.engine import PREDICT_BLOCK_ROWS, get_predictor
 from batchscore.features import FeatureColumns, unseen_mask
-from batchscore.partitions import HELD, SUCCESS, Chunk, PartitionPlan, plan_to_json
+from batchscore.partitions import (
+    HELD,
+    SUCCESS,
+    Chunk,
+    PartitionPlan,
+    plan_to_json,
+    with_id_types,
+)
 from batchscore.registry import LoadedModel, ModelRef, utc_now
 from batchscore.storage import Location
 from batchscore.validation import RowVerdict, validate_chunk, warm_up_validation
@@ -144,6 +151,8 @@ def score_chunk(
             if table is None:
                 break
             rows_in += table.num_rows
+            if plan.id_types:  # the partition's files disagree on an id column's type
+                table = with_id_types(table, plan, ds.id_columns)
 
             verdict = validate_chunk(table, config, loaded.profile, plan.duplicate_ids)
             for k, v in verdict.failed.items():

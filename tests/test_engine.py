@@ -523,3 +523,38 @@ def test_duplicate_ids_across_files_of_other_id_types_are_quarantined(tmp_path):
     reasons = quarantined.column("reason").to_pylist()
     duplicate = "duplicate id id=5000000000: the partition holds this id more than once"
     assert sorted(reasons) == [duplicate] * 2 + ["null id id"] * 10
+    # Each file's chunks are written with the partition's one id type (int64 here), so each
+    # output folder reads as one table: a's int32 parts and c's null-typed ones did not.
+    assert plan.id_types == ("int64",)
+    for output in ("scores", "quarantine"):
+        files = sorted((Path(config.store) / output / "dt=2026-01-01").glob("part-*.parquet"))
+        assert len(files) == len(plan.chunks) or output == "quarantine"
+        assert {pq.read_schema(f).field("id").type for f in files} == {pa.int64()}
+    scores = pq.read_table(Path(config.store) / "scores" / "dt=2026-01-01")
+    assert scores.num_rows == 598 and 5_000_000_000 not in scores.column("id").to_pylist()
+
+
+def test_string_ids_of_several_encodings_are_written_as_one_type(tmp_path):
+    """Dictionary-encoded string ids in one file, plain strings in another: the outputs hold
+    one string type (large_string), and an id in both files is a duplicate."""
+    from batchscore import partitions, scoring
+
+    config = _config(tmp_path)
+    _register(config)
+    folder = Path(config.source) / "incoming" / "dt=2026-01-01"
+    folder.mkdir(parents=True)
+    a, b = _table(200, seed=4), _table(200, seed=5)
+    ids_a = pa.array([f"a{i}" for i in range(200)]).dictionary_encode()
+    ids_b = pa.array(["a7"] + [f"b{i}" for i in range(199)])
+    pq.write_table(a.set_column(0, "id", ids_a), folder / "a.parquet")
+    pq.write_table(b.set_column(0, "id", ids_b), folder / "b.parquet")
+
+    ref = Registry(config.store, "gen").champion_ref()
+    plan = partitions.plan_partition(config, "2026-01-01", ref)
+    assert plan.duplicate_ids == frozenset({"a7"}) and plan.id_types == ("large_string",)
+    results = [scoring.score_chunk(config, chunk, ref, plan, "run") for chunk in plan.chunks]
+    outcome = scoring.publish_partition(config, plan, ref, results, "run")
+    assert (outcome.rows_scored, outcome.rows_quarantined) == (398, 2)
+    for output in ("scores", "quarantine"):
+        table = pq.read_table(Path(config.store) / output / "dt=2026-01-01")
+        assert table.schema.field("id").type == pa.large_string()

@@ -345,7 +345,7 @@ def test_the_plan_finds_ids_repeated_across_files_with_nulls_left_out(tmp_path, 
         pq.write_table(pa.table({"id": pa.array(values, id_type)}), path, row_group_size=2)
         paths.append((path.name, pq.ParquetFile(path)))
     problems = []
-    keys, rows = _duplicate_ids(paths, ["id"], problems)
+    keys, rows, _ = _duplicate_ids(paths, ["id"], problems)
     expected = {"3", "4"} if id_type == pa.string() else {3, 4}
     assert (keys, rows, problems) == (frozenset(expected), 4, [])
 
@@ -361,7 +361,7 @@ def _plan_ids(tmp_path, columns: list[pa.Array]) -> tuple[frozenset, int, list]:
         assert pq.read_schema(path).field("id").type == ids.type  # read back as written
         files.append((path.name, pq.ParquetFile(path)))
     problems = []
-    keys, rows = _duplicate_ids(files, ["id"], problems)
+    keys, rows, _ = _duplicate_ids(files, ["id"], problems)
     return keys, rows, problems
 
 
