@@ -102,13 +102,15 @@ def main(argv: list[str] | None = None) -> int:
         booting = start_early()
         if not booting and args.command == "demo":
             _start_workers_early(config)
-        elif not booting and args.command == "score":
-            _start_workers_early(config, (args.partition, args.rescore))
+    from batchscore.partitions import SourceError
     from batchscore.registry import RegistryError
     from batchscore.training import TrainingError
 
     try:
         if args.command == "score":
+            _preflight(config, args.partition)
+            if not booting:  # with an API running, at once; else once imports are done
+                _start_workers_early(config, (args.partition, args.rescore))
             return _score(config, args.partition, args.rescore)
         if args.command == "train":
             return _train(config, args.reason, args.force)
@@ -116,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             return _models(config, args)
         if args.command == "demo":
             return _demo(config)
-    except (ConfigError, RegistryError, TrainingError) as exc:
+    except (ConfigError, RegistryError, TrainingError, SourceError) as exc:
         print(f"batchscore: {exc}", file=sys.stderr)
         return 2
     raise AssertionError(args.command)
@@ -207,6 +209,27 @@ def _score(config, partition: str | None, rescore: bool) -> int:
     _print_summary(config, outcomes, time.time() - started)
     print(f"run {state.name}: {state.message}")
     return 0 if state.is_completed() else 1
+
+
+def _preflight(config, partition: str | None) -> None:
+    """What would fail a score run before it scores anything, as one message (exit 2)
+    rather than a failed flow run and its traceback: no champion, a changed model file, a
+    champion trained on other features, no source folder, a --partition that is not a date
+    or not there. The flow checks the same things itself (a deployment's runs have no CLI);
+    here they cost a few file reads while the temporary Prefect server boots."""
+    from batchscore import partitions
+    from batchscore.registry import verified_champion
+
+    if partition is not None:
+        _date(partition)
+    verified_champion(config)
+    found = partitions.discover(config).partitions
+    if partition is not None and partition not in found:
+        raise ConfigError(
+            f"--partition {partition}: no folder {config.source}/incoming/dt={partition} "
+            f"(partitions there: {', '.join(found[-5:]) or 'none'}"
+            f"{', ...' if len(found) > 5 else ''})"
+        )
 
 
 def _start_workers_early(config, run: tuple[str | None, bool] | None = None) -> None:
@@ -324,9 +347,10 @@ def _print_summary(config, outcomes: list[dict], seconds: float) -> None:
 
 def _demo(config) -> int:
     from batchscore.prefect_api import one_api
-    from batchscore.registry import Registry
+    from batchscore.registry import Registry, utc_now
 
     registry = Registry(config.store, config.dataset.name)
+    started = utc_now()
     with one_api():  # one temporary Prefect API for training and scoring
         if registry.champion() is None:
             print(f"no champion for {config.dataset.name}: training one")
@@ -336,7 +360,8 @@ def _demo(config) -> int:
             print(f"champion of {config.dataset.name}: {registry.champion()}")
         code = _score(config, None, False)
     champion = registry.champion()
-    retrains = [r for r in registry.retrains() if r.get("trigger")]
+    # This run's retrains only: earlier ones are in `batchscore models list`.
+    retrains = [r for r in registry.retrains() if r.get("trigger") and r["at"] >= started]
     for r in retrains:
         print(f"retrained on drift: {r['version'] or '-'} ({r['status']}): {r['decision']}")
     print(f"champion of {config.dataset.name}: {champion}; `batchscore models list` shows why")

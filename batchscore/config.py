@@ -14,7 +14,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-Name = Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")]
+# Not starting with a dot: "." and ".." would put the registry in or above the store.
+Name = Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-]*$")]
 ColumnName = Annotated[str, Field(min_length=1)]
 
 
@@ -23,7 +24,10 @@ class ConfigError(ValueError):
 
 
 class _Table(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Strict: `chunk_rows = true` was taken as 1, `workers = "2"` as 2 and
+    # `quarantine_unseen_categories = "yes"` as true; a TOML value of the wrong type is a
+    # mistake to name, not to guess at. (An integer where a float goes is still a number.)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class DatasetConfig(_Table):
@@ -191,7 +195,7 @@ class DriftConfig(_Table):
     chi2: float = Field(default=0.1, gt=0.0)
     # Per-feature overrides, e.g. [drift.features.monthly_charges] psi = 0.3;
     # `__score__` is the model's score distribution.
-    features: dict[str, dict[DriftMethodName, float]] = {}
+    features: dict[str, dict[DriftMethodName, Annotated[float, Field(gt=0.0)]]] = {}
 
     @field_validator("reference")
     @classmethod

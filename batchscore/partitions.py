@@ -73,10 +73,24 @@ class Discovery:
     ignored: list[str] = field(default_factory=list)  # folder names that are not dt=YYYY-MM-DD
 
 
+class SourceError(ValueError):
+    """The source has no `incoming/` folder: a wrong `[storage] source`, most likely."""
+
+
 def discover(config: Config) -> Discovery:
-    """Every partition folder under `<source>/incoming/`, oldest first."""
+    """Every partition folder under `<source>/incoming/`, oldest first.
+
+    A local source without an `incoming/` folder is an error, not "nothing to score": a
+    mistyped path said every partition was scored. (On an object store a prefix with no
+    objects does not exist either, and means no data yet.)"""
     found = Discovery()
-    for entry in Location(config.source).list("incoming"):
+    source = Location(config.source)
+    if source.is_local and not source.exists("incoming"):
+        raise SourceError(
+            f"no incoming/ folder under {source.uri} ([storage] source in {config.path}): "
+            "partitions are read from <source>/incoming/dt=YYYY-MM-DD/"
+        )
+    for entry in source.list("incoming"):
         day = parse_partition_dir(entry.base_name)
         if day is None or entry.type.name != "Directory":
             found.ignored.append(entry.base_name)

@@ -93,6 +93,26 @@ def utc_now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
+def verified_champion(config) -> ModelRef:
+    """The champion's handle for a `Config`, after checking its files' sha256 and that it
+    was trained on the config's features: what a score run needs before anything else
+    (the flow's first task, and the CLI's check before it starts one)."""
+    registry = Registry(config.store, config.dataset.name)
+    ref = registry.champion_ref()
+    registry.verify(ref)
+    schema = registry.metadata(ref.version)["schema"]
+    ds = config.dataset
+    if schema["features"] != ds.features or sorted(schema["vocabularies"]) != sorted(
+        ds.categorical
+    ):
+        raise ModelIntegrityError(
+            f"champion {ref.name} {ref.version} was trained on features {schema['features']} "
+            f"(categorical {sorted(schema['vocabularies'])}); the config lists {ds.features} "
+            f"(categorical {sorted(ds.categorical)}). Retrain, or fix [dataset] in the config."
+        )
+    return ref
+
+
 class Registry:
     def __init__(self, store: str, name: str):
         self.store = store
@@ -105,6 +125,11 @@ class Registry:
         return sorted((n for n in names if VERSION_RE.match(n)), key=lambda n: int(n[1:]))
 
     def metadata(self, version: str) -> dict[str, Any]:
+        if not VERSION_RE.match(version):  # "v0001/" or "../other/v0001" found a folder
+            raise RegistryError(
+                f"{version!r} is not a version of model {self.name!r}: versions are named "
+                f"vNNNN; known: {', '.join(self.versions()) or 'none'}"
+            )
         data = self.root.read_json_or_none(version, "metadata.json")
         if data is None:
             raise RegistryError(

@@ -7,7 +7,7 @@ from prefect import get_run_logger, task
 from batchscore import partitions, scoring
 from batchscore.config import Config
 from batchscore.partitions import Chunk, PartitionPlan
-from batchscore.registry import ModelIntegrityError, ModelRef, Registry
+from batchscore.registry import ModelRef, verified_champion
 from batchscore.scoring import ChunkResult, PartitionHeld, PartitionOutcome
 from batchscore.storage import Location, release_lease, try_lease
 from tasks.common import IO_RETRIES, TASK_DEFAULTS, Sealed
@@ -16,21 +16,7 @@ from tasks.common import IO_RETRIES, TASK_DEFAULTS, Sealed
 @task(name="resolve-champion", **TASK_DEFAULTS, **IO_RETRIES)
 def resolve_champion(config: Config) -> ModelRef:
     """The champion's handle, after checking it was trained on this config's features."""
-    registry = Registry(config.store, config.dataset.name)
-    ref = registry.champion_ref()
-    registry.verify(ref)  # a tampered model stops the run here, before anything is scored
-    meta = registry.metadata(ref.version)
-    ds = config.dataset
-    schema = meta["schema"]
-    if schema["features"] != ds.features or sorted(schema["vocabularies"]) != sorted(
-        ds.categorical
-    ):
-        raise ModelIntegrityError(
-            f"champion {ref.name} {ref.version} was trained on features {schema['features']} "
-            f"(categorical {sorted(schema['vocabularies'])}); the config lists {ds.features} "
-            f"(categorical {sorted(ds.categorical)}). Retrain, or fix [dataset] in the config."
-        )
-    return ref
+    return verified_champion(config)  # a tampered model stops the run here
 
 
 @task(name="find-partitions", **TASK_DEFAULTS, **IO_RETRIES)

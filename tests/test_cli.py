@@ -302,3 +302,88 @@ def test_workers_are_started_early_only_for_work_that_needs_them(
     broken = load_config(_config_for(trained, "after-one", tmp_path / "broken")[0])
     shutil.rmtree(broken.store)  # no champion: the flow will say so; the guess is "start"
     assert starts(("2026-10-12", False), broken)
+
+
+# --- a score run that cannot start: one message, exit 2, before any flow ----------------------
+
+
+@pytest.fixture
+def no_server(monkeypatch):
+    """An API URL nothing answers: these runs must stop before they talk to Prefect (a
+    temporary server would boot otherwise)."""
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
+
+
+def test_score_without_a_champion_exits_2_with_one_line(empty: Path, no_server):
+    code, out, err = _run("score", "--config", str(empty))
+
+    assert (code, out) == (2, "")
+    assert err.startswith("batchscore: model 'churn' has no champion") and err.count("\n") == 1
+
+
+def test_score_with_a_changed_model_file_exits_2_with_one_line(
+    trained: dict, tmp_path: Path, no_server
+):
+    config, store = _config_for(trained, "after-one", tmp_path)
+    with (store / "models" / "churn" / "v0001" / "model.txt").open("a") as fh:
+        fh.write("# edited\n")
+
+    code, out, err = _run("score", "--config", str(config))
+
+    assert (code, out) == (2, "")
+    assert "Refusing to score with it" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("partition", "message"),
+    [
+        ("2026-13-01", "--partition '2026-13-01': expected a date, YYYY-MM-DD"),
+        ("yesterday", "--partition 'yesterday': expected a date, YYYY-MM-DD"),
+        ("2026-09-01", "--partition 2026-09-01: no folder "),
+    ],
+)
+def test_score_of_a_partition_that_is_not_there_exits_2(
+    trained: dict, tmp_path: Path, no_server, partition: str, message: str
+):
+    config, _ = _config_for(trained, "after-one", tmp_path)
+
+    code, out, err = _run("score", "--config", str(config), "--partition", partition)
+
+    assert (code, out) == (2, "")
+    assert err.startswith(f"batchscore: {message}") and err.count("\n") == 1
+    if partition == "2026-09-01":
+        assert (
+            "(partitions there: 2026-10-10, 2026-10-11, 2026-10-12, 2026-10-13, 2026-10-14, ...)"
+            in err
+        )
+
+
+def test_score_of_a_source_without_an_incoming_folder_exits_2(
+    trained: dict, tmp_path: Path, no_server
+):
+    """A mistyped [storage] source said every partition was scored (NothingToDo, exit 0)."""
+    config, _ = _config_for(trained, "after-one", tmp_path)
+    write_config(config, config.read_text(), storage={"source": str(tmp_path / "nosuch")})
+
+    code, out, err = _run("score", "--config", str(config))
+
+    assert (code, out) == (2, "")
+    assert err == (
+        f"batchscore: no incoming/ folder under {tmp_path / 'nosuch'} ([storage] source in "
+        f"{config}): partitions are read from <source>/incoming/dt=YYYY-MM-DD/\n"
+    )
+
+
+@pytest.mark.parametrize("name", ["v0001/", "../churn/v0001", "v1"])
+def test_promote_accepts_only_version_names(trained: dict, tmp_path: Path, name: str):
+    """`v0001/` and `../churn/v0001` resolved to the version's folder and became the
+    champion's name: no version was marked champion, and every partition was rescored."""
+    config, store = _config_for(trained, "after-two", tmp_path)
+
+    code, out, err = _run("models", "promote", name, "--config", str(config))
+
+    assert (code, out) == (2, "")
+    assert err == (
+        f"batchscore: {name!r} is not a version of model 'churn': versions are named vNNNN; "
+        "known: v0001, v0002\n"
+    )

@@ -180,6 +180,29 @@ def test_an_unknown_table_is_named(tmp_path: Path):
             '[scoring]: runner = "dask" needs dask_address, the scheduler to run on, e.g. '
             '"tcp://dask-scheduler:8786"',
         ),
+        # Values of the wrong TOML type are named, not coerced (true was taken as 1).
+        (
+            {"scoring": {"chunk_rows": True}},
+            "[scoring] chunk_rows: Input should be a valid integer (got True)",
+        ),
+        (
+            {"scoring": {"workers": "2"}},
+            "[scoring] workers: Input should be a valid integer (got '2')",
+        ),
+        (
+            {"validation": {"quarantine_unseen_categories": "yes"}},
+            "[validation] quarantine_unseen_categories: Input should be a valid boolean "
+            "(got 'yes')",
+        ),
+        (
+            {"drift": {"features": {"monthly_charges": {"psi": -0.3}}}},
+            "[drift.features.monthly_charges] psi: Input should be greater than 0 (got -0.3)",
+        ),
+        (
+            {"dataset": {"name": ".."}},
+            "[dataset] name: String should match pattern '^[A-Za-z0-9_\\-][A-Za-z0-9_.\\-]*$' "
+            "(got '..')",
+        ),
     ],
 )
 def test_a_bad_value_is_named_with_its_key_and_value(tmp_path: Path, tables: dict, line: str):
