@@ -27,7 +27,7 @@ Every rejected row gets a readable reason naming the column and the value.
 from __future__ import annotations
 
 import os
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -116,7 +116,16 @@ def check_schema(
     """Problems that hold the partition, and the extra columns (ignored, reported)."""
     ds = config.dataset
     names = set(schema.names)
+    # Two columns of one name hold the file whatever the column: for an id or a feature,
+    # nothing says which one holds the values (Arrow finds neither by name); for any other,
+    # quarantined rows are kept whole, and pyarrow.dataset cannot read a file with two
+    # columns of one name ("Multiple matches for FieldRef"): the quarantine would be unreadable.
+    repeated = {c: n for c, n in Counter(schema.names).items() if n > 1}
     problems = [
+        FileProblem(file, f"column {c!r} appears {n} times; column names must be unique")
+        for c, n in repeated.items()
+    ]
+    problems += [
         FileProblem(file, f"missing column {c!r} (required as an id or feature)")
         for c in [*ds.id_columns, *ds.features]
         if c not in names
@@ -129,7 +138,7 @@ def check_schema(
             for c in ds.categorical
         ),
     ):
-        if col in names and not allowed(schema.field(col).type):
+        if col in names and col not in repeated and not allowed(schema.field(col).type):
             problems.append(
                 FileProblem(
                     file,
@@ -138,7 +147,7 @@ def check_schema(
                 )
             )
     wanted = {*ds.id_columns, *ds.features, ds.label}
-    extra = [c for c in schema.names if c not in wanted]
+    extra = [c for c in dict.fromkeys(schema.names) if c not in wanted]
     return problems, extra
 
 

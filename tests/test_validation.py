@@ -297,6 +297,20 @@ def test_integer_and_string_kinds_that_cast_safely_are_accepted():
     assert extra == ["extra_date"]
 
 
+@pytest.mark.parametrize("column", ["a", "id", "y", "note"])
+def test_two_columns_of_one_name_hold_the_file_whichever_column_it_is(column: str):
+    # A feature, the id, the label, an extra column: each twice, as pyarrow writes it.
+    schema = _schema(note=pa.string(), y=pa.int8()).append(pa.field(column, pa.int64()))
+    file = "incoming/dt=2026-10-02/part-1.parquet"
+
+    problems, extra = check_schema(schema, file, _config())
+
+    assert problems == [
+        FileProblem(file, f"column {column!r} appears 2 times; column names must be unique")
+    ]
+    assert extra == ["note"]
+
+
 def test_extra_columns_are_reported_in_file_order():
     schema = _schema(zeta=pa.string(), y=pa.int8(), alpha=pa.float64())
 

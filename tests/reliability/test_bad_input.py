@@ -37,6 +37,7 @@ FILE_CASES = {
     "2026-11-03": "not-parquet",
     "2026-11-04": "missing-column",
     "2026-11-05": "uncastable-type",
+    "2026-11-11": "duplicate-column",
 }
 ROWS = "2026-11-06"  # row-level problems, few enough to be quarantined
 TOO_BAD = "2026-11-07"  # 10% bad rows: held whole
@@ -101,6 +102,9 @@ def broken_run(request, tmp_path_factory, prefect_api):
     tenure = pa.array([str(v) for v in clean.column("tenure_months").to_pylist()])
     i = clean.schema.get_field_index("tenure_months")
     _write(source, "2026-11-05", clean.set_column(i, "tenure_months", tenure))
+    _write(
+        source, "2026-11-11", clean.append_column("tenure_months", pa.array([1] * clean.num_rows))
+    )
     # Row level: one row per kind of problem, plus an unseen category and an extra column.
     rows = clean
     ids = rows.column("customer_id").to_pylist()
@@ -209,6 +213,11 @@ def test_other_partitions_are_scored(broken_run):
             "part-0.parquet",
             "column 'tenure_months' has type string, which cannot be cast safely to a numeric "
             "feature",
+        ),
+        (
+            "2026-11-11",
+            "part-0.parquet",
+            "column 'tenure_months' appears 2 times; column names must be unique",
         ),
     ],
 )
