@@ -61,6 +61,9 @@ class PartitionPlan:
     # Per id column, the type its files' ids are written with when the files disagree
     # (`ID_TYPES` names; "" keeps the file's own), so a partition's outputs read as one table.
     id_types: tuple[str, ...] = ()
+    # Folders inside the partition's folder: never read (only the files directly in
+    # `dt=D/` are), but pyarrow.dataset would read them, so they are reported.
+    ignored_folders: tuple[str, ...] = ()
 
     @property
     def held(self) -> bool:
@@ -152,6 +155,12 @@ def plan_partition(config: Config, partition: str, model: ModelRef) -> Partition
     readable: list[tuple[str, pq.ParquetFile]] = []
     described: list[dict] = []
     rows_in = 0
+    # '.' and '_' folders are skipped as data_files skips such files (pyarrow.dataset too).
+    ignored = [
+        f"{folder}/{e.base_name}"
+        for e in source.list(folder)
+        if e.type.name == "Directory" and not e.base_name.startswith((".", "_"))
+    ]
     for entry in source.data_files(folder):
         rel = f"{folder}/{entry.base_name}"
         files.append(rel)
@@ -213,6 +222,7 @@ def plan_partition(config: Config, partition: str, model: ModelRef) -> Partition
         tuple(problems),
         fingerprint,
         id_types,
+        tuple(ignored),
     )
 
 

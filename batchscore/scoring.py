@@ -409,6 +409,7 @@ def publish_partition(
         "files": list(plan.files),
         "chunks": len(plan.chunks),
         "extra_columns": list(plan.extra_columns),
+        "ignored_folders": list(plan.ignored_folders),
         "failed_expectations": failed,
         "unseen_categories": unseen,
         "seconds": round(seconds, 3),

@@ -48,7 +48,16 @@ def find_partitions(
 
 @task(name="plan-partition", task_run_name="plan {partition}", **TASK_DEFAULTS, **IO_RETRIES)
 def plan_partition(config: Config, partition: str, model: ModelRef) -> PartitionPlan:
-    return partitions.plan_partition(config, partition, model)
+    plan = partitions.plan_partition(config, partition, model)
+    for folder in plan.ignored_folders:
+        get_run_logger().warning(
+            "ignored %s/%s: a folder inside a partition folder; only the files directly in "
+            "dt=%s/ are read",
+            config.source,
+            folder,
+            partition,
+        )
+    return plan
 
 
 @task(

@@ -2,13 +2,40 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import SAMPLE, write_config
 
-from batchscore.partitions import _cut
+from batchscore.config import load_config
+from batchscore.partitions import _cut, plan_partition
+from batchscore.registry import ModelRef
 from batchscore.scoring import _batches
+
+DAY = "2026-11-01"
+
+
+@pytest.fixture
+def config(tmp_path):
+    """A config over an empty source under tmp_path; tests write `incoming/dt=DAY/` files."""
+    path = write_config(
+        tmp_path / "batchscore.toml",
+        (SAMPLE.parent.parent / "batchscore.toml").read_text(),
+        storage={"source": "source", "store": "store"},
+    )
+    return load_config(path)
+
+
+@pytest.fixture
+def rows() -> pa.Table:
+    return pq.read_table(SAMPLE / "incoming" / "dt=2026-10-02").slice(0, 1_000)
+
+
+def _plan(config):
+    return plan_partition(config, DAY, ModelRef(config.store, "churn", "v0001", "0" * 64))
 
 
 @pytest.mark.parametrize("workers", [1, 2, 3])
@@ -41,3 +68,15 @@ def test_chunks_cover_every_row_once_in_order_and_no_batch_exceeds_chunk_rows(
         ranges = [c for c in chunks if c.row_groups == (i,) and n > chunk_rows]
         assert len(ranges) == (min(workers, -(-n // chunk_rows)) if n > chunk_rows else 0)
         assert sum(c.rows for c in ranges) == (n if ranges else 0)
+
+
+def test_folders_inside_a_partition_folder_are_not_read_and_are_reported(config, rows):
+    folder = Path(config.source) / "incoming" / f"dt={DAY}"
+    for sub in ("sub", "_temporary", ".hidden"):  # the last two pyarrow.dataset skips too
+        (folder / sub).mkdir(parents=True)
+        pq.write_table(rows, folder / sub / "b.parquet")
+    pq.write_table(rows.slice(0, 300), folder / "a.parquet")
+    plan = _plan(config)
+    assert plan.files == (f"incoming/dt={DAY}/a.parquet",)
+    assert plan.rows_in == 300 and not plan.held
+    assert plan.ignored_folders == (f"incoming/dt={DAY}/sub",)

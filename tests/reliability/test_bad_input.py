@@ -118,6 +118,8 @@ def broken_run(request, tmp_path_factory, prefect_api):
     rows = _set(rows, 18, "avg_session_minutes", None)  # missing seen in training: fine
     rows = rows.append_column("crm_note", pa.array(["n"] * rows.num_rows))
     _write(source, ROWS, rows)
+    (source / "incoming" / f"dt={ROWS}" / "sub").mkdir()
+    _write(source, ROWS, clean, "sub/part-0.parquet")  # a folder inside: never read
     # Too many bad rows: 10% null ids.
     bad = clean.column("customer_id").to_pylist()
     for i in range(0, len(bad), 10):
@@ -270,6 +272,7 @@ def test_row_level_problems_go_to_quarantine_with_reasons_and_the_rest_is_scored
     assert manifest["rows_in"] == _day().num_rows
     assert manifest["rows_scored"] == manifest["rows_in"] - 7
     assert manifest["extra_columns"] == ["crm_note"]
+    assert manifest["ignored_folders"] == [f"incoming/dt={ROWS}/sub"]
     assert manifest["unseen_categories"] == {"region": 1}
     scores = pq.read_table(store / "scores" / f"dt={partition}")
     assert clean_ids[17] in scores.column("customer_id").to_pylist()  # unseen: scored
@@ -311,3 +314,29 @@ def test_folders_that_are_not_partitions_are_never_read_and_are_reported(broken_
     scored = sorted(p.name for p in (broken_run["store"] / "scores").iterdir())
     assert not set(scored) & set(BAD_NAMES)
     assert np.all([n.startswith("dt=20") for n in scored])
+
+
+def test_a_folder_inside_a_partition_folder_is_never_read_and_is_logged(broken_run):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId, LogFilterLevel
+    from prefect.logging.handlers import APILogWorker
+
+    config = broken_run["config"]
+    expected = (
+        f"ignored {config.source}/incoming/dt={ROWS}/sub: a folder inside a partition folder; "
+        f"only the files directly in dt={ROWS}/ are read"
+    )
+    APILogWorker.drain_all(timeout=10)
+    run_id = broken_run["state"].state_details.flow_run_id
+    deadline = time.monotonic() + 30  # a worker process sends its logs in the background
+    with get_client(sync_client=True) as client:
+        while True:
+            logs = client.read_logs(
+                log_filter=LogFilter(
+                    flow_run_id=LogFilterFlowRunId(any_=[run_id]), level=LogFilterLevel(ge_=30)
+                )
+            )
+            if expected in [log.message for log in logs] or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    assert expected in [log.message for log in logs]
