@@ -170,9 +170,7 @@ def plan_partition(config: Config, partition: str, model: ModelRef) -> Partition
             )
             schema = parquet.schema_arrow
         except (pa.ArrowInvalid, OSError) as exc:
-            problems.append(
-                FileProblem(rel, f"not a readable Parquet file ({entry.size:,} bytes): {exc}")
-            )
+            problems.append(FileProblem(rel, unreadable(entry.size, exc)))
             continue
         file_problems, file_extra = check_schema(schema, rel, config)
         problems.extend(file_problems)
@@ -224,6 +222,12 @@ def plan_partition(config: Config, partition: str, model: ModelRef) -> Partition
         id_types,
         tuple(ignored),
     )
+
+
+def unreadable(size: int, exc: Exception) -> str:
+    """Why a file holds its partition: its footer (planning) or its data (a chunk) cannot
+    be decoded."""
+    return f"not a readable Parquet file ({size:,} bytes): {exc}"
 
 
 # Integer id types whose every value an int64 holds exactly.

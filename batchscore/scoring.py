@@ -42,11 +42,12 @@ from batchscore.partitions import (
     Chunk,
     PartitionPlan,
     plan_to_json,
+    unreadable,
     with_id_types,
 )
 from batchscore.registry import LoadedModel, ModelRef, utc_now
 from batchscore.storage import Location
-from batchscore.validation import RowVerdict, validate_chunk, warm_up_validation
+from batchscore.validation import FileProblem, RowVerdict, validate_chunk, warm_up_validation
 from drift import (
     SCORE_FEATURE,
     Counts,
@@ -77,6 +78,22 @@ class PartitionHeld(RuntimeError):
 
     def __reduce__(self):  # raised in a worker, it is pickled back to the flow
         return type(self), (self.outcome,)
+
+
+class UnreadableFile(Exception):
+    """A chunk's file holds data that cannot be decoded (a corrupt page behind an intact
+    footer): the partition is held, naming the file, as planning holds an unreadable footer.
+
+    Not an OSError, so the task is not retried: the re-reads that tell it from a storage
+    error are done already (`_read_chunk`).
+    """
+
+    def __init__(self, problem: FileProblem):
+        super().__init__(f"{problem.file}: {problem.reason}")
+        self.problem = problem
+
+    def __reduce__(self):  # raised in a worker, it is pickled back to the flow
+        return type(self), (self.problem,)
 
 
 # Rows a worker reads, validates and scores at once. Parquet's reader holds about 2 times
@@ -132,10 +149,7 @@ def score_chunk(
     ds = config.dataset
     now = dt.datetime.now(dt.UTC)
     source = Location(config.source)
-    t0 = time.perf_counter()
-    parquet = _open_for_batches(source, chunk.file)
-    batches = _batches(parquet, chunk, min(BATCH_ROWS, config.scoring.chunk_rows))
-    timings["read"] += time.perf_counter() - t0
+    batches = _read_chunk(source, chunk, min(BATCH_ROWS, config.scoring.chunk_rows))
     rejected: list[pa.Table] = []
     failed: dict[str, int] = {}
     unseen = dict.fromkeys(loaded.schema.vocabularies, 0)
@@ -235,6 +249,46 @@ def _open_for_batches(source: Location, file: str) -> pq.ParquetFile:
     if source.is_local:
         return pq.ParquetFile(handle, pre_buffer=False, buffer_size=1 << 18)
     return pq.ParquetFile(handle)
+
+
+def _read_chunk(
+    source: Location, chunk: Chunk, batch_rows: int, delays: tuple[float, ...] = (0.5, 2.0)
+):
+    """The chunk's rows, as `_batches` yields them, from a fresh handle on its file.
+
+    pyarrow reports a corrupt page as an OSError, as it does a storage error: the chunk is
+    read again after each delay, and only an error that every re-read meets again, word for
+    word, is the file's (`UnreadableFile`); a transient one differs or goes away, and is
+    raised as it is, for the task's retries. ArrowInvalid is never the storage's.
+    """
+    try:
+        yield from _batches(_open_for_batches(source, chunk.file), chunk, batch_rows)
+    except FileNotFoundError:
+        raise  # removed since it was planned: not a problem of its data
+    except (pa.ArrowInvalid, OSError) as exc:
+        if not isinstance(exc, pa.ArrowInvalid) and not _fails_again(
+            source, chunk, batch_rows, exc, delays
+        ):
+            raise
+        size = source.fs.get_file_info(source.path(chunk.file)).size
+        raise UnreadableFile(FileProblem(chunk.file, unreadable(size, exc))) from exc
+
+
+def _fails_again(
+    source: Location, chunk: Chunk, batch_rows: int, error: OSError, delays: tuple[float, ...]
+) -> bool:
+    """Whether every re-read of the chunk fails with `error`'s type and message."""
+    for delay in delays:
+        time.sleep(delay)
+        try:
+            for _ in _batches(_open_for_batches(source, chunk.file), chunk, batch_rows):
+                pass
+        except (pa.ArrowInvalid, OSError) as again:
+            if (type(again), str(again)) != (type(error), str(error)):
+                return False
+        else:
+            return False
+    return True
 
 
 def _batches(parquet: pq.ParquetFile, chunk: Chunk, batch_rows: int):
@@ -586,9 +640,8 @@ def hold_partition(
     """File-level problems: nothing of the partition is scored; the files and reasons are
     listed in `<store>/quarantine/dt=D/_HELD`, which replaces that folder whole."""
     reasons = tuple(f"{p.file}: {p.reason}" for p in plan.problems)
-    staging = Location(config.store).child(
-        "_staging", f"held-{plan.partition}-{uuid.uuid4().hex[:8]}"
-    )
+    store = Location(config.store)
+    staging = store.child("_staging", f"held-{plan.partition}-{uuid.uuid4().hex[:8]}")
     staging.write_json(
         {
             "partition": plan.partition,
@@ -602,5 +655,8 @@ def hold_partition(
         },
         HELD,
     )
-    Location(config.store).publish_dir(staging, "quarantine", f"dt={plan.partition}")
+    store.publish_dir(staging, "quarantine", f"dt={plan.partition}")
+    # Nothing staged for the partition is published: chunks scored before another chunk
+    # met an undecodable file, or what an earlier attempt left.
+    _delete_staging(store, plan.partition)
     return PartitionOutcome(plan.partition, "held", plan.rows_in, 0, 0, 0.0, reasons)

@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from contextlib import ExitStack, suppress
+from dataclasses import replace
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
@@ -26,7 +27,8 @@ from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner
 from batchscore.config import Config, load_config
 from batchscore.policy import RetrainDecision
 from batchscore.registry import ModelRef
-from batchscore.scoring import PartitionHeld, PartitionOutcome
+from batchscore.scoring import PartitionHeld, PartitionOutcome, UnreadableFile
+from batchscore.validation import FileProblem
 from batchscore.workers import exit_with, forkserver_context
 from flows.retrain import retrain
 from tasks.common import Sealed
@@ -241,10 +243,12 @@ def score_partitions(
     progress = Progress(sum(len(chunks) for _, chunks in work), todo)
     for i, (plan, chunks) in enumerate(work):
         try:
-            if plan.held:
-                hold_partition(cfg, plan, model, run_id)
+            results, unreadable = _chunk_results(chunks, progress)
+            if plan.held or unreadable:
+                hold_partition(
+                    cfg, replace(plan, problems=plan.problems + unreadable), model, run_id
+                )
             else:
-                results = [progress.done(f.result()) for f in chunks]
                 where = submit if last_in_worker and i == len(work) - 1 else _in_process
                 published = where(
                     publish_partition,
@@ -266,6 +270,19 @@ def score_partitions(
         with suppress(Exception):  # a worker that failed to warm fails its chunks, with reasons
             future.result()
     return outcomes, failures
+
+
+def _chunk_results(chunks: list, progress: Progress) -> tuple[list, tuple[FileProblem, ...]]:
+    """The partition's chunk results, and its files whose data could not be decoded (one
+    problem a file). Every chunk is waited for, so that none is still writing to the
+    partition's staging folder when a hold deletes it."""
+    results, problems = [], {}
+    for future in chunks:
+        try:
+            results.append(progress.done(future.result()))
+        except UnreadableFile as exc:
+            problems.setdefault(exc.problem.file, exc.problem)
+    return results, tuple(problems.values())
 
 
 class _Done:

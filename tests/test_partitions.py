@@ -13,7 +13,9 @@ from helpers import SAMPLE, write_config
 from batchscore.config import load_config
 from batchscore.partitions import _cut, plan_partition
 from batchscore.registry import ModelRef
-from batchscore.scoring import _batches
+from batchscore.scoring import UnreadableFile, _batches, _read_chunk
+from batchscore.storage import Location
+from batchscore.validation import FileProblem
 
 DAY = "2026-11-01"
 
@@ -80,3 +82,27 @@ def test_folders_inside_a_partition_folder_are_not_read_and_are_reported(config,
     assert plan.files == (f"incoming/dt={DAY}/a.parquet",)
     assert plan.rows_in == 300 and not plan.held
     assert plan.ignored_folders == (f"incoming/dt={DAY}/sub",)
+
+
+def test_a_corrupt_data_page_behind_an_intact_footer_names_the_file(config, rows):
+    folder = Path(config.source) / "incoming" / f"dt={DAY}"
+    folder.mkdir(parents=True)
+    path = folder / "b.parquet"
+    pq.write_table(rows, path, compression="zstd")
+    page = pq.read_metadata(path).row_group(0).column(rows.schema.get_field_index("age"))
+    data = bytearray(path.read_bytes())
+    for i in range(page.data_page_offset + 30, page.data_page_offset + 130):
+        data[i] ^= 0x5A
+    path.write_bytes(bytes(data))
+    with pytest.raises(OSError) as decoding:  # pyarrow's error, as a storage error would be
+        pq.ParquetFile(path).read()
+
+    plan = _plan(config)  # the footer and the ids read well: planning cannot tell
+    assert not plan.held and len(plan.chunks) == 1
+    with pytest.raises(UnreadableFile) as raised:
+        list(_read_chunk(Location(config.source), plan.chunks[0], 500, delays=(0, 0)))
+    assert not isinstance(raised.value, OSError)  # not retried by the task
+    assert raised.value.problem == FileProblem(
+        f"incoming/dt={DAY}/b.parquet",
+        f"not a readable Parquet file ({len(data):,} bytes): {decoding.value}",
+    )

@@ -37,6 +37,7 @@ FILE_CASES = {
     "2026-11-03": "not-parquet",
     "2026-11-04": "missing-column",
     "2026-11-05": "uncastable-type",
+    "2026-11-10": "corrupt-page",  # beside a good file, whose chunks are scored first
     "2026-11-11": "duplicate-column",
 }
 ROWS = "2026-11-06"  # row-level problems, few enough to be quarantined
@@ -102,6 +103,13 @@ def broken_run(request, tmp_path_factory, prefect_api):
     tenure = pa.array([str(v) for v in clean.column("tenure_months").to_pylist()])
     i = clean.schema.get_field_index("tenure_months")
     _write(source, "2026-11-05", clean.set_column(i, "tenure_months", tenure))
+    _write(source, "2026-11-10", clean, "a.parquet")
+    path = _write(source, "2026-11-10", clean.slice(0, 5_000), "b.parquet")
+    page = pq.read_metadata(path).row_group(0).column(clean.schema.get_field_index("age"))
+    corrupt = bytearray(path.read_bytes())  # the footer stays intact: planning reads well
+    for at in range(page.data_page_offset + 30, page.data_page_offset + 130):
+        corrupt[at] ^= 0x5A
+    path.write_bytes(bytes(corrupt))
     _write(
         source, "2026-11-11", clean.append_column("tenure_months", pa.array([1] * clean.num_rows))
     )
@@ -216,6 +224,7 @@ def test_other_partitions_are_scored(broken_run):
             "column 'tenure_months' has type string, which cannot be cast safely to a numeric "
             "feature",
         ),
+        ("2026-11-10", "b.parquet", "not a readable Parquet file"),
         (
             "2026-11-11",
             "part-0.parquet",
@@ -232,6 +241,7 @@ def test_a_file_level_problem_holds_its_partition_naming_file_and_column(
     assert any(r.startswith(f"{rel}: {message}") for r in held["reasons"]), held["reasons"]
     assert {"file": rel, "reason": held["files"][0]["reason"]} in held["files"]
     assert not (broken_run["store"] / "scores" / f"dt={partition}").exists()
+    assert not list((broken_run["store"] / "_staging").glob(f"dt={partition}-*"))
     assert broken_run["outcomes"][partition]["status"] == "held"
 
 
