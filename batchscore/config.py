@@ -8,6 +8,7 @@ default.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
@@ -69,6 +70,12 @@ class StorageConfig(_Table):
     def _not_blank(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("must not be empty")
+        # A local path or an s3:// URI: the leases and the publish protocol are written for
+        # those two (`batchscore.storage`); pyarrow opens others (gs://) but they were never
+        # tested, and one hung `models list` for minutes, deaf to SIGTERM.
+        scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.\-]+):/", value)  # not C:/, a drive
+        if scheme and not value.startswith("s3://"):
+            raise ValueError("must be a local path or an s3://bucket/prefix URI")
         return value
 
 

@@ -199,6 +199,16 @@ def test_an_unknown_table_is_named(tmp_path: Path):
             "[drift.features.monthly_charges] psi: Input should be greater than 0 (got -0.3)",
         ),
         (
+            {"storage": {"store": "gs://bucket/x"}},
+            "[storage] store: must be a local path or an s3://bucket/prefix URI "
+            "(got 'gs://bucket/x')",
+        ),
+        (
+            {"storage": {"source": "s3:/lake/churn"}},
+            "[storage] source: must be a local path or an s3://bucket/prefix URI "
+            "(got 's3:/lake/churn')",
+        ),
+        (
             {"dataset": {"name": ".."}},
             "[dataset] name: String should match pattern '^[A-Za-z0-9_\\-][A-Za-z0-9_.\\-]*$' "
             "(got '..')",
