@@ -127,9 +127,13 @@ def main(argv: list[str] | None = None) -> int:
 def _train(config, reason: str, force: bool) -> int:
     """The `retrain` flow, as `prefect deployment run retrain/retrain` runs it."""
     from batchscore.prefect_api import one_api
+    from batchscore.registry import Registry
+    from batchscore.training import champion_to_compare
     from flows.retrain import retrain
 
     started = time.time()
+    registry = Registry(config.store, config.dataset.name)
+    champion_to_compare(registry, registry.champion(), force)  # a changed champion: exit 2
     with one_api():
         state = retrain(config=config.path, reason=reason, force=force, return_state=True)
     result = state.result(raise_on_failure=False)

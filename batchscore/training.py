@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from batchscore.config import HIGHER_IS_BETTER, Config
 from batchscore.features import FeatureSchema, TrainingProfile, feature_columns
 from batchscore.metrics import metrics
-from batchscore.registry import Registry
+from batchscore.registry import ModelIntegrityError, Registry
 from batchscore.storage import Location, lease, parse_partition_dir
 from drift import ReferenceProfile
 
@@ -104,6 +104,23 @@ def _drop_duplicate_ids(table: pa.Table, id_columns: list[str]) -> pa.Table:
     return table.join(dupes.select(id_columns), keys=id_columns, join_type="left anti")
 
 
+def champion_to_compare(registry: Registry, parent: str | None, force: bool):
+    """The champion a challenger is compared with, loaded (None without one), and what the
+    decision says when it could not be: a changed model file cannot be scored nor compared
+    with, and forcing is how to replace it (its versions may be the only ones there are)."""
+    if parent is None:
+        return None, ""
+    try:
+        return registry.ref(parent).load(), ""
+    except ModelIntegrityError as exc:
+        if not force:
+            raise ModelIntegrityError(
+                f"{exc} To replace it, train with --force: the new version is then promoted "
+                "without a comparison."
+            ) from exc
+        return None, f"; champion {parent} not compared: {exc}"
+
+
 def train(
     config: Config,
     reason: str = "manual",
@@ -162,8 +179,8 @@ def train(
     )
 
     champion_metrics: dict[str, float] = {}
-    if parent is not None:
-        champion = registry.ref(parent).load()
+    champion, not_compared = champion_to_compare(registry, parent, force)
+    if champion is not None:
         holdout = data.filter(pa.array(in_holdout))
         champion_metrics = metrics(
             ds.task, y[in_holdout], champion.booster.predict(champion.schema.to_matrix(holdout))
@@ -220,7 +237,7 @@ def train(
         elif parent is None:
             status, decision = "promoted", "first model"
         elif force:
-            status, decision = "promoted", f"forced: {reason}"
+            status, decision = "promoted", f"forced: {reason}{not_compared}"
         else:
             ok, decision = gate(
                 metric, challenger_metrics, champion_metrics, rt.min_improvement, version, parent

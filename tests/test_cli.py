@@ -387,3 +387,24 @@ def test_promote_accepts_only_version_names(trained: dict, tmp_path: Path, name:
         f"batchscore: {name!r} is not a version of model 'churn': versions are named vNNNN; "
         "known: v0001, v0002\n"
     )
+
+
+def test_a_changed_champion_is_replaced_by_train_force_not_by_train(trained: dict, tmp_path: Path):
+    """README: a changed model file is fixed by restoring it, promoting another version or
+    training another: training compared the challenger with the champion it could not load,
+    so with one version there was no way out but restoring the file."""
+    config, store = _config_for(trained, "after-one", tmp_path)
+    with (store / "models" / "churn" / "v0001" / "model.txt").open("a") as fh:
+        fh.write("# edited\n")
+
+    code, _, err = _run("train", "--config", str(config))
+    assert code == 2 and "To replace it, train with --force" in err
+
+    code, out, err = _run("train", "--force", "--reason", "replace", "--config", str(config))
+    assert code == 0, err
+    assert out.startswith(
+        "promoted: forced: replace; champion v0001 not compared: model churn v0001"
+    )
+    _, listing, _ = _run("models", "list", "--config", str(config))
+    champions = [line[:5] for line in _version_lines(listing) if "champion" in line.split()]
+    assert champions == ["v0002"]
