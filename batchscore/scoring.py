@@ -323,13 +323,23 @@ def _batches(parquet: pq.ParquetFile, chunk: Chunk, batch_rows: int):
         yield parquet.schema_arrow.empty_table()
 
 
+# What quarantine adds to each rejected row (`_quarantined`).
+QUARANTINE_COLUMNS = ("reason", "source_file", "quarantined_at", "run_id")
+
+
 def _quarantined(
     table: pa.Table, bad: np.ndarray, verdict: RowVerdict, file: str, now: dt.datetime, run_id: str
 ) -> pa.Table:
-    """The rejected rows as they were read, with why, where from, when and by which run."""
+    """The rejected rows as they were read, with why, where from, when and by which run.
+
+    An input column named like one of those four is kept as `input_<name>`: two columns of
+    one name made the quarantine file unreadable (`pq.read_table`: "Multiple matches")."""
     rows = np.flatnonzero(bad)
     n = len(rows)
     out = table.take(pa.array(rows))
+    out = out.rename_columns(
+        [f"input_{c}" if c in QUARANTINE_COLUMNS else c for c in out.column_names]
+    )
     out = out.append_column("reason", pa.array(verdict.reason_column(rows)))
     out = out.append_column("source_file", pa.array([file] * n))
     out = out.append_column("quarantined_at", pa.array([now] * n, pa.timestamp("us", tz="UTC")))

@@ -558,3 +558,32 @@ def test_string_ids_of_several_encodings_are_written_as_one_type(tmp_path):
     for output in ("scores", "quarantine"):
         table = pq.read_table(Path(config.store) / output / "dt=2026-01-01")
         assert table.schema.field("id").type == pa.large_string()
+
+
+def test_input_columns_named_like_quarantine_columns_are_kept_as_input_columns(tmp_path):
+    """An export with its own `reason` and `run_id` columns: the quarantine file had two
+    columns of each name, and pyarrow could not read it."""
+    from batchscore import partitions, scoring
+
+    config = _config(tmp_path)
+    _register(config)
+    folder = Path(config.source) / "incoming" / "dt=2026-01-01"
+    folder.mkdir(parents=True)
+    table = _table(300, seed=4)
+    never = table.column("never_missing").to_numpy().copy()
+    never[[5, 9]] = np.nan  # never missing in training: these two rows are rejected
+    table = table.set_column(3, "never_missing", pa.array(never))
+    table = table.append_column("reason", pa.array([f"upstream {i}" for i in range(300)]))
+    table = table.append_column("run_id", pa.array(np.arange(300) * 10))
+    pq.write_table(table, folder / "part-0.parquet")
+
+    ref = Registry(config.store, "gen").champion_ref()
+    plan = partitions.plan_partition(config, "2026-01-01", ref)
+    results = [scoring.score_chunk(config, c, ref, plan, "run-1") for c in plan.chunks]
+    scoring.publish_partition(config, plan, ref, results, "run-1")
+
+    quarantined = pq.read_table(Path(config.store) / "quarantine" / "dt=2026-01-01")
+    assert quarantined.column("input_reason").to_pylist() == ["upstream 5", "upstream 9"]
+    assert quarantined.column("input_run_id").to_pylist() == [50, 90]
+    assert quarantined.column("run_id").to_pylist() == ["run-1", "run-1"]
+    assert all("never_missing is missing" in r for r in quarantined.column("reason").to_pylist())
