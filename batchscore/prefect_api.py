@@ -125,6 +125,9 @@ _early: TemporaryServer | None = None
 # The URLs of every temporary server this process started early, stopped ones included:
 # Prefect reads its settings once, so after a first run they still name that run's server.
 _ours: set[str] = set()
+# The servers an enclosing `one_api()` is serving now: a nested one (the demo's training and
+# scoring, inside the demo's own) uses that server, not one of its own.
+_serving: list[str] = []
 
 
 def start_early() -> bool:
@@ -169,13 +172,18 @@ def one_api() -> Iterator[str]:
     from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
 
     global _early
-    early, _early = _early, None
     configured = get_current_settings().api.url
+    if _serving and configured == _serving[-1]:
+        # Inside another one_api(): its server. (The settings name an early server that was
+        # taken already, which looked stale: the demo booted two more, ~4 s each.)
+        yield str(configured)
+        return
+    early, _early = _early, None
     stale = configured in _ours and (early is None or configured != early.api_url)
     if early is not None and (configured == early.api_url or stale):
         try:
             early.wait_ready()
-            with temporary_settings({PREFECT_API_URL: early.api_url}):
+            with temporary_settings({PREFECT_API_URL: early.api_url}), _serves(early.api_url):
                 yield early.api_url
         finally:
             _drain()
@@ -196,12 +204,21 @@ def one_api() -> Iterator[str]:
     server.start(timeout=120)
     os.environ["PREFECT_API_URL"] = server.api_url
     try:
-        with temporary_settings({PREFECT_API_URL: server.api_url}):
+        with temporary_settings({PREFECT_API_URL: server.api_url}), _serves(server.api_url):
             yield server.api_url
     finally:
         _drain()
         os.environ.pop("PREFECT_API_URL", None)
         server.stop()
+
+
+@contextmanager
+def _serves(url: str) -> Iterator[None]:
+    _serving.append(url)
+    try:
+        yield
+    finally:
+        _serving.pop()
 
 
 def end_flow_runs_without_waiting_for_heartbeats() -> None:

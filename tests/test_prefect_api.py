@@ -199,3 +199,31 @@ def test_a_held_partition_raised_in_a_worker_reaches_the_flow_with_its_outcome()
     again = pickle.loads(pickle.dumps(PartitionHeld(outcome)))
     assert isinstance(again, PartitionHeld) and again.outcome == outcome
     assert str(again) == "partition 2026-11-07 held: too many bad rows"
+
+
+def test_a_nested_one_api_uses_the_server_of_the_enclosing_one():
+    """`batchscore demo` trains and scores inside its own one_api(): each nested one took the
+    early server's URL, already claimed, for a stale one and booted a server of its own
+    (three servers for one demo, ~4 s each)."""
+    done = _run(
+        """
+        import batchscore.prefect_api as api
+
+        api.start_early()
+        with api.one_api() as outer:
+            for _ in range(2):
+                with api.one_api() as inner:
+                    from prefect import flow
+
+                    @flow
+                    def one() -> int:
+                        return 1
+
+                    assert one() == 1
+                    assert inner == outer, (inner, outer)
+        print("ok")
+        """
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().endswith("ok")
+    assert "Starting temporary server" not in done.stderr
