@@ -76,8 +76,9 @@ class NumericReference(JsonForm):
     F(g_j) >= i/S), and there is no reference mass below g1 or above gK. Hence
     0 <= D_exact - D_sketch < 1/S, i.e. < 4.9e-4 for the default S = 2048, whatever the
     current data look like. (A reference rebuilt from merged counts with `with_counts` keeps
-    the grid but not this guarantee: its bound is max over cells of min(ref, cur) mass, which
-    `drift.methods.KS` checks against DESIGN.md's 1e-3 before it reports a D.)
+    the grid but not this guarantee: `drift.methods.ks_error_bound` computes its bound for each
+    current partition, and `drift.methods.KS` checks it against DESIGN.md's 1e-3 before it
+    reports a D.)
 
     `window`: counts merged from partitions (`with_counts`, a rolling reference) rather than
     fitted on raw values. Its PSI bins are then the window's own deciles, as DESIGN.md's
