@@ -82,6 +82,16 @@ def test_sample_scores_every_partition_once_and_quarantines_the_invalid_rows(sam
     assert pa.compute.count_distinct(table.column("customer_id")).as_py() == table.num_rows
     scores = table.column("score").to_numpy()
     assert np.all((scores > 0) & (scores < 1))
+    # README's DuckDB query over the scores folder, as written there (with this store).
+    import duckdb
+
+    by_day = duckdb.sql(
+        "select dt, count(*), avg(score) from "
+        f"read_parquet('{store}/scores/*/*.parquet', hive_partitioning=true) group by dt"
+    ).fetchall()
+    assert sorted((str(dt), n) for dt, n, _ in by_day) == [
+        (day, outcomes[day]["rows_scored"]) for day in SAMPLE_DAYS
+    ]
 
     # Drift: exactly the injected features on exactly the drifted days, nothing elsewhere.
     report = pads.dataset(store / "drift", format="parquet", partitioning="hive").to_table()
