@@ -37,6 +37,7 @@ import pyarrow.compute as pc
 
 from batchscore.config import Config
 from batchscore.features import TrainingProfile
+from drift.counts import to_pylist_escaped
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
@@ -316,20 +317,8 @@ def _run_arrow(table: pa.Table, rules: list[_Rule], verdict: RowVerdict) -> None
         column = table.column(rule.column)
         rows = rule.unexpected(column)
         if len(rows):
-            values = _python_values(column.take(pa.array(rows)))
+            values = to_pylist_escaped(column.take(pa.array(rows)))  # a reason's text
             verdict.add(rows, [rule.describe(v) for v in values], f"{rule.type}({rule.column})")
-
-
-def _python_values(values: pa.ChunkedArray) -> list:
-    """The values as Python objects, for a reason's text. A writer that does not validate
-    can leave bytes that are not UTF-8 in a string column; Arrow carries them, but Python
-    cannot decode them, and the chunk failed while describing why its row was rejected.
-    Such strings are shown with the bad bytes escaped (`basic\\xff`)."""
-    try:
-        return values.to_pylist()
-    except UnicodeDecodeError:
-        raw = _decoded(values).cast(pa.large_binary()).to_pylist()
-        return [None if v is None else v.decode("utf-8", "backslashreplace") for v in raw]
 
 
 def _plain(value):

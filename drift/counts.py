@@ -326,19 +326,22 @@ def count_categorical(
     if int((~known).sum()) <= UNSEEN_NAMES:
         names = distinct.field("values").filter(pa.array(~known))
         unseen = {}
-        for name, n in zip(_texts(names), distinct_counts[~known].tolist(), strict=True):
+        for name, n in zip(to_pylist_escaped(names), distinct_counts[~known].tolist(), strict=True):
             unseen[name] = unseen.get(name, 0) + n  # two spellings could escape alike
     return CategoricalCounts(reference_id, bin_counts, unseen)
 
 
-def _texts(strings: pa.Array) -> list[str]:
-    """Python strings of a string array; bytes that are not UTF-8 (a writer that did not
-    validate) escaped rather than failing."""
+def to_pylist_escaped(values: pa.Array | pa.ChunkedArray) -> list:
+    """`values.to_pylist()`, except that strings that are not UTF-8 (a writer that did not
+    validate leaves such bytes; Arrow carries them, Python cannot decode them) come out with
+    the bad bytes escaped (`basic\\xff`) instead of raising."""
     try:
-        return strings.to_pylist()
+        return values.to_pylist()
     except UnicodeDecodeError:
-        raw = strings.cast(pa.large_binary()).to_pylist()
-        return [v.decode("utf-8", "backslashreplace") for v in raw]
+        if pa.types.is_dictionary(values.type):
+            values = values.cast(values.type.value_type)
+        raw = values.cast(pa.large_binary()).to_pylist()
+        return [None if v is None else v.decode("utf-8", "backslashreplace") for v in raw]
 
 
 def _check_kind(payload: dict[str, Any], kind: str) -> None:

@@ -199,7 +199,7 @@ class NumericReference(JsonForm):
         """
         if not self.window:
             return self.counts_, counts.bin_counts
-        points, _ = self.window_edges()
+        points, _ = self.window_edges
         bounds = np.concatenate([[0], 2 * points + 2])  # a bin ends with its point's cell
 
         def rebinned(sketch: np.ndarray, missing: int) -> np.ndarray:
@@ -214,7 +214,7 @@ class NumericReference(JsonForm):
         """Why `psi_counts` cannot build a window's bins; None when it can."""
         if not self.window:
             return None
-        _, error = self.window_edges()
+        _, error = self.window_edges
         if error <= PSI_EDGE_TOLERANCE:
             return None
         return (
@@ -224,6 +224,7 @@ class NumericReference(JsonForm):
             "few): measure against the training reference, or retrain"
         )
 
+    @cached_property
     def window_edges(self) -> tuple[np.ndarray, float]:
         """A window's PSI edges as grid indices, and how far they can be from its exact
         deciles, as a share of its present values.
