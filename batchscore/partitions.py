@@ -230,8 +230,18 @@ def unreadable(size: int, exc: Exception) -> str:
     return f"not a readable Parquet file ({size:,} bytes): {exc}"
 
 
-# Integer id types whose every value an int64 holds exactly.
-_INT64_SAFE = (pa.int8(), pa.int16(), pa.int32(), pa.int64(), pa.uint8(), pa.uint16(), pa.uint32())
+# Integer id types whose every value an int64 holds exactly; and Arrow's null type, a file
+# whose ids are all null (nulls are left out of the check anyway).
+_INT64_SAFE = (
+    pa.int8(),
+    pa.int16(),
+    pa.int32(),
+    pa.int64(),
+    pa.uint8(),
+    pa.uint16(),
+    pa.uint32(),
+    pa.null(),
+)
 
 
 def _duplicate_ids(
@@ -255,7 +265,7 @@ def _duplicate_ids(
             if fast:
                 for batch in parquet.iter_batches(batch_size=1 << 20, columns=id_columns):
                     column = pc.drop_null(batch.column(0))
-                    values[filled : filled + len(column)] = column.to_numpy()
+                    values[filled : filled + len(column)] = column.to_numpy(zero_copy_only=False)
                     filled += len(column)
             else:
                 tables.append(parquet.read(columns=id_columns))
