@@ -412,7 +412,13 @@ def _common_integer(
     return pa.null()
 
 
-def _with_retries(read, delays: tuple[float, ...] = (0.5, 2.0)):
+# Seconds before each re-read of a file that failed with an OSError, which pyarrow raises
+# for a storage error and for a corrupt file alike: footers here, chunks' data in
+# `scoring._read_chunk`. One policy, so a file counts as unreadable after the same waits.
+REREAD_DELAYS = (0.5, 2.0)
+
+
+def _with_retries(read, delays: tuple[float, ...] = REREAD_DELAYS):
     """Read, retrying storage errors with backoff: a transient error must not hold a
     partition, but a corrupt file (which pyarrow also reports as OSError) fails every try."""
     for delay in delays:

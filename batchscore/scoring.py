@@ -38,6 +38,7 @@ from batchscore.engine import PREDICT_BLOCK_ROWS, get_predictor
 from batchscore.features import FeatureColumns, unseen_mask
 from batchscore.partitions import (
     HELD,
+    REREAD_DELAYS,
     SUCCESS,
     Chunk,
     PartitionPlan,
@@ -252,7 +253,7 @@ def _open_for_batches(source: Location, file: str) -> pq.ParquetFile:
 
 
 def _read_chunk(
-    source: Location, chunk: Chunk, batch_rows: int, delays: tuple[float, ...] = (0.5, 2.0)
+    source: Location, chunk: Chunk, batch_rows: int, delays: tuple[float, ...] = REREAD_DELAYS
 ):
     """The chunk's rows, as `_batches` yields them, from a fresh handle on its file.
 
