@@ -10,7 +10,8 @@ The server takes seconds to boot (it imports FastAPI, SQLAlchemy and Prefect's A
 own process), and so does importing Prefect and the flows here. The CLI
 calls `start_early()` before its heavy imports, so the two happen side by side instead of
 one after the other. The server is the one Prefect's `SubprocessASGIServer` runs (uvicorn
-with `prefect.server.api.server:create_app`, UI off), started without importing Prefect's
+with `prefect.server.api.server:create_app`, UI off; built with the garbage collector off),
+started without importing Prefect's
 server code into this process, in a session of its own and ending with this process
 (`batchscore/api_server.py`).
 """
@@ -69,7 +70,7 @@ class TemporaryServer:
                 "--app-dir",
                 site,
                 "--factory",
-                "prefect.server.api.server:create_app",
+                "batchscore.api_server:create_app",
                 "--host",
                 "127.0.0.1",
                 "--port",

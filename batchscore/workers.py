@@ -27,23 +27,10 @@ import select
 import threading
 import time
 
-# What every scoring worker imports: the score flow (every task run's context holds it, and
-# importing it installs `flows/__init__.py`'s changes to Prefect), the tasks (Prefect,
-# pyarrow, batchscore, drift counting), the compiled engine's runtime, and LightGBM
-# (checking the compiled model's first batch, or the lightgbm engine; it brings pandas),
-# SciPy's statistics (a run's last partition is published in a worker: its drift p-values,
-# 0.6 s to import); then `fork_ready` loads Prefect's collections and freezes it all out of
-# the garbage collector's reach. An import that fails here is only skipped: the worker
-# imports it itself, and reports the error where it is used.
-PRELOAD = [
-    "flows.score",
-    "tasks.scoring",
-    "batchscore.engine",
-    "lleaves",
-    "lightgbm",
-    "scipy.stats",
-    "batchscore.fork_ready",
-]
+# The fork server preloads one module, `batchscore.fork_ready`: it imports what every
+# scoring worker uses (its `WORKER_MODULES`), with the cyclic garbage collector off while it
+# does, loads Prefect's collections, and freezes it all out of the collector's reach.
+PRELOAD = ["batchscore.fork_ready"]
 
 
 def forkserver_context():

@@ -79,6 +79,7 @@ def where_am_i() -> dict:
         "preloaded": "lightgbm" in sys.modules and "tasks.scoring" in sys.modules,
         "marker": os.environ.get("BATCHSCORE_TEST_MARKER"),
         "frozen_objects": gc.get_freeze_count(),
+        "gc_enabled": gc.isenabled(),
         "collections_loaded": "prefect_dask" in sys.modules,
         "mimalloc_purge_delay": os.environ.get("MIMALLOC_PURGE_DELAY"),
     }

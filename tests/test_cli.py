@@ -321,6 +321,23 @@ def test_score_without_a_champion_exits_2_with_one_line(empty: Path, no_server):
     assert err.startswith("batchscore: model 'churn' has no champion") and err.count("\n") == 1
 
 
+def test_the_garbage_collector_is_on_again_after_a_command_however_it_ends(empty: Path, no_server):
+    """`main()` turns the collector off for its imports (`cli._imported`)."""
+    import gc
+
+    assert gc.isenabled()
+    assert _run("score", "--config", str(empty))[0] == 2  # stops before the flow's imports
+    assert gc.isenabled()
+    assert _run("models", "list", "--config", str(empty))[0] == 0
+    assert gc.isenabled()
+    gc.disable()  # a caller's choice is kept
+    try:
+        assert _run("models", "list", "--config", str(empty))[0] == 0
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
 def test_score_with_a_changed_model_file_exits_2_with_one_line(
     trained: dict, tmp_path: Path, no_server
 ):

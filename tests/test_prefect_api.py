@@ -48,6 +48,25 @@ def test_a_server_started_early_is_the_one_api_and_is_stopped_after():
     assert done.stdout.strip().endswith("ok")
 
 
+def test_the_temporary_servers_app_is_built_with_the_collector_off_and_left_on():
+    """`batchscore.api_server`: the collector is off while Prefect's server is imported and
+    its app built (`main`), then on again, with what they built frozen (`create_app`)."""
+    done = _run(
+        """
+        import gc
+        gc.disable()  # as api_server.main leaves it for uvicorn
+        from batchscore.api_server import create_app
+        app = create_app()
+        assert type(app).__name__ == "FastAPI", type(app)
+        assert gc.isenabled()
+        assert gc.get_freeze_count() > 100_000, gc.get_freeze_count()
+        print("ok")
+        """
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().endswith("ok")
+
+
 def test_a_second_run_in_the_same_process_gets_its_own_server():
     """`batchscore.cli.main` called twice in one process (a notebook, a script, a test): the
     first run's early server is gone, and Prefect's settings, read once, still name it. The

@@ -32,6 +32,8 @@ def test_workers_are_forked_with_their_imports_done_and_get_the_flows_environmen
         assert s["preloaded"]
         # the fork server froze its imports out of the collector's reach (`fork_ready`)
         assert s["frozen_objects"] > 100_000
+        # and turned the collector, off while it imported, on again
+        assert s["gc_enabled"]
         # and imported Prefect's collections, which a worker's first task would otherwise
         # import (after the fork: `frozen_objects` counts only what came before)
         assert s["collections_loaded"]
