@@ -14,7 +14,7 @@ import signal
 import sys
 import time
 
-from batchscore.config import ConfigError, load_config
+from batchscore.config import DEFAULT_CONFIG, ConfigError, load_config
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
@@ -24,9 +24,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument(
-            "--config", default="batchscore.toml", help="TOML file (default: %(default)s)"
-        )
+        p.add_argument("--config", default=DEFAULT_CONFIG, help="TOML file (default: %(default)s)")
         return p
 
     s = with_config(sub.add_parser("score", help="score pending partitions with the champion"))
@@ -76,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
         "--config",
         dest="show_config",
         metavar="F",
-        default="batchscore.toml",
+        default=DEFAULT_CONFIG,
         help="TOML file (default: %(default)s)",
     )
     show.add_argument(
@@ -261,7 +259,7 @@ def _preflight(config, partition: str | None) -> None:
 def _start_workers_early(config, run: tuple[str | None, bool] | None = None) -> None:
     """Boot the scoring workers' fork server (batchscore/workers.py) in the background,
     unless `run`, a score run's (partition, rescore) options, looks like it will not use
-    workers.
+    workers (`workers.start_for_run`).
 
     With a Prefect API already running, right away: its imports run beside this process's.
     With a temporary server booting, once this process's imports are done (the CLI calls it
@@ -271,45 +269,16 @@ def _start_workers_early(config, run: tuple[str | None, bool] | None = None) -> 
     if _workers_decided:
         return
     _workers_decided = True
-    if config.scoring.runner != "process":
-        return
-    if run is not None and _runs_in_this_process(config, *run):
-        return
     from batchscore import workers
 
-    workers.start_early()
+    if run is None:
+        if config.scoring.runner == "process":
+            workers.start_early()
+    else:
+        workers.start_for_run(config, *run)
 
 
 _workers_decided = False
-
-
-def _runs_in_this_process(config, partition: str | None, rescore: bool) -> bool:
-    """Whether a score run will do all its work in this process, by what the store holds now:
-    everything pending fits in one chunk (by the Parquet footers; the flow then scores it here)
-    and no labelled partition needs realised performance (measured in workers). Then a fork
-    server would only take CPU from this process: a 20,000-row partition took 6.7 s instead
-    of 5.8 s with a temporary server, 3.1 s instead of 2.6 s with an API running. A guess, a
-    few file reads, the cheap ones first: any doubt (an error, a partition arriving meanwhile)
-    costs time, never results, as a pool starts its fork server when it first needs a
-    worker. Asked of local folders only: on an object store the reads are round trips (a
-    manifest per labelled partition), and the fork server starts early as before."""
-    try:
-        from batchscore import partitions, performance
-        from batchscore.registry import Registry
-        from batchscore.storage import Location
-
-        if not (Location(config.store).is_local and Location(config.source).is_local):
-            return False
-        model = Registry(config.store, config.dataset.name).champion_ref()
-        found = partitions.discover(config).partitions
-        candidates = [p for p in found if partition is None or p == partition]
-        todo = partitions.pending(config, model, candidates, rescore)
-        if not partitions.rows_at_most(config, todo, config.scoring.chunk_rows):
-            return False
-        labelled = set(performance.labelled_partitions(config))
-        return not (labelled & set(todo) or performance.pending(config))
-    except Exception:  # noqa: BLE001 - a guess: the flow reports real problems
-        return False
 
 
 def _print_summary(config, outcomes: list[dict], seconds: float) -> None:

@@ -20,6 +20,10 @@ Name = Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_\-][A-Za-z0-9_.\
 ColumnName = Annotated[str, Field(min_length=1)]
 
 
+# The config a command or flow reads when none is named: in the working folder.
+DEFAULT_CONFIG = "batchscore.toml"
+
+
 class ConfigError(ValueError):
     """A configuration file that cannot be used; the message names the file and the key."""
 

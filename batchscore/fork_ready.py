@@ -21,6 +21,10 @@ forked, what every worker would otherwise do at its first task; then freeze.
   result, which killed the pool's result thread (Prefect's callback re-raised it), and
   the command then waited forever at exit for workers nobody could stop. Now the flow
   process alone is interrupted, and it stops the workers (`flows.score.ForkedProcessPool`).
+- A flow run that Prefect's engine runs (a deployment's: `python -m prefect.engine`) has
+  that module as its `__main__`, and multiprocessing runs it again in every worker as
+  `__mp_main__` (a no-op here); runpy warned in each that the module was imported already,
+  a RuntimeWarning per worker in the run's output. That warning is off in the workers.
 - `gc.freeze()`: a forked worker shares its fork server's memory until it writes to a page,
   and Python's cyclic garbage collector writes to every object it visits, so each worker's
   first collections copied most of the fork server's modules into private memory. Frozen
@@ -34,6 +38,7 @@ import contextlib
 import gc
 import importlib
 import signal
+import warnings
 
 WORKER_MODULES = [
     "flows.score",
@@ -54,6 +59,9 @@ try:
     load_prefect_collections()
     # Before the fork server installs its own handlers: what it restores in each worker.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    warnings.filterwarnings(
+        "ignore", message=r"'prefect\.engine' found in sys\.modules", category=RuntimeWarning
+    )
 finally:
     gc.freeze()
     gc.enable()

@@ -13,13 +13,13 @@ from prefect import flow
 from prefect.runtime import flow_run
 from prefect.states import Completed
 
-from batchscore.config import load_config
+from batchscore.config import DEFAULT_CONFIG, load_config
 from tasks.retrain import DRIFT_EVENT, report_retrain, train_challenger
 
 
 @flow(name="retrain")
 def retrain(
-    config: str = "batchscore.toml",
+    config: str = DEFAULT_CONFIG,
     reason: str = "manual",
     force: bool = False,
     event_id: str | None = None,

@@ -17,6 +17,12 @@ import time
 from contextlib import ExitStack, suppress
 from dataclasses import replace
 
+from batchscore.workers import exit_with, forkserver_context, start_for_deployment_run
+
+# In a deployment's flow-run process, the scoring workers' fork server starts booting now,
+# beside the imports below (see `start_for_deployment_run`).
+start_for_deployment_run()
+
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.exceptions import ExternalSignal
@@ -24,12 +30,11 @@ from prefect.runtime import deployment, flow_run
 from prefect.states import Completed, Failed
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner
 
-from batchscore.config import Config, load_config
+from batchscore.config import DEFAULT_CONFIG, Config, load_config
 from batchscore.policy import RetrainDecision
 from batchscore.registry import ModelRef
 from batchscore.scoring import PartitionHeld, PartitionOutcome, UnreadableFile
 from batchscore.validation import FileProblem
-from batchscore.workers import exit_with, forkserver_context
 from flows.retrain import retrain
 from tasks.common import Sealed
 from tasks.performance import find_labelled, measure_performance, report_performance
@@ -49,7 +54,7 @@ from tasks.scoring import (
 
 
 @flow(name="score", log_prints=True)
-def score(config: str = "batchscore.toml", partition: str | None = None, rescore: bool = False):
+def score(config: str = DEFAULT_CONFIG, partition: str | None = None, rescore: bool = False):
     """Score every partition not yet scored by the champion (or one, or all with rescore)."""
     started = time.time()
     cfg = load_config(config)

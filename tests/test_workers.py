@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from helpers import settings_seen, where_am_i
 from prefect import flow, task
 
 from batchscore import workers
 from flows.score import ForkedProcessPool
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_workers_are_forked_with_their_imports_done_and_get_the_flows_environment(
@@ -95,3 +98,54 @@ def test_settings_built_once_follow_a_change_of_settings_or_environment(monkeypa
     monkeypatch.setenv("PREFECT_BATCHSCORE_TEST_MARKER", "changed")
     assert hydrated(seven) is not first
     assert hydrated(seven).client.max_retries == 7
+
+
+def test_a_deployments_flow_run_process_starts_the_fork_server_as_it_loads_the_score_flow(
+    prefect_api, sample, tmp_path
+):
+    """`workers.start_for_deployment_run`: with PREFECT__FLOW_RUN_ID set (a process a Prefect
+    worker started for one flow run), loading `flows.score` starts the fork server, when
+    the run's config (a parameter, read from the API) uses the process pool; not for a Dask
+    runner, and not outside a flow-run process."""
+    import subprocess
+    import sys
+
+    from helpers import write_config
+    from prefect.client.orchestration import get_client
+
+    dask = write_config(
+        tmp_path / "dask.toml",
+        sample.read_text(),
+        scoring={"runner": "dask", "dask_address": "tcp://127.0.0.1:9"},
+    )
+
+    @flow(name="score")
+    def placeholder(config: str = "batchscore.toml"):
+        pass
+
+    def fork_server_after_loading(config: Path, in_flow_run: bool = True) -> bool:
+        env = {**os.environ}
+        env.pop("PREFECT__FLOW_RUN_ID", None)
+        if in_flow_run:
+            with get_client(sync_client=True) as client:
+                run = client.create_flow_run(placeholder, parameters={"config": str(config)})
+            env["PREFECT__FLOW_RUN_ID"] = str(run.id)
+        code = (
+            "import flows.score\n"
+            "from multiprocessing import forkserver\n"
+            "print(forkserver._forkserver._forkserver_pid is not None)\n"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout.strip() == "True"
+
+    assert fork_server_after_loading(sample)
+    assert not fork_server_after_loading(dask)
+    assert not fork_server_after_loading(sample, in_flow_run=False)

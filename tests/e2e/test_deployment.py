@@ -277,6 +277,10 @@ def test_nightly_score_run_publishes_every_partition(stack: Stack, score_run):
         rows = sum(pq.read_metadata(f).num_rows for f in folder.glob("*.parquet"))
         assert rows == manifest["rows_scored"] > 0, partition
 
+    # The run's workers (forked from a server that imported prefect.engine, the flow-run
+    # process's __main__) said nothing about running it again (`batchscore.fork_ready`).
+    assert "RuntimeWarning" not in stack.worker.log(chars=10**7)
+
     # What prefect.yaml made of the deployment: the pull step, the cron, the concurrency limit.
     with stack.client() as client:
         deployment = client.read_deployment_by_name("score/nightly-score")
