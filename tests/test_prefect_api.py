@@ -67,6 +67,55 @@ def test_the_temporary_servers_app_is_built_with_the_collector_off_and_left_on()
     assert done.stdout.strip().endswith("ok")
 
 
+def test_the_command_starts_the_server_before_it_loads_the_cli():
+    """`batchscore.command.run`: for a command that runs flows, the temporary server starts
+    booting before `batchscore.cli` and the config's schema (pydantic) are imported."""
+    done = _run(
+        """
+        import sys
+        import batchscore.prefect_api as api
+
+        def start_early():
+            print("cli" if "batchscore.cli" in sys.modules else "-",
+                  "pydantic" if "pydantic" in sys.modules else "-")
+            raise SystemExit(0)
+
+        api.start_early = start_early
+        sys.argv = ["batchscore", "score", "--config", "nowhere.toml"]
+        from batchscore.command import run
+        run()
+        """
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["-", "-"]
+
+
+def test_a_command_that_stops_early_leaves_no_server_behind(tmp_path):
+    """A flow command with a config it cannot read exits 2, and the temporary server it
+    started booting (`batchscore.command`) is stopped on the way out."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    command = subprocess.Popen(
+        [str(Path(sys.executable).parent / "batchscore"), "score", "--config", "nowhere.toml"],
+        cwd=tmp_path,
+        env=clean,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _, err = command.communicate(timeout=120)
+    assert command.returncode == 2, err
+    assert "nowhere.toml" in err
+    # The server's first argument is the pid of the process that started it.
+    left = []
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv[1:4] == [b"-m", b"batchscore.api_server", str(command.pid).encode()]:
+            left.append(entry.name)
+    assert not left, f"servers left behind: {left}"
+
+
 def test_a_second_run_in_the_same_process_gets_its_own_server():
     """`batchscore.cli.main` called twice in one process (a notebook, a script, a test): the
     first run's early server is gone, and Prefect's settings, read once, still name it. The
