@@ -351,8 +351,9 @@ def _demo(config) -> int:
     with one_api():  # one temporary Prefect API for training and scoring
         if registry.champion() is None:
             print(f"no champion for {config.dataset.name}: training one")
-            if _train(config, "demo: first model", False) != 0:
-                return 1
+            trained = _train(config, "demo: first model", False)
+            if trained != 0:
+                return trained  # 2: nothing to train on, as `batchscore train` says
         else:
             print(f"champion of {config.dataset.name}: {registry.champion()}")
         code = _score(config, None, False)

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from batchscore.config import Config
 from batchscore.registry import ModelRef
-from batchscore.storage import Location, parse_partition_dir
+from batchscore.storage import Location, is_data_file, parse_partition_dir
 from batchscore.validation import (
     FileProblem,
     check_schema,
@@ -155,13 +155,14 @@ def plan_partition(config: Config, partition: str, model: ModelRef) -> Partition
     readable: list[tuple[str, pq.ParquetFile]] = []
     described: list[dict] = []
     rows_in = 0
-    # '.' and '_' folders are skipped as data_files skips such files (pyarrow.dataset too).
+    entries = source.list(folder)  # once: a LIST request on an object store
+    # '.' and '_' folders are skipped as such files are (pyarrow.dataset too).
     ignored = [
         f"{folder}/{e.base_name}"
-        for e in source.list(folder)
+        for e in entries
         if e.type.name == "Directory" and not e.base_name.startswith((".", "_"))
     ]
-    for entry in source.data_files(folder):
+    for entry in filter(is_data_file, entries):
         rel = f"{folder}/{entry.base_name}"
         files.append(rel)
         try:

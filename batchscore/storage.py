@@ -61,6 +61,12 @@ def parse_partition_dir(name: str) -> dt.date | None:
         return None
 
 
+def is_data_file(entry: pafs.FileInfo) -> bool:
+    """A data file: a file whose name starts with neither '.' (our temporary names) nor '_'
+    (manifests), the rule pyarrow.dataset also follows."""
+    return entry.type == pafs.FileType.File and not entry.base_name.startswith((".", "_"))
+
+
 @dataclass(frozen=True)
 class Location:
     """A root folder on a pyarrow filesystem, addressed by relative '/'-separated paths."""
@@ -101,13 +107,8 @@ class Location:
         return sorted(entries, key=lambda e: e.base_name)
 
     def data_files(self, *parts: str) -> list[pafs.FileInfo]:
-        """The data files of a folder: files whose names start with neither '.' (our
-        temporary names) nor '_' (manifests), the rule pyarrow.dataset also follows."""
-        return [
-            e
-            for e in self.list(*parts)
-            if e.type == pafs.FileType.File and not e.base_name.startswith((".", "_"))
-        ]
+        """The data files of a folder (`is_data_file`)."""
+        return [e for e in self.list(*parts) if is_data_file(e)]
 
     def read_bytes(self, *parts: str) -> bytes:
         with self.fs.open_input_stream(self.path(*parts)) as fh:

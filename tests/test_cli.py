@@ -229,6 +229,14 @@ def test_train_without_labels_exits_2_saying_what_is_missing(empty: Path):
     )
 
 
+def test_demo_without_labels_exits_2_as_train_does(empty: Path):
+    code, out, err = _run("demo", "--config", str(empty))
+
+    assert code == 2
+    assert out == "no champion for churn: training one\n"
+    assert err.splitlines()[-1].startswith("batchscore: no training: 0 labelled partition(s)")
+
+
 def test_a_config_with_an_unknown_key_exits_2_naming_the_key(tmp_path: Path, capsys):
     config = write_config(tmp_path / "c.toml", SAMPLE_TEXT, scoring={"chunk_row": 5})
 

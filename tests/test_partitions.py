@@ -84,6 +84,23 @@ def test_folders_inside_a_partition_folder_are_not_read_and_are_reported(config,
     assert plan.ignored_folders == (f"incoming/dt={DAY}/sub",)
 
 
+def test_planning_lists_the_partition_folder_once(config, rows, monkeypatch):
+    """One listing for its data files and its subfolders: a LIST request on an object store."""
+    from batchscore.storage import Location
+
+    folder = Path(config.source) / "incoming" / f"dt={DAY}"
+    (folder / "sub").mkdir(parents=True)
+    pq.write_table(rows.slice(0, 300), folder / "a.parquet")
+    listed, real = [], Location.list
+    monkeypatch.setattr(
+        Location, "list", lambda self, *parts: listed.append(parts) or real(self, *parts)
+    )
+    plan = _plan(config)
+    assert plan.files == (f"incoming/dt={DAY}/a.parquet",)
+    assert plan.ignored_folders == (f"incoming/dt={DAY}/sub",)
+    assert listed.count((f"incoming/dt={DAY}",)) == 1, listed
+
+
 def test_a_corrupt_data_page_behind_an_intact_footer_names_the_file(config, rows):
     folder = Path(config.source) / "incoming" / f"dt={DAY}"
     folder.mkdir(parents=True)
