@@ -33,6 +33,9 @@ from batchscore.validation import (
 
 SUCCESS = "_SUCCESS"
 HELD = "_HELD"
+# Where a partition's hold goes when it has a complete earlier output (a `--rescore` held):
+# `quarantine/dt=D/_held/`, beside that output's quarantine files, which stay as they are.
+HELD_BESIDE = "_held"
 
 
 @dataclass(frozen=True)
@@ -108,7 +111,8 @@ def manifest(config: Config, partition: str) -> dict | None:
 
 
 def pending(config: Config, model: ModelRef, partitions: list[str], rescore: bool) -> list[str]:
-    """Partitions with no complete output from the current champion (all of them on rescore)."""
+    """Partitions with no complete output from the current champion, or whose last attempt
+    was held after one (`held_beside_output`); all of them on rescore."""
     if rescore:
         return list(partitions)
     out = []
@@ -118,9 +122,17 @@ def pending(config: Config, model: ModelRef, partitions: list[str], rescore: boo
             done is None
             or done.get("model_version") != model.version
             or done.get("model_name") != model.name
+            or held_beside_output(config, p)
         ):
             out.append(p)
     return out
+
+
+def held_beside_output(config: Config, partition: str) -> bool:
+    """Whether the partition's last attempt was held while an earlier complete output stayed
+    in place (`quarantine/dt=D/_held/_HELD`): its source changed since that output, so it is
+    tried again, as a partition held without one is. Scoring it replaces the hold."""
+    return Location(config.store).exists("quarantine", f"dt={partition}", HELD_BESIDE, HELD)
 
 
 def rows_at_most(config: Config, partitions: list[str], limit: int) -> bool:

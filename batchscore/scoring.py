@@ -38,6 +38,7 @@ from batchscore.engine import PREDICT_BLOCK_ROWS, get_predictor
 from batchscore.features import FeatureColumns, unseen_mask
 from batchscore.partitions import (
     HELD,
+    HELD_BESIDE,
     REREAD_DELAYS,
     SUCCESS,
     Chunk,
@@ -487,6 +488,7 @@ def publish_partition(
             f"failed validation, more than [validation] max_bad_row_fraction = {limit}"
         )
         staging.delete_dir("scores")
+        kept = _earlier_output(store, plan.partition)
         staging.write_json(
             {
                 **base,
@@ -497,14 +499,21 @@ def publish_partition(
                 # output (still in the source), counted apart so the three add up.
                 "rows_quarantined": quarantined,
                 "rows_held": plan.rows_in - quarantined,
+                **({"earlier_output_kept": kept} if kept else {}),
             },
             "quarantine",
             HELD,
         )
-        store.publish_dir(staging.child("quarantine"), "quarantine", f"dt={plan.partition}")
+        where = _publish_hold(store, staging.child("quarantine"), plan.partition, kept)
         _delete_staging(store, plan.partition)
         return PartitionOutcome(
-            plan.partition, "held", plan.rows_in, 0, quarantined, seconds, (reason,)
+            plan.partition,
+            "held",
+            plan.rows_in,
+            0,
+            quarantined,
+            seconds,
+            (reason, *_kept_note(kept, where)),
         )
     status = "scored" if plan.rows_in else "empty"
     if quarantined:
@@ -653,6 +662,7 @@ def hold_partition(
     reasons = tuple(f"{p.file}: {p.reason}" for p in plan.problems)
     store = Location(config.store)
     staging = store.child("_staging", f"held-{plan.partition}-{uuid.uuid4().hex[:8]}")
+    kept = _earlier_output(store, plan.partition)
     staging.write_json(
         {
             "partition": plan.partition,
@@ -663,11 +673,51 @@ def hold_partition(
             "model_version": model.version,
             "run_id": run_id,
             "written_at": utc_now(),
+            **({"earlier_output_kept": kept} if kept else {}),
         },
         HELD,
     )
-    store.publish_dir(staging, "quarantine", f"dt={plan.partition}")
+    where = _publish_hold(store, staging, plan.partition, kept)
     # Nothing staged for the partition is published: chunks scored before another chunk
     # met an undecodable file, or what an earlier attempt left.
     _delete_staging(store, plan.partition)
-    return PartitionOutcome(plan.partition, "held", plan.rows_in, 0, 0, 0.0, reasons)
+    return PartitionOutcome(
+        plan.partition, "held", plan.rows_in, 0, 0, 0.0, (*reasons, *_kept_note(kept, where))
+    )
+
+
+def _earlier_output(store: Location, partition: str) -> dict | None:
+    """The partition's complete output from an earlier run (its scores' `_SUCCESS`), in
+    brief; None when it has none."""
+    done = store.read_json_or_none("scores", f"dt={partition}", SUCCESS)
+    if done is None:
+        return None
+    return {k: done.get(k) for k in ("run_id", "model_version", "written_at", "status")}
+
+
+def _publish_hold(store: Location, hold: Location, partition: str, kept: dict | None) -> str:
+    """Publish a held partition's folder (its `_HELD`, and the rejected rows when it was
+    held for too many), and say where it went.
+
+    Without an earlier output: as the partition's quarantine folder, replacing an earlier
+    hold. With one (a `--rescore`, or a run of a new champion, held): in `_held/` inside
+    that quarantine folder, so that the earlier output stays whole and consistent (its
+    scores, drift report and rejected rows: a hold replacing the folder deleted rows its
+    `_SUCCESS` still counted, whose source may be gone); `partitions.pending` then tries the
+    partition again, and scoring it replaces the lot. Data readers skip `_held/`, as every
+    `_` name."""
+    if kept is None:
+        store.publish_dir(hold, "quarantine", f"dt={partition}")
+        return f"quarantine/dt={partition}/{HELD}"
+    store.publish_dir(hold, "quarantine", f"dt={partition}", HELD_BESIDE)
+    return f"quarantine/dt={partition}/{HELD_BESIDE}/{HELD}"
+
+
+def _kept_note(kept: dict | None, where: str) -> tuple[str, ...]:
+    if kept is None:
+        return ()
+    return (
+        f"the output of run {kept['run_id']} ({kept['model_version']}, {kept['written_at']}) "
+        f"is kept as it was; this hold is in {where}, and the next run tries the partition "
+        "again",
+    )

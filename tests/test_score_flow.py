@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
+import pytest
 from helpers import write_config
 
 from batchscore.config import load_config
@@ -152,6 +153,70 @@ def test_rescore_replaces_a_partition_with_identical_scores(sample, prefect_api)
     assert set(second.column("run_id").to_pylist()) == {_manifest(store, "2026-10-05")["run_id"]}
     assert sorted(p.name for p in (store / "scores").iterdir()) == ["dt=2026-10-05"]
     assert not list((store / "_staging").iterdir())
+
+
+def _unreadable(path: Path) -> None:
+    path.write_bytes(b"not a parquet file")
+
+
+def _too_many_bad_rows(path: Path) -> None:
+    table = pq.read_table(path)
+    bad = table.num_rows // 5  # 20% null ids > max_bad_row_fraction
+    ids = table.column("customer_id").combine_chunks()
+    nulls = pa.array([None] * bad, type=ids.type)
+    table = table.set_column(
+        table.schema.get_field_index("customer_id"),
+        "customer_id",
+        pa.concat_arrays([nulls, ids.slice(bad)]),
+    )
+    pq.write_table(table, path)
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [(_unreadable, "not a readable Parquet file"), (_too_many_bad_rows, "failed validation")],
+)
+def test_a_held_rescore_keeps_the_earlier_output_whole_and_the_next_run_tries_again(
+    sample, prefect_api, damage, reason
+):
+    """A partition scored, then its source changed so that a `--rescore` holds it: the
+    earlier output (scores, drift report, rejected rows) stays exactly as it was, the hold
+    goes beside it (`quarantine/dt=D/_held/`), and once the file is fixed a plain run scores
+    the partition again, replacing both."""
+    config = load_config(sample)
+    store = Path(config.store)
+    train(config)
+    day = "2026-10-11"  # it has rejected rows: its quarantine folder holds data
+    assert score(config=str(sample), partition=day, return_state=True).is_completed()
+    first_run = _manifest(store, day)["run_id"]
+
+    def outputs() -> dict:
+        return {
+            p.relative_to(store): p.read_bytes()
+            for kind in ("scores", "drift", "quarantine")
+            for p in (store / kind / f"dt={day}").rglob("*")
+            if p.is_file() and "_held" not in p.parts
+        }
+
+    before = outputs()
+    assert any(p.parts[0] == "quarantine" and p.suffix == ".parquet" for p in before)
+    source = sorted((Path(config.source) / "incoming" / f"dt={day}").glob("*.parquet"))[0]
+    good = source.read_bytes()
+    damage(source)
+
+    held = score(config=str(sample), partition=day, rescore=True, return_state=True)
+    assert held.name == "CompletedWithHeld", held.message
+    assert outputs() == before
+    hold = json.loads((store / "quarantine" / f"dt={day}" / "_held" / "_HELD").read_text())
+    assert hold["earlier_output_kept"]["run_id"] == first_run
+    assert reason in hold["reasons"][0]
+
+    source.write_bytes(good)
+    again = score(config=str(sample), partition=day, return_state=True)  # no --rescore
+    assert again.is_completed() and again.name != "NothingToDo", again.message
+    assert _manifest(store, day)["run_id"] not in (first_run, None)
+    assert not (store / "quarantine" / f"dt={day}" / "_held").exists()
+    assert any(p.parts[0] == "quarantine" and p.suffix == ".parquet" for p in outputs())
 
 
 def test_scores_do_not_depend_on_workers_or_chunk_size(sample, prefect_api, tmp_path):
