@@ -67,6 +67,9 @@ class PartitionPlan:
     # Folders inside the partition's folder: never read (only the files directly in
     # `dt=D/` are), but pyarrow.dataset would read them, so they are reported.
     ignored_folders: tuple[str, ...] = ()
+    # Seconds spent planning: reading the footers and id columns, checking the schemas and
+    # the ids' uniqueness (reported in `_SUCCESS` as `plan_seconds`).
+    seconds: float = 0.0
 
     @property
     def held(self) -> bool:
@@ -157,6 +160,7 @@ def rows_at_most(config: Config, partitions: list[str], limit: int) -> bool:
 
 def plan_partition(config: Config, partition: str, model: ModelRef) -> PartitionPlan:
     """Read the footers and id columns of one partition and cut it into chunks."""
+    started = time.perf_counter()
     dt.date.fromisoformat(partition)  # never build a path from an unchecked name
     source = Location(config.source)
     folder = f"incoming/dt={partition}"
@@ -234,6 +238,7 @@ def plan_partition(config: Config, partition: str, model: ModelRef) -> Partition
         fingerprint,
         id_types,
         tuple(ignored),
+        round(time.perf_counter() - started, 3),
     )
 
 

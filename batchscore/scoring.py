@@ -436,6 +436,7 @@ def publish_partition(
     config: Config, plan: PartitionPlan, model: ModelRef, results: list[ChunkResult], run_id: str
 ) -> PartitionOutcome:
     """Check the accounting, then make the partition's outputs visible in one rename each."""
+    started = time.perf_counter()
     store = Location(config.store)
     staging = staging_location(config, plan, model)
     results = sorted(results, key=lambda r: r.index)
@@ -479,6 +480,10 @@ def publish_partition(
         "failed_expectations": failed,
         "unseen_categories": unseen,
         "seconds": round(seconds, 3),
+        # Planning's seconds (footers, id columns, schemas, id uniqueness), and publishing's
+        # (merging the drift counts, measuring drift, writing the report and quarantine,
+        # moving them into place) up to this manifest: the work outside the chunks.
+        "plan_seconds": plan.seconds,
         # Chunks finished by an earlier, interrupted attempt and reused, not recomputed.
         "reused_chunks": sum(r.reused for r in results),
     }
@@ -546,6 +551,7 @@ def publish_partition(
             "rows_scored": scored,
             "rows_quarantined": quarantined,
             "drifted_features": drifted,
+            "publish_seconds": round(time.perf_counter() - started, 3),
         },
         "scores",
         SUCCESS,
