@@ -171,7 +171,30 @@ class ForkedProcessPool(ProcessPoolTaskRunner):
             processes = getattr(self._executor, "_processes", None) or {}
             for process in list(processes.values()):
                 process.terminate()
+            self._unblock_after_terminating()
         super().__exit__(exc_type, exc_value, traceback)
+
+    def _unblock_after_terminating(self) -> None:
+        """What a terminated worker leaves for the executor to wait on for ever, undone.
+
+        A worker killed while it wrote its result left part of a message in the result pipe,
+        and the executor's manager thread read on, waiting for the rest: the pool's shutdown
+        joined that thread, and the command hung (2 runs in 20 on two loaded cores). With
+        the workers gone, this process holds the pipe's last writing end: closing it ends
+        that read (the thread takes the pool as broken and stops). And the call queue's
+        feeder thread, writing the next tasks to workers that are gone, blocked on a full
+        pipe, which the interpreter joined at exit: it is not waited for."""
+        executor = self._executor
+        for process in list((getattr(executor, "_processes", None) or {}).values()):
+            with suppress(Exception):
+                process.join(timeout=5)
+        call_queue = getattr(executor, "_call_queue", None)
+        if call_queue is not None:
+            call_queue.cancel_join_thread()
+        writer = getattr(getattr(executor, "_result_queue", None), "_writer", None)
+        if writer is not None:
+            with suppress(OSError):
+                writer.close()
 
 
 def score_partitions(
