@@ -149,3 +149,37 @@ def test_a_deployments_flow_run_process_starts_the_fork_server_as_it_loads_the_s
     assert fork_server_after_loading(sample)
     assert not fork_server_after_loading(dask)
     assert not fork_server_after_loading(sample, in_flow_run=False)
+
+
+def test_an_interrupted_pool_does_not_wait_for_a_result_its_killed_worker_half_wrote():
+    """`ForkedProcessPool.__exit__` on an interrupt: a worker terminated while it wrote its
+    result leaves part of a message in the result pipe, and the executor's manager thread
+    waits for the rest. Here the half message is written by hand (a length header and 10 of
+    its 1,000 bytes); the pool must still shut down."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        import os, struct, threading
+        from flows.score import ForkedProcessPool
+
+        pool = ForkedProcessPool(max_workers=1).__enter__()
+        assert pool._executor.submit(os.getpid).result(timeout=60) != os.getpid()
+        writer = pool._executor._result_queue._writer
+        os.write(writer.fileno(), struct.pack("!i", 1000) + b"x" * 10)
+        done = threading.Thread(
+            target=pool.__exit__, args=(KeyboardInterrupt, KeyboardInterrupt(), None),
+            daemon=True,
+        )
+        done.start()
+        done.join(timeout=60)
+        print("stuck" if done.is_alive() else "shut down", flush=True)
+        os._exit(0)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=180
+    )
+    assert done.stdout.strip() == "shut down", done.stdout + done.stderr[-3000:]
