@@ -168,14 +168,12 @@ class ForkedProcessPool(ProcessPoolTaskRunner):
         workers now: Prefect's exit waits for the chunks they are scoring, and the ones
         queued next. Chunks already staged are kept; the next run reuses them."""
         if exc_type is not None and issubclass(exc_type, (KeyboardInterrupt, ExternalSignal)):
-            processes = getattr(self._executor, "_processes", None) or {}
-            for process in list(processes.values()):
-                process.terminate()
-            self._unblock_after_terminating()
+            self._terminate_workers()
         super().__exit__(exc_type, exc_value, traceback)
 
-    def _unblock_after_terminating(self) -> None:
-        """What a terminated worker leaves for the executor to wait on for ever, undone.
+    def _terminate_workers(self) -> None:
+        """Terminate the workers, then undo what a terminated worker leaves for the executor
+        to wait on for ever.
 
         A worker killed while it wrote its result left part of a message in the result pipe,
         and the executor's manager thread read on, waiting for the rest: the pool's shutdown
@@ -185,7 +183,10 @@ class ForkedProcessPool(ProcessPoolTaskRunner):
         feeder thread, writing the next tasks to workers that are gone, blocked on a full
         pipe, which the interpreter joined at exit: it is not waited for."""
         executor = self._executor
-        for process in list((getattr(executor, "_processes", None) or {}).values()):
+        processes = list((getattr(executor, "_processes", None) or {}).values())
+        for process in processes:
+            process.terminate()
+        for process in processes:
             with suppress(Exception):
                 process.join(timeout=5)
         call_queue = getattr(executor, "_call_queue", None)
