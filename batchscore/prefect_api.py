@@ -306,6 +306,36 @@ def build_task_settings_once() -> None:
     context.hydrated_context = hydrated_context
 
 
+def look_up_block_classes_before_loading_collections() -> None:
+    """Find a block class among those already registered before importing every installed
+    Prefect collection to look for it.
+
+    Each task a worker runs rebuilds its flow's context, whose result store names its
+    storage block by type (`local-file-system`); Prefect's lookup of that type first imports
+    every installed collection, once per process, in case one registers it: here
+    prefect-dask, which imports Dask, distributed and tornado, ~350 modules and 0.2 s of CPU
+    that the fork server spent before it could fork the first worker, for a class that
+    Prefect itself defines. Now a registered type is returned at once, and a type no one
+    registered (a block from a collection, `s3-bucket` from prefect-aws) loads the
+    collections and is looked up as before. Installed by `flows/__init__.py`.
+    """
+    from prefect.blocks.core import Block
+    from prefect.utilities.dispatch import lookup_type
+
+    original = Block.__dict__["get_block_class_from_key"].__func__
+    if getattr(original, "batchscore_registered_first", False):
+        return
+
+    def get_block_class_from_key(cls, key: str):
+        try:
+            return lookup_type(cls, key)
+        except KeyError:
+            return original(cls, key)
+
+    get_block_class_from_key.batchscore_registered_first = True
+    Block.get_block_class_from_key = classmethod(get_block_class_from_key)
+
+
 class _SharedVerifiedContexts:
     """The `ssl` module as Prefect's client module sees it: `create_default_context` with a
     CA file (and nothing else) returns one context per file and version of the file."""

@@ -19,6 +19,7 @@ from typing import ClassVar, Literal
 import numpy as np
 
 from drift.counts import CategoricalCounts, Counts, NumericCounts
+from drift.distributions import chi2_sf, kstwo_sf
 from drift.reference import (
     SCORE_FEATURE,
     CategoricalReference,
@@ -74,14 +75,15 @@ class DriftResult:
 
 
 def warm_up() -> None:
-    """Load now what evaluating drift and writing its report load at first use: SciPy's
-    statistics (about a second), and pandas, which pyarrow imports (when installed) the
-    first time it converts Python objects to an array, as the report's table does (0.3 s).
-    Scoring workers only count values and never need them; a process about to evaluate
-    drift can load them ahead, in a thread."""
+    """Load now what evaluating drift and writing its report load at first use: the
+    p-values' distributions (`scipy.special` and scipy's KS code, 0.2 s), and pandas, which
+    pyarrow imports (when installed) the first time it converts Python objects to an array,
+    as the report's table does (0.3 s). Scoring workers only count values and never need
+    them; a process about to evaluate drift can load them ahead, in a thread."""
     import pyarrow as pa
-    from scipy import stats  # noqa: F401
 
+    kstwo_sf(0.5, 10)
+    chi2_sf(1.0, 1)
     pa.array([0.0])
 
 
@@ -138,11 +140,9 @@ def ks_p_value(statistic: float, n_reference: int, n_current: int) -> float | No
     en = m * n / (m + n), rounded; the result is clipped to [0, 1]. Returns None where that
     is undefined (both samples of size 1 round en to 0).
     """
-    from scipy import stats  # here, not at import: scoring workers only count (~1 s)
-
     m, n = sorted([float(n_reference), float(n_current)], reverse=True)
     en = m * n / (m + n)
-    p = float(np.clip(stats.distributions.kstwo.sf(statistic, np.round(en)), 0, 1))
+    p = float(np.clip(kstwo_sf(statistic, float(np.round(en))), 0, 1))
     return p if math.isfinite(p) else None
 
 
@@ -172,13 +172,17 @@ def chi2_homogeneity(
     table = table[:, table.sum(axis=0) > 0]
     if table.shape[1] < 2 or (table.sum(axis=1) == 0).any():
         raise ValueError("chi2 needs two non-empty rows and at least two non-empty bins")
-    from scipy import stats
-
-    result = stats.chi2_contingency(table, correction=False)
-    chi2 = float(result.statistic)
+    # As `scipy.stats.chi2_contingency(table, correction=False)` computes it, operation for
+    # operation (its expected frequencies, Pearson's terms, their sum, `chdtrc`): the same
+    # floats without importing scipy.stats (`drift.distributions`).
+    observed = table.astype(np.float64)
+    margins = [np.apply_over_axes(np.sum, observed, [1]), np.apply_over_axes(np.sum, observed, [0])]
+    expected = margins[0] * margins[1] / observed.sum()
+    dof = expected.size - sum(expected.shape) + expected.ndim - 1
+    chi2 = float(np.sum((observed - expected) ** 2 / expected, axis=None))
     n_total = int(table.sum())
     cramers_v = math.sqrt(chi2 / (n_total * (min(table.shape) - 1)))
-    return cramers_v, chi2, float(result.pvalue)
+    return cramers_v, chi2, chi2_sf(chi2, float(dof))
 
 
 # --- methods: one class each, registered by name -----------------------------------------

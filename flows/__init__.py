@@ -3,9 +3,11 @@
 from batchscore.prefect_api import (
     build_task_settings_once,
     end_flow_runs_without_waiting_for_heartbeats,
+    look_up_block_classes_before_loading_collections,
     reuse_tls_contexts,
 )
 
 end_flow_runs_without_waiting_for_heartbeats()
 reuse_tls_contexts()
 build_task_settings_once()
+look_up_block_classes_before_loading_collections()

@@ -212,9 +212,9 @@ def score_partitions(
     Each partition is published (drift measured, report and manifest written, files moved
     into place) as soon as its chunks are done: here, while the workers score the next
     partitions. The last one is published in a worker, idle by then, whose fork server has
-    loaded SciPy with the rest (`batchscore/workers.py`): a run of one partition, the
-    nightly case, then never loads SciPy and pandas here (1 s of CPU, taken from the
-    workers while they scored, and ~50 MiB).
+    loaded the drift p-values' distributions and pandas with the rest
+    (`batchscore/fork_ready.py`): a run of one partition, the nightly case, then never loads
+    them here (0.5 s of CPU, taken from the workers while they scored, and ~40 MiB).
     """
     from batchscore.partitions import rows_at_most
 
@@ -223,7 +223,8 @@ def score_partitions(
     last_in_worker = cfg.scoring.runner == "process" and not small
     if not small and (len(todo) > 1 or not last_in_worker):
         # While the workers score, this process is idle: load what publishing the drift
-        # report needs (SciPy ~1 s, pandas 0.3 s) now instead of after the chunks.
+        # report needs (scipy.special and scipy's KS code 0.2 s, pandas 0.3 s) now instead
+        # of after the chunks.
         from drift.methods import warm_up
 
         threading.Thread(target=warm_up, name="warm-up-drift", daemon=True).start()

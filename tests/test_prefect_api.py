@@ -234,6 +234,34 @@ def test_api_clients_share_one_verified_tls_context_per_ca_file(prefect_api, tmp
     assert shared.verify_mode == ssl.CERT_REQUIRED and shared.check_hostname
 
 
+def test_a_registered_block_class_is_found_without_importing_prefects_collections():
+    """`look_up_block_classes_before_loading_collections` (installed with the flows): the
+    lookup a worker's task context makes (`local-file-system`) imports no collection
+    (prefect-dask brings distributed, 0.2 s); a type nobody registered still loads them
+    first, and fails as Prefect's own lookup does. In a fresh process: this one may have
+    loaded them already."""
+    code = textwrap.dedent(
+        """
+        import sys
+        import flows
+        import prefect._internal.plugins.collections as collections
+        from prefect.blocks.core import Block
+        from prefect.filesystems import LocalFileSystem
+
+        assert Block.get_block_class_from_key("local-file-system") is LocalFileSystem
+        assert collections._collections is None and "prefect_dask" not in sys.modules
+        try:
+            Block.get_block_class_from_key("no-such-block")
+        except Exception as exc:
+            print(type(exc).__name__)
+        assert "prefect_dask" in (collections._collections or {}), collections._collections
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "UnknownBlockType"
+
+
 def test_a_sealed_task_input_is_passed_without_walking_into_it():
     """Prefect walks task parameters for futures and states before a task runs; a partition's
     chunk results (hundreds of thousands of drift counts) must be one leaf of that walk,
