@@ -33,25 +33,28 @@ from collections.abc import Iterator
 from contextlib import closing, contextmanager, suppress
 from pathlib import Path
 
+# The temporary server's environment, besides this process's.
+SERVER_ENVIRONMENT = {
+    "PREFECT_UI_ENABLED": "0",
+    "PREFECT__SERVER_EPHEMERAL": "1",
+    # Not PREFECT__SERVER_FINAL, which Prefect's own temporary server sets:
+    # `batchscore.api_server.create_app` decides it (0.2-0.4 s of CPU).
+    # The temporary server has no network to send telemetry to; asking costs seconds.
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    # Registering block types at start imports every installed Prefect collection
+    # (prefect-dask pulls in distributed) to hash them: the boot took 3.55 s of CPU
+    # with it, 3.07 s without. This server runs flows for one command, which use no
+    # blocks; a server started later on the same database registers them.
+    "PREFECT_SERVER_REGISTER_BLOCKS_ON_START": "false",
+    "PREFECT_SERVER_MEMOIZE_BLOCK_AUTO_REGISTRATION": "false",
+}
+
 
 class TemporaryServer:
     """A temporary Prefect API server process on a free port of 127.0.0.1."""
 
     def __init__(self):
-        self._env = {
-            **os.environ,
-            "PREFECT_UI_ENABLED": "0",
-            "PREFECT__SERVER_EPHEMERAL": "1",
-            "PREFECT__SERVER_FINAL": "1",
-            # The temporary server has no network to send telemetry to; asking costs seconds.
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            # Registering block types at start imports every installed Prefect collection
-            # (prefect-dask pulls in distributed) to hash them: the boot took 3.55 s of CPU
-            # with it, 3.07 s without. This server runs flows for one command, which use no
-            # blocks; a server started later on the same database registers them.
-            "PREFECT_SERVER_REGISTER_BLOCKS_ON_START": "false",
-            "PREFECT_SERVER_MEMOIZE_BLOCK_AUTO_REGISTRATION": "false",
-        }
+        self._env = {**os.environ, **SERVER_ENVIRONMENT}
         self.process: subprocess.Popen | None = None
         self._launch()
         atexit.register(self.stop)
