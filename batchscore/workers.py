@@ -11,8 +11,9 @@ Nothing else changes: tasks, their context and environment travel to the workers
 
 The fork server is a clean process of its own (not a fork of the flow process, whose threads
 make forking it unsafe); it only imports modules, so it holds no threads or open
-connections for its children to inherit. The CLI starts it early (`start_early()`): with a
-Prefect API already running, at once, beside its own imports; when it boots a temporary
+connections for its children to inherit. The CLI starts it early: with a Prefect API
+already running, at the command's first line, on a guess (`start_on_a_guess`), beside its
+own imports, and stops it if the run will not need it; when it boots a temporary
 server, once its own imports are done, while it waits for that server, so that two processes
 share the two cores (three at once slowed a run of one small partition by 2-3 s). A
 deployment's flow-run process starts it when it begins loading the score flow
@@ -22,12 +23,15 @@ deployment's flow-run process starts it when it begins loading the score flow
 
 from __future__ import annotations
 
+import atexit
 import multiprocessing
 import os
 import select
+import signal
 import sys
 import threading
 import time
+from contextlib import suppress
 
 # The fork server preloads one module, `batchscore.fork_ready`: it imports what every
 # scoring worker uses (its `WORKER_MODULES`), with the cyclic garbage collector off while it
@@ -92,6 +96,51 @@ def start_early() -> None:
         forkserver.ensure_running()
 
 
+def start_on_a_guess() -> bool:
+    """Start the fork server now, at a command's first line, before anything decides
+    whether the run needs it; `start_for_run` stops it if not. True when it did.
+
+    For a score run with a Prefect API already running, when nothing else boots beside the
+    command: the decision (`start_for_run`) needs the config and a look at the store, which
+    come after the CLI's first imports, 0.25 s in; and by then the fork server's imports
+    (1.4 s of CPU) were what the plan waited for: the flow had claimed its partitions and
+    waited for the first worker. A run that turns out not to need workers stops it, having
+    spent its CPU on the core the CLI's single thread leaves idle."""
+    global _on_a_guess
+    if forkserver_context() is None:
+        return False
+    from multiprocessing import forkserver
+
+    if getattr(forkserver._forkserver, "_forkserver_pid", None) is not None:
+        return False  # running already, and not a guess of this function's
+    forkserver.ensure_running()
+    _on_a_guess = True
+    atexit.register(_stop_guessed)  # a command that ends before deciding (a bad config)
+    return True
+
+
+_on_a_guess = False
+
+
+def _stop_guessed() -> None:
+    """Stop a fork server that `start_on_a_guess` started, while it may still be importing
+    (it only reads its pipe once it is done: killed, not asked)."""
+    global _on_a_guess
+    if not _on_a_guess:
+        return
+    _on_a_guess = False
+    from multiprocessing import forkserver
+
+    server = forkserver._forkserver
+    pid = getattr(server, "_forkserver_pid", None)
+    if pid is None:
+        return
+    with suppress(OSError):
+        os.kill(pid, signal.SIGKILL)
+    with suppress(Exception):
+        server._stop()  # closes its pipe, reaps it, removes its socket
+
+
 def start_for_deployment_run() -> bool:
     """In the process a Prefect worker (or `serve`) started for one flow run of the score
     flow, start the fork server as `flows.score` begins loading. True when it did; only the
@@ -132,9 +181,12 @@ _deployment_run_decided = False
 def start_for_run(config, partition: str | None, rescore: bool) -> bool:
     """Start the fork server now (`start_early`) for a score run of `config` with these
     options, unless its runner is not the process pool or `runs_in_flow_process` says it will
-    not need workers. True when it did."""
+    not need workers (and stops one `start_on_a_guess` started). True when it did."""
     if config.scoring.runner != "process" or runs_in_flow_process(config, partition, rescore):
+        _stop_guessed()
         return False
+    global _on_a_guess
+    _on_a_guess = False  # no longer a guess: kept
     start_early()
     return True
 

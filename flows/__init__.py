@@ -5,9 +5,11 @@ from batchscore.prefect_api import (
     end_flow_runs_without_waiting_for_heartbeats,
     look_up_block_classes_before_loading_collections,
     reuse_tls_contexts,
+    serialize_plain_parameters_without_fastapi,
 )
 
 end_flow_runs_without_waiting_for_heartbeats()
 reuse_tls_contexts()
 build_task_settings_once()
 look_up_block_classes_before_loading_collections()
+serialize_plain_parameters_without_fastapi()

@@ -312,6 +312,77 @@ def test_workers_are_started_early_only_for_work_that_needs_them(
     assert starts(("2026-10-12", False), broken)
 
 
+def test_a_fork_server_started_on_a_guess_stays_only_for_work_that_needs_workers(
+    trained: dict, tmp_path: Path
+):
+    """`workers.start_on_a_guess` (the command's first line, with an API running): the
+    decision stops it (killed while it may still import, and reaped) for a run that needs
+    no workers, keeps it for one that does, and a command that ends before deciding stops
+    it on its way out. In fresh processes: a pool of this one may own a fork server."""
+    import subprocess
+    import sys
+    import textwrap
+
+    path, _ = _config_for(trained, "after-one", tmp_path)
+    config = write_config(path, path.read_text(), scoring={"chunk_rows": 100_000})
+
+    def run(code: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(code), str(config)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout.strip()
+
+    def gone(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    out = run(
+        """
+        import os, sys
+        from multiprocessing import forkserver
+        from batchscore import workers
+        from batchscore.config import load_config
+
+        config = load_config(sys.argv[1])
+        assert workers.start_on_a_guess()
+        pid = forkserver._forkserver._forkserver_pid
+        assert not workers.start_for_run(config, "2026-10-12", False)  # fits one chunk
+        assert forkserver._forkserver._forkserver_pid is None
+        try:
+            os.kill(pid, 0)
+            raise AssertionError("the guessed fork server is still there")
+        except ProcessLookupError:
+            pass
+        assert workers.start_on_a_guess()
+        pid = forkserver._forkserver._forkserver_pid
+        assert workers.start_for_run(config, None, False)  # ~294,000 rows: workers
+        workers._stop_guessed()  # decided: nothing to stop
+        assert forkserver._forkserver._forkserver_pid == pid
+        os.kill(pid, 0)
+        print("ok")
+        """
+    )
+    assert out == "ok"
+    pid = int(
+        run(
+            """
+            from multiprocessing import forkserver
+            from batchscore import workers
+            assert workers.start_on_a_guess()
+            print(forkserver._forkserver._forkserver_pid)  # and the command ends here
+            """
+        )
+    )
+    assert gone(pid)
+
+
 # --- a score run that cannot start: one message, exit 2, before any flow ----------------------
 
 
@@ -344,6 +415,33 @@ def test_the_garbage_collector_is_on_again_after_a_command_however_it_ends(empty
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_what_a_command_imported_is_frozen_out_of_the_collectors_reach_once():
+    """`cli._imported`: the imports, built with the collector off, are frozen when it comes
+    on again (its first collections would carry them all through every generation), once
+    a process. In a fresh process: this one's tests ran `main()` already."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        import gc
+        from batchscore import cli
+        gc.disable()
+        import prefect  # what a command imports with the collector off
+        cli._imported()
+        frozen = gc.get_freeze_count()
+        assert gc.isenabled() and frozen > 50_000, frozen
+        kept = [[i] for i in range(1000)]
+        cli._imported()  # main() calls it again on its way out
+        assert gc.get_freeze_count() == frozen, (gc.get_freeze_count(), frozen)
+        print("ok")
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
 
 
 def test_score_with_a_changed_model_file_exits_2_with_one_line(
