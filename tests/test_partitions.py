@@ -123,3 +123,21 @@ def test_a_corrupt_data_page_behind_an_intact_footer_names_the_file(config, rows
         f"incoming/dt={DAY}/b.parquet",
         f"not a readable Parquet file ({len(data):,} bytes): {decoding.value}",
     )
+
+
+def test_pipeline_only_json_is_compact_and_reads_back_equal(tmp_path):
+    """`Location.write_json(readable=False)`: a chunk's record (its drift counts are tens
+    of thousands of numbers) is written by json's C encoder, on one line; manifests people
+    read stay indented."""
+    import json
+
+    from batchscore.storage import Location
+
+    record = {"b": [1, 2.5, None], "a": {"counts": list(range(50)), "day": "2026-01-01"}}
+    store = Location(str(tmp_path))
+    store.write_json(record, "chunk.json", readable=False)
+    store.write_json(record, "_SUCCESS")
+    compact = (tmp_path / "chunk.json").read_text()
+    assert json.loads(compact) == record
+    assert "\n" not in compact and ", " not in compact
+    assert (tmp_path / "_SUCCESS").read_text().startswith('{\n  "a": {')
