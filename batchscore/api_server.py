@@ -20,7 +20,9 @@ on the critical path of every run that boots a temporary server.
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import logging
 import os
 import signal
 import sys
@@ -61,10 +63,33 @@ def create_app():
         from prefect.server.api import server
 
         final = getattr(server, "_FASTAPI_COPIES_ROUTES_ON_INCLUDE", True)
-        return server.create_app(final=final)
+        app = server.create_app(final=final)
+        logging.getLogger(RECORDER_LOGGER).addFilter(_flush_cancelled_at_stop)
+        return app
     finally:
         gc.freeze()
         gc.enable()
+
+
+RECORDER_LOGGER = "prefect.server.services.task_run_recorder"
+
+
+def _flush_cancelled_at_stop(record: logging.LogRecord) -> bool:
+    """Keep the task-run recorder's "Error flushing N events (N to retry, 0 dropped)" out
+    of the command's output when the flush was cancelled (CancelledError) with nothing
+    dropped: that is the recorder's own stop, which cancels a periodic flush in flight,
+    puts its events back and writes them in its final flush. The command stops its server
+    at every end, so a run that ended while a flush was running printed a traceback (1 run
+    in 18 of the Ctrl-C test on two loaded cores). Events dropped, or any other error, are
+    logged as before."""
+    exc = record.exc_info[1] if record.exc_info else None
+    message = record.getMessage()
+    benign = (
+        isinstance(exc, asyncio.CancelledError)
+        and message.startswith("Error flushing")
+        and message.endswith(", 0 dropped)")
+    )
+    return not benign
 
 
 if __name__ == "__main__":

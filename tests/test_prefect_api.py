@@ -68,6 +68,10 @@ def test_the_temporary_servers_app_is_built_with_the_collector_off_and_left_on()
         assert type(app).__name__ == "FastAPI", type(app)
         # no full collection (0.2-0.4 s) where FastAPI does not copy routes (>= 0.137)
         assert collections == [], collections
+        import logging
+        recorder = logging.getLogger("prefect.server.services.task_run_recorder")
+        names = [getattr(f, "__name__", "") for f in recorder.filters]
+        assert "_flush_cancelled_at_stop" in names, names
         assert gc.isenabled()
         assert gc.get_freeze_count() > 100_000, gc.get_freeze_count()
         print("ok")
@@ -99,6 +103,35 @@ def test_the_command_starts_the_server_before_it_loads_the_cli():
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split() == ["-", "-"]
+
+
+def test_the_servers_flush_cancelled_by_its_own_stop_is_not_printed():
+    """`api_server._flush_cancelled_at_stop`, on the task-run recorder's logger once the
+    app is built: a periodic flush cancelled at the server's stop (its events put back for
+    the final flush, none dropped) prints no traceback into the command's output; dropped
+    events and other errors still do."""
+    import asyncio
+    import logging
+
+    from batchscore import api_server
+
+    def record(message: str, exc: BaseException | None) -> logging.LogRecord:
+        info = (type(exc), exc, None) if exc else None
+        return logging.LogRecord(
+            api_server.RECORDER_LOGGER, logging.ERROR, __file__, 1, message, (), info
+        )
+
+    cancelled = asyncio.CancelledError()
+    assert not api_server._flush_cancelled_at_stop(
+        record("Error flushing 7 events (7 to retry, 0 dropped)", cancelled)
+    )
+    assert api_server._flush_cancelled_at_stop(
+        record("Error flushing 7 events (5 to retry, 2 dropped)", cancelled)
+    )
+    assert api_server._flush_cancelled_at_stop(
+        record("Error flushing 7 events (7 to retry, 0 dropped)", RuntimeError("db is gone"))
+    )
+    assert api_server._flush_cancelled_at_stop(record("Dropping event 1", None))
 
 
 def test_a_command_that_stops_early_leaves_no_server_behind(tmp_path):
