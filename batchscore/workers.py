@@ -182,10 +182,10 @@ def start_for_run(config, partition: str | None, rescore: bool) -> bool:
     """Start the fork server now (`start_early`) for a score run of `config` with these
     options, unless its runner is not the process pool or `runs_in_flow_process` says it will
     not need workers (and stops one `start_on_a_guess` started). True when it did."""
+    global _on_a_guess
     if config.scoring.runner != "process" or runs_in_flow_process(config, partition, rescore):
         _stop_guessed()
         return False
-    global _on_a_guess
     _on_a_guess = False  # no longer a guess: kept
     start_early()
     return True
