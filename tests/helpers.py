@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample"
@@ -124,3 +125,19 @@ def flow_runs_since(flow: str, started, config: str) -> list:
             flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(after_=started)),
         )
     return [r for r in runs if r.parameters.get("config") == config]
+
+
+class SlowToPickle:
+    """A task parameter whose pickling takes `seconds`: it holds up its task's submission."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def __reduce__(self):
+        time.sleep(self.seconds)
+        return (SlowToPickle, (0.0,))
+
+
+def submission_index(i: int, slow=None) -> int:
+    """A task that returns its parameter (where it runs matters not)."""
+    return i

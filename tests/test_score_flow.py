@@ -318,10 +318,12 @@ class _RecordingRunner:
     """A task runner that records what is submitted to it (and runs it in a real pool)."""
 
     def __init__(self, runner):
-        self.runner, self.submitted = runner, []
+        self.runner, self.submitted, self.chunks = runner, [], []
 
     def submit(self, task, parameters):
         self.submitted.append(task.name)
+        if "chunk" in parameters:
+            self.chunks.append(parameters["chunk"])
         return self.runner.submit(task, parameters)
 
 
@@ -388,6 +390,13 @@ def test_partitions_are_published_as_their_chunks_finish_and_the_last_in_a_worke
     ]
     assert runner.submitted.count("publish-partition") == 1
     assert runner.submitted[-1] == "publish-partition"
+    # Each partition's chunks are submitted largest first, so that its smallest end the run
+    # and the workers finish together: 2026-10-05's files each end with a small row group.
+    for day in days:
+        rows = [c.rows for c in runner.chunks if c.partition == day]
+        assert rows == sorted(rows, reverse=True)
+    planned = [c.rows for c in sorted(runner.chunks, key=lambda c: (c.partition, c.index))]
+    assert planned[:10] == [2500, 2500, 2500, 2500, 493, 2500, 2500, 2500, 2500, 494]
     for day in days:
         manifest = _manifest(Path(cfg.store), day)
         assert manifest["status"] == "scored"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from helpers import settings_seen, where_am_i
+from helpers import SlowToPickle, settings_seen, submission_index, where_am_i
 from prefect import flow, task
 
 from batchscore import workers
@@ -68,6 +68,36 @@ def test_a_worker_builds_the_flows_settings_once_per_run(prefect_api):
     for s in seen:
         by_worker.setdefault(s["pid"], set()).add(s["settings"])
     assert all(len(ids) == 1 for ids in by_worker.values()), by_worker
+
+
+def test_tasks_reach_the_workers_in_the_order_they_were_submitted(prefect_api, monkeypatch):
+    """`ForkedProcessPool._in_order`: Prefect's pool prepares each submitted task (resolves
+    and pickles it) in a pool of threads before queueing it for the workers, and a task
+    submitted later overtook one slower to prepare. Here the first is slow to pickle."""
+    import prefect.task_runners as runners
+
+    queued: list[int] = []
+    pickle = runners.cloudpickle_wrapped_call
+
+    def record(*args, **kwargs):
+        call = pickle(*args, **kwargs)  # the step before the process pool's queue
+        queued.append(kwargs["parameters"]["i"])
+        return call
+
+    monkeypatch.setattr(runners, "cloudpickle_wrapped_call", record)
+    probe = task(submission_index, name="submission-index")
+
+    @flow
+    def four_tasks():
+        with ForkedProcessPool(max_workers=2) as pool:
+            futures = [
+                pool.submit(probe, {"i": i, "slow": SlowToPickle(0.5 if i == 0 else 0.0)})
+                for i in range(4)
+            ]
+            return [f.result() for f in futures]
+
+    assert four_tasks() == [0, 1, 2, 3]
+    assert queued == [0, 1, 2, 3]
 
 
 def test_settings_built_once_follow_a_change_of_settings_or_environment(monkeypatch):
