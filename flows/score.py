@@ -200,7 +200,15 @@ class ForkedProcessPool(ProcessPoolTaskRunner):
         the workers gone, this process holds the pipe's last writing end: closing it ends
         that read (the thread takes the pool as broken and stops). And the call queue's
         feeder thread, writing the next tasks to workers that are gone, blocked on a full
-        pipe, which the interpreter joined at exit: it is not waited for."""
+        pipe, which the interpreter joined at exit: it is not waited for.
+
+        The queue that carries the workers' logs and events to this process has a write
+        lock the workers share: one killed while it held the lock (2 runs in 55) left it
+        held for good. Prefect stops that queue's reader by writing a stop message to it,
+        which waited on the lock: its reader was given up after 5 s (a warning), and the
+        interpreter, joining the thread that was writing, never exited (the command hung
+        after `batchscore: interrupted`). The queue is closed here instead, and this
+        process's end of its pipe with it: the workers gone, its reader sees the pipe's end."""
         executor = self._executor
         processes = list((getattr(executor, "_processes", None) or {}).values())
         for process in processes:
@@ -215,6 +223,12 @@ class ForkedProcessPool(ProcessPoolTaskRunner):
         if writer is not None:
             with suppress(OSError):
                 writer.close()
+        messages = getattr(self, "_subprocess_message_queue", None)
+        if messages is not None:
+            messages.cancel_join_thread()
+            messages.close()  # Prefect's stop message then raises ValueError, which it expects
+            with suppress(OSError):
+                messages._writer.close()
 
 
 def score_partitions(

@@ -214,3 +214,37 @@ def test_an_interrupted_pool_does_not_wait_for_a_result_its_killed_worker_half_w
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=180
     )
     assert done.stdout.strip() == "shut down", done.stdout + done.stderr[-3000:]
+
+
+def test_an_interrupted_pool_ends_though_a_killed_worker_held_the_message_queues_lock():
+    """`ForkedProcessPool.__exit__` on an interrupt: the queue carrying the workers' logs and
+    events has a write lock they share, and a worker killed while it held the lock left it
+    held. Prefect stopped the queue's reader with a message that waited for that lock: the
+    pool's exit waited 5 s, and the interpreter's exit for ever. Here the lock is taken by
+    hand; the pool must shut down at once, and the process exit."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        import os
+        from flows.score import ForkedProcessPool
+
+        pool = ForkedProcessPool(max_workers=1).__enter__()
+        assert pool._executor.submit(os.getpid).result(timeout=60) != os.getpid()
+        pool._subprocess_message_queue._wlock.acquire()  # as by a worker, killed since
+        pool.__exit__(KeyboardInterrupt, KeyboardInterrupt(), None)
+        print("shut down", flush=True)
+        """
+    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(f"the process did not exit: {exc.stdout!r}") from None
+    assert done.returncode == 0, done.stderr[-3000:]
+    # the queue's reader stopped, not given up after 5 s
+    assert "Timed out waiting for process-pool message forwarding" not in done.stderr
+    assert done.stdout.startswith("shut down"), done.stdout
