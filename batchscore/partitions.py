@@ -70,6 +70,9 @@ class PartitionPlan:
     # Seconds spent planning: reading the footers and id columns, checking the schemas and
     # the ids' uniqueness (reported in `_SUCCESS` as `plan_seconds`).
     seconds: float = 0.0
+    # Each of `files`' size in bytes, as listed when planning (`_SUCCESS` `file_sizes`: how
+    # a later run sees that the partition's source changed, `source_changes`).
+    file_sizes: tuple[int, ...] = ()
 
     @property
     def held(self) -> bool:
@@ -113,9 +116,16 @@ def manifest(config: Config, partition: str) -> dict | None:
     return Location(config.store).read_json_or_none("scores", f"dt={partition}", SUCCESS)
 
 
-def pending(config: Config, model: ModelRef, partitions: list[str], rescore: bool) -> list[str]:
-    """Partitions with no complete output from the current champion, or whose last attempt
-    was held after one (`held_beside_output`); all of them on rescore."""
+def pending(
+    config: Config,
+    model: ModelRef,
+    partitions: list[str],
+    rescore: bool,
+    changed: dict[str, str] | None = None,
+) -> list[str]:
+    """Partitions with no complete output from the current champion, whose last attempt was
+    held after one (`held_beside_output`), or whose files changed since their output
+    (`source_changes`, put in `changed` when given); all of them on rescore."""
     if rescore:
         return list(partitions)
     out = []
@@ -128,7 +138,38 @@ def pending(config: Config, model: ModelRef, partitions: list[str], rescore: boo
             or held_beside_output(config, p)
         ):
             out.append(p)
+        elif change := source_changes(config, p, done):
+            out.append(p)
+            if changed is not None:
+                changed[p] = change
     return out
+
+
+def source_changes(config: Config, partition: str, done: dict) -> str:
+    """What changed among the partition's data files since `done`, its `_SUCCESS`, was
+    written: files added, removed, or of another size; "" when none did.
+
+    A file that arrives late in a partition already scored was never scored: it was left
+    out for good, silently, as the partition counted as done. A file rewritten with exactly
+    its old size is not seen (`--rescore` it); modification times are not compared, as a
+    copy of the source that does not keep them would make every partition look changed.
+    A manifest written before sizes were recorded has file names only: compared by name."""
+    folder = f"incoming/dt={partition}"
+    now = {f"{folder}/{e.base_name}": e.size for e in Location(config.source).data_files(folder)}
+    sizes = done.get("file_sizes") or {}
+    before = {f: sizes.get(f) for f in done.get("files") or []}
+    added = sorted(now.keys() - before.keys())
+    removed = sorted(before.keys() - now.keys())
+    resized = sorted(
+        f for f in now.keys() & before.keys() if before[f] is not None and before[f] != now[f]
+    )
+    changes = []
+    if added:
+        changes.append(f"added {', '.join(added)}")
+    if removed:
+        changes.append(f"removed {', '.join(removed)}")
+    changes += [f"{f} is {now[f]:,} bytes, was {before[f]:,}" for f in resized]
+    return "; ".join(changes)
 
 
 def held_beside_output(config: Config, partition: str) -> bool:
@@ -168,6 +209,7 @@ def plan_partition(config: Config, partition: str, model: ModelRef) -> Partition
     extra: set[str] = set()
     chunks: list[Chunk] = []
     files: list[str] = []
+    sizes: list[int] = []
     readable: list[tuple[str, pq.ParquetFile]] = []
     described: list[dict] = []
     rows_in = 0
@@ -181,6 +223,7 @@ def plan_partition(config: Config, partition: str, model: ModelRef) -> Partition
     for entry in filter(is_data_file, entries):
         rel = f"{folder}/{entry.base_name}"
         files.append(rel)
+        sizes.append(entry.size)
         try:
             parquet = _with_retries(
                 lambda rel=rel: pq.ParquetFile(source.fs.open_input_file(source.path(rel)))
@@ -239,6 +282,7 @@ def plan_partition(config: Config, partition: str, model: ModelRef) -> Partition
         id_types,
         tuple(ignored),
         round(time.perf_counter() - started, 3),
+        tuple(sizes),
     )
 
 

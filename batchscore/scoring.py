@@ -474,6 +474,7 @@ def publish_partition(
         "run_id": run_id,
         "written_at": utc_now(),
         "files": list(plan.files),
+        "file_sizes": dict(zip(plan.files, plan.file_sizes, strict=False)),
         "chunks": len(plan.chunks),
         "extra_columns": list(plan.extra_columns),
         "ignored_folders": list(plan.ignored_folders),

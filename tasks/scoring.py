@@ -35,7 +35,16 @@ def find_partitions(
                 f"{config.source}/incoming (have: {', '.join(candidates) or 'none'})"
             )
         candidates = [partition]
-    todo = partitions.pending(config, model, candidates, rescore)
+    changed: dict[str, str] = {}
+    todo = partitions.pending(config, model, candidates, rescore, changed)
+    for name, change in changed.items():
+        logger.warning(
+            "partition %s changed since %s %s scored it: %s; scoring it again",
+            name,
+            model.name,
+            model.version,
+            change,
+        )
     logger.info(
         "%d partition(s) found, %d to score with %s %s",
         len(candidates),

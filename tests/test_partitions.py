@@ -101,6 +101,46 @@ def test_planning_lists_the_partition_folder_once(config, rows, monkeypatch):
     assert listed.count((f"incoming/dt={DAY}",)) == 1, listed
 
 
+def test_a_partitions_source_changes_are_files_added_removed_or_resized(config, rows):
+    """`source_changes`: what a scored partition's `_SUCCESS` recorded against its folder now."""
+    from batchscore.partitions import source_changes
+
+    folder = Path(config.source) / "incoming" / f"dt={DAY}"
+    folder.mkdir(parents=True)
+    pq.write_table(rows.slice(0, 300), folder / "a.parquet")
+    pq.write_table(rows.slice(300, 300), folder / "b.parquet")
+    plan = _plan(config)
+    a, b = (f"incoming/dt={DAY}/{n}.parquet" for n in "ab")
+    assert plan.files == (a, b)
+    assert plan.file_sizes == (
+        (folder / "a.parquet").stat().st_size,
+        (folder / "b.parquet").stat().st_size,
+    )
+    done = {
+        "files": list(plan.files),
+        "file_sizes": dict(zip(plan.files, plan.file_sizes, strict=True)),
+    }
+    assert source_changes(config, DAY, done) == ""
+    # a file that arrives late; one whose name a writer's temporary or manifest has is no data
+    pq.write_table(rows.slice(600, 100), folder / "c.parquet")
+    (folder / "_SUCCESS").write_text("")
+    (folder / ".c.parquet.tmp").write_text("")
+    assert source_changes(config, DAY, done) == f"added incoming/dt={DAY}/c.parquet"
+    # one removed, one rewritten
+    (folder / "c.parquet").unlink()
+    (folder / "a.parquet").unlink()
+    pq.write_table(rows.slice(0, 400), folder / "b.parquet")
+    size = (folder / "b.parquet").stat().st_size
+    assert source_changes(config, DAY, done) == (
+        f"removed {a}; {b} is {size:,} bytes, was {plan.file_sizes[1]:,}"
+    )
+    # a manifest from before sizes were recorded: names only
+    assert source_changes(config, DAY, {"files": [b]}) == ""
+    assert source_changes(config, DAY, {"files": [a, b]}) == f"removed {a}"
+    # an empty partition, scored before its files arrived
+    assert source_changes(config, DAY, {"files": [], "file_sizes": {}}) == f"added {b}"
+
+
 def test_a_corrupt_data_page_behind_an_intact_footer_names_the_file(config, rows):
     folder = Path(config.source) / "incoming" / f"dt={DAY}"
     folder.mkdir(parents=True)

@@ -158,6 +158,43 @@ def test_rescore_replaces_a_partition_with_identical_scores(sample, prefect_api)
     assert not list((store / "_staging").iterdir())
 
 
+def test_a_file_arriving_late_in_a_scored_partition_is_scored_with_it(sample, prefect_api, caplog):
+    """A scored partition whose files changed since (here a file arrived late) is scored
+    again, whole: its late rows were otherwise left out for good, as the partition counted
+    as done. Unchanged, it is not."""
+    import logging
+
+    config = load_config(sample)
+    store, day = Path(config.store), "2026-10-05"
+    folder = Path(config.source) / "incoming" / f"dt={day}"
+    train(config)
+    assert score(config=str(sample), partition=day, return_state=True).is_completed()
+    first = _manifest(store, day)
+    assert set(first["file_sizes"]) == set(first["files"]) and len(first["files"]) == 2
+    late = pq.read_table(sorted(folder.glob("*.parquet"))[0]).slice(0, 500)
+    ids = late.schema.get_field_index("customer_id")
+    late_ids = [10_000_000 + i for i in range(500)]  # ids no other file has
+    late = late.set_column(ids, "customer_id", pa.array(late_ids, type=pa.int64()))
+    pq.write_table(late, folder / "late.parquet")
+
+    with caplog.at_level(logging.WARNING):
+        state = score(config=str(sample), partition=day, return_state=True)
+    assert state.is_completed() and state.name == "Completed", state.message
+    second = _manifest(store, day)
+    assert second["run_id"] != first["run_id"]
+    assert second["rows_in"] == first["rows_in"] + 500
+    assert f"incoming/dt={day}/late.parquet" in second["files"]
+    scored = set(_scores(store, day).column("customer_id").to_pylist())
+    assert set(late_ids) <= scored
+    assert (
+        f"partition {day} changed since churn v0001 scored it: added incoming/dt={day}/late.parquet"
+        "; scoring it again"
+    ) in caplog.text
+
+    again = score(config=str(sample), partition=day, return_state=True)
+    assert again.is_completed() and again.name == "NothingToDo", again.message
+
+
 def _unreadable(path: Path) -> None:
     path.write_bytes(b"not a parquet file")
 
