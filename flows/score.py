@@ -171,8 +171,8 @@ class ForkedProcessPool(ProcessPoolTaskRunner):
         submitted one after the other raced there: 3 chunks in 10 ran out of order in a
         5M-row run, and the largest, submitted before the two smallest, ran last, while the
         other worker sat idle (0.36 s of 8.5). One thread keeps the order; the pickling
-        was one at a time anyway (the GIL), and the flow waits for no future before it
-        submits."""
+        was one at a time anyway (the GIL). A task submitted with `wait_for` would hold up
+        the ones submitted after it: the score flow submits none."""
         from concurrent.futures import ThreadPoolExecutor
 
         racing = self._resolver_executor
