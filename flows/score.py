@@ -203,7 +203,7 @@ class ForkedProcessPool(ProcessPoolTaskRunner):
         pipe, which the interpreter joined at exit: it is not waited for.
 
         The queue that carries the workers' logs and events to this process has a write
-        lock the workers share: one killed while it held the lock (2 runs in 55) left it
+        lock the workers share: one killed while it held the lock (3 runs in 71) left it
         held for good. Prefect stops that queue's reader by writing a stop message to it,
         which waited on the lock: its reader was given up after 5 s (a warning), and the
         interpreter, joining the thread that was writing, never exited (the command hung
