@@ -147,6 +147,12 @@ class ForkedProcessPool(ProcessPoolTaskRunner):
         kwargs.setdefault("initializer", exit_with)
         kwargs.setdefault("initargs", (os.getpid(),))
         super().__init__(max_workers=max_workers, **kwargs)
+        self._submitted: list = []
+
+    def submit(self, task, parameters, wait_for=None, dependencies=None):
+        future = super().submit(task, parameters, wait_for, dependencies)
+        self._submitted.append(future.task_run_id)
+        return future
 
     def __enter__(self):
         context = forkserver_context()
@@ -186,9 +192,14 @@ class ForkedProcessPool(ProcessPoolTaskRunner):
         """On an interrupt (Ctrl-C, or SIGTERM as Prefect's TerminationSignal), stop the
         workers now: Prefect's exit waits for the chunks they are scoring, and the ones
         queued next. Chunks already staged are kept; the next run reuses them."""
-        if exc_type is not None and issubclass(exc_type, (KeyboardInterrupt, ExternalSignal)):
+        interrupted = exc_type is not None and issubclass(
+            exc_type, (KeyboardInterrupt, ExternalSignal)
+        )
+        if interrupted:
             self._terminate_workers()
         super().__exit__(exc_type, exc_value, traceback)
+        if interrupted:
+            crash_task_runs_left_running(self._submitted)
 
     def _terminate_workers(self) -> None:
         """Terminate the workers, then undo what a terminated worker leaves for the executor
@@ -229,6 +240,54 @@ class ForkedProcessPool(ProcessPoolTaskRunner):
             messages.close()  # Prefect's stop message then raises ValueError, which it expects
             with suppress(OSError):
                 messages._writer.close()
+
+
+def crash_task_runs_left_running(task_run_ids: list) -> None:
+    """Record as Crashed the task runs a stopped worker was running.
+
+    A worker killed mid-task never reports the end of its task run, so the chunks it was
+    scoring stayed Running in the UI for good, under a Crashed flow run. The workers'
+    last events are delivered first (their state changes reach the API as events), so
+    that every task run that started is there to be found. Best effort: the run is
+    ending on an interrupt, and a failure here must not hide it."""
+    if not task_run_ids:
+        return
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        TaskRunFilter,
+        TaskRunFilterId,
+        TaskRunFilterState,
+        TaskRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.worker import EventsWorker
+    from prefect.states import Crashed
+
+    try:
+        EventsWorker.drain_all(timeout=5)
+        with get_client(sync_client=True) as client:
+            left = client.read_task_runs(
+                task_run_filter=TaskRunFilter(
+                    id=TaskRunFilterId(any_=task_run_ids),
+                    state=TaskRunFilterState(
+                        type=TaskRunFilterStateType(
+                            any_=[StateType.PENDING, StateType.RUNNING, StateType.SCHEDULED]
+                        )
+                    ),
+                ),
+                limit=len(task_run_ids),
+            )
+            for run in left:
+                client.set_task_run_state(
+                    run.id,
+                    Crashed(
+                        message="the run was interrupted and its worker stopped mid-task; "
+                        "chunks already staged are kept for the next run"
+                    ),
+                    force=True,
+                )
+    except Exception as exc:  # best effort: the interrupt is what the run ends with
+        get_run_logger().warning("could not record the stopped task runs as Crashed: %s", exc)
 
 
 def score_partitions(

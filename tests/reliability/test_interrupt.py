@@ -3,10 +3,10 @@
 The command runs as a terminal would run it (a process group of its own, Prefect's API not
 configured, so it boots its temporary server) over six partitions cut into small chunks, and
 is signalled once a chunk is staged. It must end promptly, with 128 + the signal's number,
-its flow run recorded as Crashed, and no process of its own left behind (workers, fork
-server, temporary server); the next run must publish every partition, reusing the chunks
-staged before the signal. With SIGKILL nothing of the command runs: what it started must
-still end by itself.
+its flow run recorded as Crashed (and the chunks its workers were scoring), and no process
+of its own left behind (workers, fork server, temporary server); the next run must publish
+every partition, reusing the chunks staged before the signal. With SIGKILL nothing of the
+command runs: what it started must still end by itself.
 """
 
 from __future__ import annotations
@@ -160,6 +160,10 @@ def test_an_interrupted_run_ends_crashed_leaves_nothing_running_and_the_next_res
 
     (run,) = flow_runs_since("score", started, load_config(victim).path)
     assert run.state.is_crashed(), run.state
+    # The chunks the stopped workers were scoring end Crashed too, not Running for good.
+    states = {task_run.name: task_run.state for task_run in _task_runs_of(run.id)}
+    assert not [n for n, s in states.items() if not s.is_final()], states
+    assert any(s.is_crashed() for n, s in states.items() if n.startswith("score ")), states
 
     staged = len(_staged_chunks(victim))
     again = start_score(victim, temporary_server=True)
@@ -169,6 +173,16 @@ def test_an_interrupted_run_ends_crashed_leaves_nothing_running_and_the_next_res
     manifests = [json.loads((store / "scores" / f"dt={d}" / "_SUCCESS").read_text()) for d in DAYS]
     assert sum(m["reused_chunks"] for m in manifests) >= staged >= 1
     assert not list(store.glob("_staging/*"))
+
+
+def _task_runs_of(flow_run_id) -> list:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        return client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])), limit=200
+        )
 
 
 def test_a_run_killed_with_sigkill_leaves_no_process_behind(victim):
