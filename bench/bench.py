@@ -31,7 +31,10 @@ each rather than all the runs of one; b/a is also printed round by round.
 
 Peak RSS: each measurement runs under a small runner process that reports
 getrusage(RUSAGE_CHILDREN).ru_maxrss (the largest single process of the tree) and samples
-the whole tree's RSS sum from /proc every 0.2 s. Nothing here is tuned to the data: the
+the whole tree's RSS sum from /proc every 0.2 s. CPU: the runner is the tree's subreaper,
+so RUSAGE_CHILDREN's CPU time covers every process of the run; its split by process (the
+command, its Prefect server, the fork server, the workers; for (b') also the API server
+that was already running) is sampled with RSS. Nothing here is tuned to the data: the
 config is the product's defaults.
 """
 
@@ -371,6 +374,44 @@ def _tree(root: int) -> list[int]:
     return pids
 
 
+# The roles of the processes a command starts, by what their command line runs.
+ROLES = (
+    ("batchscore.api_server", "Prefect server"),
+    ("multiprocessing.forkserver", "fork server"),
+)
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu(pid: int) -> tuple[int, float] | None:
+    """A process's parent and its CPU seconds so far (user + system), from /proc."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+def _role(pid: int, ppid: int, root: int, roles: dict[int, str]) -> str:
+    """The command itself, its Prefect server, the fork server, a worker (a child of the
+    fork server) or other (multiprocessing's resource tracker)."""
+    if pid == root:
+        return "command"
+    if roles.get(ppid) == "fork server":
+        return "workers"
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            cmdline = fh.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return "other"
+    return next((role for marker, role in ROLES if marker in cmdline), "other")
+
+
+def _descendants_cpu(root: int) -> float:
+    """The CPU seconds of `root`'s descendants alive now."""
+    return sum(c[1] for pid in _tree(root)[1:] if (c := _cpu(pid)) is not None)
+
+
 def _rss_kb(pids: list[int]) -> tuple[int, int]:
     """The processes' RSS sum and the largest RSS (kB), from `statm`: cheap to read."""
     page_kb = os.sysconf("SC_PAGE_SIZE") // 1024
@@ -409,16 +450,30 @@ def _anon_kb() -> int:
 
 def _run_measured(cmd: list[str], log: Path) -> dict:
     """Run `cmd` as our only child; wall seconds, the largest process's RSS (the children's
-    max RSS, or the largest sampled: a fork server's workers are not our descendants once it
-    is orphaned, so getrusage misses them), sampled tree RSS and PSS peaks.
+    max RSS, or the largest sampled where this process cannot be a subreaper: a fork
+    server's workers are not our descendants once it is orphaned), sampled tree RSS and PSS
+    peaks, and CPU seconds.
 
     RSS is sampled every 0.2 s. PSS costs ~40 ms of kernel time per sample, which on two
     busy cores slows the measured run itself (1.2 s of CPU over a 14 s (b)), so it is read
     once a second and whenever the RSS sum passes its highest value at a PSS reading by
     16 MiB (the PSS peak is where the RSS peak is). The machine's anonymous memory is
     sampled with RSS: its peak growth over its value before the run cross-checks the PSS
-    sum (it also counts whatever else the machine did meanwhile)."""
+    sum (it also counts whatever else the machine did meanwhile).
+
+    CPU: this process is the tree's subreaper (Linux), so a process the command leaves
+    behind (its fork server, once the command has exited) is reparented here, not to init,
+    and reaped here once the command is done: RUSAGE_CHILDREN's CPU time then covers every
+    process of the run, exactly. Its split by process (the command, its Prefect server, the
+    fork server, the workers) is sampled with RSS, so each process's last < 0.2 s is
+    missing from it; that remainder is reported as not sampled."""
     peak = {"rss": 0, "largest": 0, "pss": 0, "anon": 0}
+    cpu: dict[int, float] = {}
+    roles: dict[int, str] = {}
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
     anon_before = _anon_kb()
     started = time.perf_counter()
     with open(log, "wb") as out:
@@ -429,6 +484,14 @@ def _run_measured(cmd: list[str], log: Path) -> dict:
             pss_read, pss_read_at_rss = 0.0, 0
             while not stop.is_set():
                 pids = _tree(proc.pid)
+                # Parents before children (a worker is known by its parent, the fork
+                # server); once the command has exited, what it left behind is no longer
+                # in its tree.
+                for pid in pids + [p for p in roles if p not in set(pids)]:
+                    if (seen := _cpu(pid)) is not None:
+                        if pid not in roles:
+                            roles[pid] = _role(pid, seen[0], proc.pid, roles)
+                        cpu[pid] = max(cpu.get(pid, 0.0), seen[1])
                 rss, largest = _rss_kb(pids)
                 if rss > pss_read_at_rss + 16_384 or time.monotonic() - pss_read >= 1.0:
                     peak["pss"] = max(peak["pss"], _pss_kb(pids))
@@ -440,18 +503,38 @@ def _run_measured(cmd: list[str], log: Path) -> dict:
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         code = proc.wait()
+        wall = time.perf_counter() - started
+        _reap_orphans(deadline=time.monotonic() + 30)
         stop.set()
         sampler.join()
-    wall = time.perf_counter() - started
-    maxrss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # kB on Linux
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    by_role: dict[str, float] = {}
+    for pid, seconds in cpu.items():
+        by_role[roles[pid]] = by_role.get(roles[pid], 0.0) + seconds
+    total = usage.ru_utime + usage.ru_stime
+    by_role["not sampled"] = max(0.0, total - sum(by_role.values()))
     return {
         "returncode": code,
         "wall": wall,
-        "maxrss_kb": max(maxrss, peak["largest"]),
+        "maxrss_kb": max(usage.ru_maxrss, peak["largest"]),  # kB on Linux
         "tree_peak_kb": peak["rss"],
         "tree_pss_peak_kb": peak["pss"],
         "anon_growth_kb": peak["anon"],
+        "cpu_seconds": total,
+        "cpu_by_role": by_role,
     }
+
+
+def _reap_orphans(deadline: float) -> None:
+    """Wait for the processes the command left behind (reparented to this subreaper): its
+    fork server ends when it notices the command is gone, its workers with it."""
+    while time.monotonic() < deadline:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return  # none left
+        if pid == 0:
+            time.sleep(0.05)
 
 
 def measure(cmd: list[str], log: Path) -> dict:
@@ -493,7 +576,10 @@ def run_b(workdir: Path, config: Path, label: str, rescore: bool = False) -> dic
     from batchscore.config import load_config
 
     cmd = _batchscore_cmd(config) + (["--rescore"] if rescore else [])
+    # An API server this process started ((b'), (e')) works for the run too.
+    before = _descendants_cpu(os.getpid())
     result = measure(cmd, workdir / f"b-{label}.log")
+    result["api_server_cpu"] = max(0.0, _descendants_cpu(os.getpid()) - before)
     cfg = load_config(config)
     manifest = json.loads((Path(cfg.store) / "scores" / f"dt={PARTITION}" / "_SUCCESS").read_text())
     workers = cfg.scoring.worker_count
@@ -511,7 +597,28 @@ def run_b(workdir: Path, config: Path, label: str, rescore: bool = False) -> dic
     work = manifest["seconds"] / workers + result["plan_seconds"] + result["publish_seconds"]
     result["overhead"] = 1 - work / result["wall"]
     result["overhead_chunks_only"] = 1 - (manifest["seconds"] / workers) / result["wall"]
+    # The CPU of the run's processes other than the scoring workers (the command's imports
+    # and Prefect engine, the Prefect server, the fork server's imports): were it and the
+    # workers' CPU to fill the cores with no idle moment, the run would take their sum /
+    # cores, and that CPU would be `cpu_floor` of it. The overhead can go below that only
+    # by using less CPU, not by scheduling better. (A lower bound: the workers' own Prefect
+    # engine, each task run's state changes, counts as the workers'.)
+    roles = result["cpu_by_role"]
+    result["cpu_outside_workers"] = result["api_server_cpu"] + sum(
+        v for k, v in roles.items() if k not in WORKER_CPU
+    )
+    workers_cpu = sum(roles.get(k, 0.0) for k in WORKER_CPU)
+    result["cores"] = len(os.sched_getaffinity(0))
+    result["cpu_packed_wall"] = (workers_cpu + result["cpu_outside_workers"]) / result["cores"]
+    result["cpu_floor"] = result["cpu_outside_workers"] / (
+        workers_cpu + result["cpu_outside_workers"]
+    )
     return result
+
+
+# Sampled CPU that may be the workers': counted as theirs, so the share outside them is a
+# lower bound.
+WORKER_CPU = ("workers", "not sampled")
 
 
 def median_of(runs: list[dict], key: str = "wall") -> dict:
@@ -671,6 +778,23 @@ def _mib(kb: int) -> str:
     return f"{kb / 1024:,.0f} MiB"
 
 
+def _cpu_account(name: str, run: dict) -> str:
+    """Where a run's CPU went, and how much of its overhead that CPU is."""
+    roles = run["cpu_by_role"]
+    order = ["workers", "command", "Prefect server", "fork server", "other", "not sampled"]
+    parts = [f"{k} {roles[k]:.2f}" for k in order if roles.get(k)]
+    if run["api_server_cpu"]:
+        parts.append(f"the API server already running {run['api_server_cpu']:.2f}")
+    return (
+        f"  {name} CPU seconds: {run['cpu_seconds'] + run['api_server_cpu']:.2f} "
+        f"({', '.join(parts)}). Outside the workers {run['cpu_outside_workers']:.2f} s: "
+        f"were all of it to fill the {run['cores']} cores with no idle moment, the run would "
+        f"take {run['cpu_packed_wall']:.2f} s (not {run['wall']:.2f}), and the CPU outside "
+        f"the workers would be {run['cpu_floor']:.1%} of it: an overhead below that needs "
+        "less CPU, not better scheduling"
+    )
+
+
 def report(n, cores, info, a, b, c, rss, small, warm) -> None:
     rows = [
         (
@@ -787,6 +911,7 @@ def report(n, cores, info, a, b, c, rss, small, warm) -> None:
         f"{b['overhead_chunks_only']:.1%} counting planning and publishing as overhead too, "
         "as the bench did up to commit d7d0dbf)"
     )
+    print(_cpu_account("(b)", b))
     b_rss = {}
     for size, r in rss.items():
         b_rss[size] = r
@@ -802,6 +927,7 @@ def report(n, cores, info, a, b, c, rss, small, warm) -> None:
         f"{w['publish_seconds']:.2f}) / {w['wall']:.2f} "
         f"({w['overhead_chunks_only']:.1%} with planning and publishing as overhead)"
     )
+    print(_cpu_account("(b')", w))
     print(
         f"(e) batchscore score of one {small['rows']:,}-row partition: {small['wall']:.2f} s wall; "
         f"(e') with the API already running: {warm['small']['wall']:.2f} s"
