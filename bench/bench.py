@@ -595,6 +595,7 @@ def run_b(workdir: Path, config: Path, label: str, rescore: bool = False) -> dic
     result["plan_seconds"] = manifest.get("plan_seconds", 0.0)
     result["publish_seconds"] = manifest.get("publish_seconds", 0.0)
     work = manifest["seconds"] / workers + result["plan_seconds"] + result["publish_seconds"]
+    result["work_seconds"] = work
     result["overhead"] = 1 - work / result["wall"]
     result["overhead_chunks_only"] = 1 - (manifest["seconds"] / workers) / result["wall"]
     # The CPU of the run's processes other than the scoring workers (the command's imports
@@ -778,6 +779,19 @@ def _mib(kb: int) -> str:
     return f"{kb / 1024:,.0f} MiB"
 
 
+def _fixed_and_marginal(lo: dict, hi: dict) -> str:
+    """How (b)'s overhead splits into a cost per run and a cost per row, from its runs at
+    two sizes: the seconds outside the work at each, and the share of the extra wall time
+    of the larger that is not extra work."""
+    extra_wall, extra_work = hi["wall"] - lo["wall"], hi["work_seconds"] - lo["work_seconds"]
+    return (
+        f"(b) outside the work: {lo['wall'] - lo['work_seconds']:.2f} s at {lo['rows']:,} "
+        f"rows, {hi['wall'] - hi['work_seconds']:.2f} s at {hi['rows']:,}; the larger run's "
+        f"extra {extra_wall:.2f} s of wall are {extra_work:.2f} s of extra work: an overhead "
+        f"of {1 - extra_work / extra_wall:.1%} on each added row, the rest a cost per run"
+    )
+
+
 def _cpu_account(name: str, run: dict) -> str:
     """Where a run's CPU went, and how much of its overhead that CPU is."""
     roles = run["cpu_by_role"]
@@ -921,6 +935,8 @@ def report(n, cores, info, a, b, c, rss, small, warm) -> None:
             f"(wall {r['wall']:.1f} s, "
             f"{r['rows'] / r['wall']:,.0f} rows/s)"
         )
+    if len(rss) == 2:
+        print(_fixed_and_marginal(*(rss[s] for s in sorted(rss))))
     print(
         f"(b') orchestration overhead with the API already running: {w['overhead']:.1%} "
         f"= 1 - ({w['worker_seconds']:.2f} / {w['workers']} + {w['plan_seconds']:.2f} + "
