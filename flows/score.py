@@ -9,6 +9,7 @@ was published.
 
 from __future__ import annotations
 
+import contextvars
 import multiprocessing
 import os
 import sys
@@ -242,20 +243,48 @@ class ForkedProcessPool(ProcessPoolTaskRunner):
                 messages._writer.close()
 
 
-def crash_task_runs_left_running(task_run_ids: list) -> None:
+def crash_task_runs_left_running(task_run_ids: list, within: float = 10.0) -> None:
     """Record as Crashed the task runs a stopped worker was running.
 
     A worker killed mid-task never reports the end of its task run, so the chunks it was
     scoring stayed Running in the UI for good, under a Crashed flow run. The workers'
     last events are delivered first (their state changes reach the API as events), so
-    that every task run that started is there to be found. Best effort: the run is
-    ending on an interrupt, and a failure here must not hide it."""
-    if not task_run_ids:
+    that every task run that started is there to be found. Best effort, and at most
+    `within` seconds (an API that does not answer is retried for longer): the run is
+    ending on an interrupt, and nothing here may hide or delay that."""
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    if not task_run_ids or context is None or context.flow_run is None:
         return
+    failed: list[BaseException] = []
+
+    def crash() -> None:
+        try:
+            _crash_left_running(context.flow_run.id, set(task_run_ids))
+        except Exception as exc:
+            failed.append(exc)
+
+    # With this thread's context: the flow run's, and the settings naming its API.
+    worker = threading.Thread(
+        target=contextvars.copy_context().run,
+        args=(crash,),
+        name="crash-stopped-task-runs",
+        daemon=True,
+    )
+    worker.start()
+    worker.join(within)
+    if worker.is_alive() or failed:
+        reason = failed[0] if failed else f"no answer within {within:.0f} s"
+        get_run_logger().warning("could not record the stopped task runs as Crashed: %s", reason)
+
+
+def _crash_left_running(flow_run_id, submitted: set) -> None:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterId,
         TaskRunFilter,
-        TaskRunFilterId,
         TaskRunFilterState,
         TaskRunFilterStateType,
     )
@@ -263,21 +292,22 @@ def crash_task_runs_left_running(task_run_ids: list) -> None:
     from prefect.events.worker import EventsWorker
     from prefect.states import Crashed
 
-    try:
-        EventsWorker.drain_all(timeout=5)
-        with get_client(sync_client=True) as client:
-            left = client.read_task_runs(
-                task_run_filter=TaskRunFilter(
-                    id=TaskRunFilterId(any_=task_run_ids),
-                    state=TaskRunFilterState(
-                        type=TaskRunFilterStateType(
-                            any_=[StateType.PENDING, StateType.RUNNING, StateType.SCHEDULED]
-                        )
-                    ),
-                ),
-                limit=len(task_run_ids),
-            )
-            for run in left:
+    EventsWorker.drain_all(timeout=5)
+    with get_client(sync_client=True) as client:
+        # The run's unfinished task runs: at most one a worker, and those Prefect's engine
+        # had begun when the worker stopped.
+        left = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+            task_run_filter=TaskRunFilter(
+                state=TaskRunFilterState(
+                    type=TaskRunFilterStateType(
+                        any_=[StateType.PENDING, StateType.RUNNING, StateType.SCHEDULED]
+                    )
+                )
+            ),
+        )
+        for run in left:
+            if run.id in submitted:
                 client.set_task_run_state(
                     run.id,
                     Crashed(
@@ -286,8 +316,6 @@ def crash_task_runs_left_running(task_run_ids: list) -> None:
                     ),
                     force=True,
                 )
-    except Exception as exc:  # best effort: the interrupt is what the run ends with
-        get_run_logger().warning("could not record the stopped task runs as Crashed: %s", exc)
 
 
 def score_partitions(

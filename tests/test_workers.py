@@ -248,3 +248,34 @@ def test_an_interrupted_pool_ends_though_a_killed_worker_held_the_message_queues
     # the queue's reader stopped, not given up after 5 s
     assert "Timed out waiting for process-pool message forwarding" not in done.stderr
     assert done.stdout.startswith("shut down"), done.stdout
+
+
+def test_recording_stopped_task_runs_as_crashed_gives_up_on_an_api_that_does_not_answer(
+    prefect_api, monkeypatch, caplog
+):
+    """`crash_task_runs_left_running`, on the interrupt path: an API that does not answer
+    (the client retries for longer) must not hold up the run's end. It returns after
+    `within` seconds, with a warning, while the call still waits."""
+    import threading
+    import uuid
+
+    import flows.score as score_flow
+
+    called, answered = threading.Event(), threading.Event()
+
+    def no_answer(flow_run_id, submitted):
+        called.set()
+        answered.wait(60)
+
+    monkeypatch.setattr(score_flow, "_crash_left_running", no_answer)
+
+    @flow
+    def interrupted():
+        score_flow.crash_task_runs_left_running([uuid.uuid4()], within=0.5)
+        return called.is_set(), answered.is_set()
+
+    try:
+        assert interrupted() == (True, False)  # returned while the call still waited
+    finally:
+        answered.set()
+    assert "could not record the stopped task runs as Crashed: no answer within" in caplog.text
