@@ -213,13 +213,17 @@ def _build(model: LoadedModel, engine: str, threads: int) -> Predictor:
 
 
 def _warn(message: str) -> None:
-    logger.warning(message)
+    _tell(logging.WARNING, message)
+
+
+def _tell(level: int, message: str) -> None:
+    logger.log(level, message)
     with contextlib.suppress(Exception):  # inside a Prefect run, the run's log shows it too
         from prefect.context import TaskRunContext
         from prefect.logging import get_run_logger
 
         if TaskRunContext.get() is not None:
-            get_run_logger().warning(message)
+            get_run_logger().log(level, message)
 
 
 # --- compiling and the on-disk cache -----------------------------------------------------
@@ -333,6 +337,7 @@ def _compiled(model: LoadedModel, threads: int, strict: bool) -> CompiledPredict
                     fresh = Path(tmp) / "compiled.o"
                     compiled.compile(cache=str(fresh))
                     COMPILE_COUNT += 1
+                    compile_seconds = time.perf_counter() - started
                     data = fresh.read_bytes()
                     _atomic_write(target, data)
                     _atomic_write(
@@ -343,7 +348,7 @@ def _compiled(model: LoadedModel, threads: int, strict: bool) -> CompiledPredict
                                 "model": f"{model.ref.name} {model.ref.version}",
                                 "model_sha256": model.ref.sha256,
                                 "compiler": identity,
-                                "compile_seconds": round(time.perf_counter() - started, 3),
+                                "compile_seconds": round(compile_seconds, 3),
                             },
                             indent=2,
                             sort_keys=True,
@@ -368,14 +373,23 @@ def _compiled(model: LoadedModel, threads: int, strict: bool) -> CompiledPredict
             f"{len(probe)} probe rows; not using it"
         )
     predictor.probe_max_diff = diff
-    logger.info(
-        "compiled engine for %s %s (%s %s, probe max diff %.2g)",
-        model.ref.name,
-        model.ref.version,
-        "compiled to" if origin == "compiled" else "loaded from",
-        target,
-        diff,
-    )
+    if origin == "compiled":
+        # Once per model version and CPU: in a run's log, it says why the first chunks of
+        # the run (their workers waited for it) took seconds longer than the rest.
+        _tell(
+            logging.INFO,
+            f"compiled {model.ref.name} {model.ref.version} to native code in "
+            f"{compile_seconds:.1f} s, once for this CPU and compiler: later runs load it "
+            f"from {target} (probe max diff {diff:.2g})",
+        )
+    else:
+        logger.info(
+            "compiled engine for %s %s (loaded from %s, probe max diff %.2g)",
+            model.ref.name,
+            model.ref.version,
+            target,
+            diff,
+        )
     return predictor
 
 

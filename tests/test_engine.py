@@ -19,6 +19,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+# At the module's import: Prefect configures logging when `flow` is first imported, which
+# takes pytest's capture handler off the root logger if it happens inside a test.
+from prefect import flow, task
+
 from batchscore import engine
 from batchscore.config import load_config, parse_config
 from batchscore.engine import CompiledPredictor, EngineError, LightGBMPredictor, get_predictor
@@ -340,6 +344,37 @@ def test_compiled_code_is_cached_on_disk_and_per_process(tmp_path):
     engine.clear_cache()
     again = get_predictor(model, "compiled", threads=1)
     assert again.origin == "compiled" and before + 2 == engine.COMPILE_COUNT
+
+
+def test_a_compile_is_told_in_the_runs_log_and_loading_the_cache_is_not(
+    tmp_path, prefect_api, caplog
+):
+    """A compile holds up a run's first chunks by seconds, once per model version and CPU:
+    the run's log says so (a Prefect run logger's record). Loading it from the cache is
+    routine and stays out of the run's log."""
+    config = _config(tmp_path)
+    model = _register(config)
+
+    @task
+    def build():
+        return get_predictor(model, "compiled", threads=1).origin
+
+    @flow
+    def twice():
+        first = build()
+        engine.clear_cache()  # as a fresh process would: from the on-disk cache
+        return first, build()
+
+    with caplog.at_level(logging.INFO):
+        assert twice() == ("compiled", "cache")
+    told = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name.startswith("prefect.task_runs") and "to native code" in r.getMessage()
+    ]
+    assert len(told) == 1, told
+    assert told[0].startswith(f"compiled gen {model.ref.version} to native code in ")
+    assert "later runs load it from" in told[0] and ".compiled" in told[0]
 
 
 def test_the_engine_setting_is_validated(tmp_path):
