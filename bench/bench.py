@@ -484,10 +484,11 @@ def _run_measured(cmd: list[str], log: Path) -> dict:
             pss_read, pss_read_at_rss = 0.0, 0
             while not stop.is_set():
                 pids = _tree(proc.pid)
+                in_tree = set(pids)
                 # Parents before children (a worker is known by its parent, the fork
                 # server); once the command has exited, what it left behind is no longer
                 # in its tree.
-                for pid in pids + [p for p in roles if p not in set(pids)]:
+                for pid in pids + [p for p in roles if p not in in_tree]:
                     if (seen := _cpu(pid)) is not None:
                         if pid not in roles:
                             roles[pid] = _role(pid, seen[0], proc.pid, roles)

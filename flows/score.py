@@ -192,7 +192,9 @@ class ForkedProcessPool(ProcessPoolTaskRunner):
     def __exit__(self, exc_type, exc_value, traceback):
         """On an interrupt (Ctrl-C, or SIGTERM as Prefect's TerminationSignal), stop the
         workers now: Prefect's exit waits for the chunks they are scoring, and the ones
-        queued next. Chunks already staged are kept; the next run reuses them."""
+        queued next. Chunks already staged are kept; the next run reuses them. The task
+        runs the workers were running are then recorded Crashed
+        (`crash_task_runs_left_running`)."""
         interrupted = exc_type is not None and issubclass(
             exc_type, (KeyboardInterrupt, ExternalSignal)
         )
