@@ -23,9 +23,10 @@ everything else), then measures, each in its own process:
   (f) (b') with `[scoring] runner = "process"` and with `"dask"` on a distributed.LocalCluster
       of as many single-threaded worker processes (bench/runners.py; --skip-dask skips it).
 
-Each of (a), (b), (b'), (c), (e) and (e') runs `--repeat` times (default 3; the runs of (b)
-after the first rescore the partition) and the run with the median time is reported, with
-every run's time beside it: on a shared machine a single run is a draw. (a), (b) and (c) run
+Each of (a), (b), (b'), (c), (e), (e') and (b) at the two RSS sizes runs `--repeat` times
+(default 3; the runs of (b) after the first rescore the partition) and the run with the
+median time is reported, with every run's time beside it: on a shared machine a single
+run is a draw. (a), (b) and (c) run
 in rounds (a, b, c, a, b, c, ...), so that a slow stretch of the machine slows one run of
 each rather than all the runs of one; b/a is also printed round by round.
 
@@ -658,7 +659,8 @@ def main(argv: list[str] | None = None) -> int:
         "--repeat",
         type=int,
         default=3,
-        help="runs of (a), (b), (b'), (c), (e), (e'); the median run is reported",
+        help="runs of (a), (b), (b'), (c), (e), (e') and (b) at the RSS sizes; the median run "
+        "is reported",
     )
     parser.add_argument("--workdir", help="keep the data here instead of a temporary folder")
     parser.add_argument(
@@ -733,7 +735,7 @@ def main(argv: list[str] | None = None) -> int:
             d.mkdir(exist_ok=True)
             cfg = setup(d, size)
             shutil.copytree(main_dir / "store" / "models", d / "store" / "models")
-            rss[size] = run_b(d, cfg, f"rss{size}")
+            rss[size] = run_b_repeated(d, cfg, f"rss{size}", n)
 
         print(f"(e) batchscore score of one small partition ({args.small_rows:,} rows) ...")
         small_dir = base / "small"
@@ -933,7 +935,8 @@ def report(n, cores, info, a, b, c, rss, small, warm) -> None:
         print(
             f"(b) peak RSS at {size:,} rows: max process {_mib(r['maxrss_kb'])}, "
             f"tree sum {_mib(r['tree_peak_kb'])}, tree PSS {_mib(r['tree_pss_peak_kb'])} "
-            f"(wall {r['wall']:.1f} s, "
+            f"(the median run: wall {r['wall']:.1f} s of "
+            f"{', '.join(f'{v:.1f}' for v in r.get('all', [r['wall']]))}; "
             f"{r['rows'] / r['wall']:,.0f} rows/s)"
         )
     if len(rss) == 2:
