@@ -17,6 +17,7 @@ import threading
 import time
 from contextlib import ExitStack, suppress
 from dataclasses import replace
+from functools import partial
 
 from batchscore.workers import exit_with, forkserver_context, start_for_deployment_run
 
@@ -147,13 +148,15 @@ class ForkedProcessPool(ProcessPoolTaskRunner):
     def __init__(self, max_workers: int | None = None, **kwargs):
         kwargs.setdefault("initializer", exit_with)
         kwargs.setdefault("initargs", (os.getpid(),))
+        # The state of each task run the workers began, from the events they send here to
+        # be forwarded to the API: on an interrupt, those left unfinished are recorded
+        # Crashed (`crash_task_runs_left_running`).
+        self._task_run_states: dict = {}
+        kwargs["subprocess_message_processor_factories"] = (
+            *(kwargs.get("subprocess_message_processor_factories") or ()),
+            partial(_state_tracker, self._task_run_states),
+        )
         super().__init__(max_workers=max_workers, **kwargs)
-        self._submitted: list = []
-
-    def submit(self, task, parameters, wait_for=None, dependencies=None):
-        future = super().submit(task, parameters, wait_for, dependencies)
-        self._submitted.append(future.task_run_id)
-        return future
 
     def __enter__(self):
         context = forkserver_context()
@@ -202,7 +205,9 @@ class ForkedProcessPool(ProcessPoolTaskRunner):
             self._terminate_workers()
         super().__exit__(exc_type, exc_value, traceback)
         if interrupted:
-            crash_task_runs_left_running(self._submitted)
+            crash_task_runs_left_running(
+                [run for run, state in self._task_run_states.items() if state not in FINAL]
+            )
 
     def _terminate_workers(self) -> None:
         """Terminate the workers, then undo what a terminated worker leaves for the executor
@@ -245,25 +250,45 @@ class ForkedProcessPool(ProcessPoolTaskRunner):
                 messages._writer.close()
 
 
+# The state types a task run ends in (Prefect's `StateType` values).
+FINAL = frozenset({"COMPLETED", "FAILED", "CRASHED", "CANCELLED"})
+
+
+def _state_tracker(states: dict):
+    """A message processor of Prefect's process pool (called with each message a worker
+    sends to be forwarded: logs and events): it notes each task run's latest state from its
+    state-change events, and forwards the message as it is."""
+
+    def note(message_type: str, payload):
+        event = getattr(payload, "event", "")
+        if message_type == "event" and event.startswith("prefect.task-run."):
+            with suppress(Exception):  # anything unexpected is only not noted
+                run = payload.resource.prefect_object_id("prefect.task-run")
+                states[run] = payload.payload["validated_state"]["type"]
+        return message_type, payload
+
+    return note
+
+
 def crash_task_runs_left_running(task_run_ids: list, within: float = 10.0) -> None:
-    """Record as Crashed the task runs a stopped worker was running.
+    """Record as Crashed the task runs a stopped worker had begun and not finished.
 
     A worker killed mid-task never reports the end of its task run, so the chunks it was
-    scoring stayed Running in the UI for good, under a Crashed flow run. The workers'
-    last events are delivered first (their state changes reach the API as events), so
-    that every task run that started is there to be found. Best effort, and at most
-    `within` seconds (an API that does not answer is retried for longer): the run is
-    ending on an interrupt, and nothing here may hide or delay that."""
-    from prefect.context import FlowRunContext
-
-    context = FlowRunContext.get()
-    if not task_run_ids or context is None or context.flow_run is None:
+    scoring stayed Running in the UI for good, under a Crashed flow run. The ids are those
+    whose latest state-change event, forwarded from the workers, was not final: the API has
+    them, or will once it has recorded those events. So the workers' last events are
+    delivered first, and a task run the API does not know yet is asked again until it
+    does. Best effort, and at most `within` seconds (an API that does not answer is
+    retried for longer): the run is ending on an interrupt, and nothing here may hide or
+    delay that."""
+    if not task_run_ids:
         return
     failed: list[BaseException] = []
+    deadline = time.monotonic() + within
 
     def crash() -> None:
         try:
-            _crash_left_running(context.flow_run.id, set(task_run_ids))
+            _crash(task_run_ids, deadline)
         except Exception as exc:
             failed.append(exc)
 
@@ -281,43 +306,37 @@ def crash_task_runs_left_running(task_run_ids: list, within: float = 10.0) -> No
         get_run_logger().warning("could not record the stopped task runs as Crashed: %s", reason)
 
 
-def _crash_left_running(flow_run_id, submitted: set) -> None:
+def _crash(task_run_ids: list, deadline: float) -> None:
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (
-        FlowRunFilter,
-        FlowRunFilterId,
-        TaskRunFilter,
-        TaskRunFilterState,
-        TaskRunFilterStateType,
-    )
-    from prefect.client.schemas.objects import StateType
     from prefect.events.worker import EventsWorker
+    from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
     from prefect.states import Crashed
 
-    EventsWorker.drain_all(timeout=5)
+    EventsWorker.drain_all(timeout=max(0.0, deadline - time.monotonic()))
+    left = list(task_run_ids)
     with get_client(sync_client=True) as client:
-        # The run's unfinished task runs: at most one a worker, and those Prefect's engine
-        # had begun when the worker stopped.
-        left = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
-            task_run_filter=TaskRunFilter(
-                state=TaskRunFilterState(
-                    type=TaskRunFilterStateType(
-                        any_=[StateType.PENDING, StateType.RUNNING, StateType.SCHEDULED]
+        while left:
+            for run in list(left):
+                try:
+                    client.set_task_run_state(
+                        run,
+                        Crashed(
+                            message="the run was interrupted and its worker stopped "
+                            "mid-task; chunks already staged are kept for the next run"
+                        ),
+                        force=True,
                     )
-                )
-            ),
-        )
-        for run in left:
-            if run.id in submitted:
-                client.set_task_run_state(
-                    run.id,
-                    Crashed(
-                        message="the run was interrupted and its worker stopped mid-task; "
-                        "chunks already staged are kept for the next run"
-                    ),
-                    force=True,
-                )
+                except ObjectNotFound:
+                    continue  # not recorded yet: asked again
+                except PrefectHTTPStatusError as exc:
+                    if exc.response.status_code == 404:
+                        continue
+                    raise
+                left.remove(run)
+            if left and time.monotonic() + 0.1 >= deadline:
+                raise TimeoutError(f"the API did not know task run(s) {left}")
+            if left:
+                time.sleep(0.1)
 
 
 def score_partitions(
