@@ -309,13 +309,13 @@ def crash_task_runs_left_running(task_run_ids: list, within: float = 10.0) -> No
 def _crash(task_run_ids: list, deadline: float) -> None:
     from prefect.client.orchestration import get_client
     from prefect.events.worker import EventsWorker
-    from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
+    from prefect.exceptions import PrefectHTTPStatusError
     from prefect.states import Crashed
 
     EventsWorker.drain_all(timeout=max(0.0, deadline - time.monotonic()))
     left = list(task_run_ids)
     with get_client(sync_client=True) as client:
-        while left:
+        while True:
             for run in list(left):
                 try:
                     client.set_task_run_state(
@@ -326,17 +326,16 @@ def _crash(task_run_ids: list, deadline: float) -> None:
                         ),
                         force=True,
                     )
-                except ObjectNotFound:
-                    continue  # not recorded yet: asked again
                 except PrefectHTTPStatusError as exc:
                     if exc.response.status_code == 404:
-                        continue
+                        continue  # not recorded yet: asked again
                     raise
                 left.remove(run)
-            if left and time.monotonic() + 0.1 >= deadline:
+            if not left:
+                return
+            if time.monotonic() + 0.1 >= deadline:
                 raise TimeoutError(f"the API did not know task run(s) {left}")
-            if left:
-                time.sleep(0.1)
+            time.sleep(0.1)
 
 
 def score_partitions(
