@@ -29,7 +29,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.exceptions import ExternalSignal
 from prefect.runtime import deployment, flow_run
-from prefect.states import Completed, Failed
+from prefect.states import Cancelled, Completed, Crashed, Failed
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner
 
 from batchscore.config import DEFAULT_CONFIG, Config, load_config
@@ -150,7 +150,7 @@ class ForkedProcessPool(ProcessPoolTaskRunner):
         kwargs.setdefault("initargs", (os.getpid(),))
         # The state of each task run the workers began, from the events they send here to
         # be forwarded to the API: on an interrupt, those left unfinished are recorded
-        # Crashed (`crash_task_runs_left_running`).
+        # Crashed, or Cancelled (`end_task_runs_left_running`).
         self._task_run_states: dict = {}
         kwargs["subprocess_message_processor_factories"] = (
             *(kwargs.get("subprocess_message_processor_factories") or ()),
@@ -196,8 +196,8 @@ class ForkedProcessPool(ProcessPoolTaskRunner):
         """On an interrupt (Ctrl-C, or SIGTERM as Prefect's TerminationSignal), stop the
         workers now: Prefect's exit waits for the chunks they are scoring, and the ones
         queued next. Chunks already staged are kept; the next run reuses them. The task
-        runs the workers were running are then recorded Crashed
-        (`crash_task_runs_left_running`)."""
+        runs the workers were running are then recorded Crashed, or Cancelled when the
+        signal is Prefect cancelling the flow run (`end_task_runs_left_running`)."""
         interrupted = exc_type is not None and issubclass(
             exc_type, (KeyboardInterrupt, ExternalSignal)
         )
@@ -205,8 +205,9 @@ class ForkedProcessPool(ProcessPoolTaskRunner):
             self._terminate_workers()
         super().__exit__(exc_type, exc_value, traceback)
         if interrupted:
-            crash_task_runs_left_running(
-                [run for run, state in self._task_run_states.items() if state not in FINAL]
+            end_task_runs_left_running(
+                [run for run, state in self._task_run_states.items() if state not in FINAL],
+                cancelled=cancelling(),
             )
 
     def _terminate_workers(self) -> None:
@@ -270,47 +271,73 @@ def _state_tracker(states: dict):
     return note
 
 
-def crash_task_runs_left_running(task_run_ids: list, within: float = 10.0) -> None:
-    """Record as Crashed the task runs a stopped worker had begun and not finished.
+def cancelling() -> bool:
+    """Whether this process is being stopped because its flow run was cancelled (from the
+    UI, `prefect flow-run cancel`, an automation): the runner or worker that started it says
+    so over Prefect's control channel before it sends SIGTERM, and Prefect's flow engine
+    then records the flow run Cancelled, not Crashed. False for a Ctrl-C or a SIGTERM from
+    anyone else, and where the channel is not there (the `batchscore` command)."""
+    try:
+        from prefect._internal.control_listener import get_intent
+    except ImportError:  # a Prefect without the channel: such runs ended Crashed
+        return False
+    return get_intent() == "cancel"
+
+
+def end_task_runs_left_running(
+    task_run_ids: list, cancelled: bool = False, within: float = 10.0
+) -> None:
+    """Record as Crashed (Cancelled, when the flow run is being cancelled) the task runs a
+    stopped worker had begun and not finished.
 
     A worker killed mid-task never reports the end of its task run, so the chunks it was
-    scoring stayed Running in the UI for good, under a Crashed flow run. The ids are those
-    whose latest state-change event, forwarded from the workers, was not final: the API has
-    them, or will once it has recorded those events. So the workers' last events are
-    delivered first, and a task run the API does not know yet is asked again until it
-    does. Best effort, and at most `within` seconds (an API that does not answer is
-    retried for longer): the run is ending on an interrupt, and nothing here may hide or
-    delay that."""
+    scoring stayed Running in the UI for good, under a Crashed or Cancelled flow run. The
+    ids are those whose latest state-change event, forwarded from the workers, was not
+    final: the API has them, or will once it has recorded those events. So the workers'
+    last events are delivered first, and a task run the API does not know yet is asked
+    again until it does. Best effort, and at most `within` seconds (an API that does not
+    answer is retried for longer): the run is ending on an interrupt, and nothing here may
+    hide or delay that."""
     if not task_run_ids:
         return
     failed: list[BaseException] = []
     deadline = time.monotonic() + within
+    end = Cancelled if cancelled else Crashed
+    stopped = "cancelled" if cancelled else "interrupted"
+    state = partial(
+        end,
+        message=f"the run was {stopped} and its worker stopped mid-task; chunks already "
+        "staged are kept for the next run",
+    )
 
-    def crash() -> None:
+    def record() -> None:
         try:
-            _crash(task_run_ids, deadline)
+            _record_stopped(task_run_ids, state, deadline)
         except Exception as exc:
             failed.append(exc)
 
     # With this thread's context: the flow run's, and the settings naming its API.
     worker = threading.Thread(
         target=contextvars.copy_context().run,
-        args=(crash,),
-        name="crash-stopped-task-runs",
+        args=(record,),
+        name="record-stopped-task-runs",
         daemon=True,
     )
     worker.start()
     worker.join(within)
     if worker.is_alive() or failed:
         reason = failed[0] if failed else f"no answer within {within:.0f} s"
-        get_run_logger().warning("could not record the stopped task runs as Crashed: %s", reason)
+        get_run_logger().warning(
+            "could not record the stopped task runs as %s: %s", end.__name__, reason
+        )
 
 
-def _crash(task_run_ids: list, deadline: float) -> None:
+def _record_stopped(task_run_ids: list, state, deadline: float) -> None:
+    """Set each task run to `state()` (forced), asking again every 0.1 s for one the API
+    does not know yet, until `deadline`."""
     from prefect.client.orchestration import get_client
     from prefect.events.worker import EventsWorker
     from prefect.exceptions import PrefectHTTPStatusError
-    from prefect.states import Crashed
 
     EventsWorker.drain_all(timeout=max(0.0, deadline - time.monotonic()))
     left = list(task_run_ids)
@@ -318,14 +345,7 @@ def _crash(task_run_ids: list, deadline: float) -> None:
         while True:
             for run in list(left):
                 try:
-                    client.set_task_run_state(
-                        run,
-                        Crashed(
-                            message="the run was interrupted and its worker stopped "
-                            "mid-task; chunks already staged are kept for the next run"
-                        ),
-                        force=True,
-                    )
+                    client.set_task_run_state(run, state(), force=True)
                 except PrefectHTTPStatusError as exc:
                     if exc.response.status_code == 404:
                         continue  # not recorded yet: asked again

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 from helpers import SlowToPickle, settings_seen, submission_index, where_am_i
 from prefect import flow, task
 
@@ -253,7 +254,7 @@ def test_an_interrupted_pool_ends_though_a_killed_worker_held_the_message_queues
 def test_recording_stopped_task_runs_as_crashed_gives_up_on_an_api_that_does_not_answer(
     prefect_api, monkeypatch, caplog
 ):
-    """`crash_task_runs_left_running`, on the interrupt path: an API that does not answer
+    """`end_task_runs_left_running`, on the interrupt path: an API that does not answer
     (the client retries for longer) must not hold up the run's end. It returns after
     `within` seconds, with a warning, while the call still waits."""
     import threading
@@ -263,15 +264,15 @@ def test_recording_stopped_task_runs_as_crashed_gives_up_on_an_api_that_does_not
 
     called, answered = threading.Event(), threading.Event()
 
-    def no_answer(task_run_ids, deadline):
+    def no_answer(task_run_ids, state, deadline):
         called.set()
         answered.wait(60)
 
-    monkeypatch.setattr(score_flow, "_crash", no_answer)
+    monkeypatch.setattr(score_flow, "_record_stopped", no_answer)
 
     @flow
     def interrupted():
-        score_flow.crash_task_runs_left_running([uuid.uuid4()], within=0.5)
+        score_flow.end_task_runs_left_running([uuid.uuid4()], within=0.5)
         return called.is_set(), answered.is_set()
 
     try:
@@ -281,11 +282,13 @@ def test_recording_stopped_task_runs_as_crashed_gives_up_on_an_api_that_does_not
     assert "could not record the stopped task runs as Crashed: no answer within" in caplog.text
 
 
-def test_a_stopped_task_run_the_api_records_late_is_still_recorded_crashed(prefect_api):
-    """`crash_task_runs_left_running` gets the ids of the task runs whose last forwarded
+@pytest.mark.parametrize("cancelled", [False, True], ids=["interrupted", "cancelled"])
+def test_a_stopped_task_run_the_api_records_late_is_still_recorded_crashed(prefect_api, cancelled):
+    """`end_task_runs_left_running` gets the ids of the task runs whose last forwarded
     event was not final. The API records those events a moment after they are delivered:
     a task run it does not know yet (here created 1 s later) is asked again until it does,
-    then set Crashed (a query of unfinished runs made at once missed one in a full suite)."""
+    then set Crashed (a query of unfinished runs made at once missed one in a full suite),
+    or Cancelled when the flow run is being cancelled."""
     import threading
     import time
     import uuid
@@ -301,16 +304,24 @@ def test_a_stopped_task_run_the_api_records_late_is_still_recorded_crashed(prefe
     def record_late():
         time.sleep(1.0)
         with get_client(sync_client=True) as client:
-            client.create_task_run(probe, None, "0", id=run_id, state=Running())
+            client.create_task_run(probe, None, str(run_id), id=run_id, state=Running())
+
+    @flow
+    def stopped():
+        score_flow.end_task_runs_left_running([run_id], cancelled=cancelled, within=60)
 
     late = threading.Thread(target=record_late)
     late.start()
-    score_flow._crash([run_id], deadline=time.monotonic() + 60)
+    stopped()
     late.join()
     with get_client(sync_client=True) as client:
         state = client.read_task_run(run_id).state
-    assert state.is_crashed(), state
-    assert "interrupted" in state.message
+    if cancelled:
+        assert state.is_cancelled(), state
+        assert state.message.startswith("the run was cancelled and its worker stopped"), state
+    else:
+        assert state.is_crashed(), state
+        assert state.message.startswith("the run was interrupted and its worker stopped"), state
 
 
 def test_the_pool_notes_the_state_of_each_task_run_its_workers_begin(prefect_api):

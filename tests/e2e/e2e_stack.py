@@ -45,7 +45,7 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def _running(pid: int) -> bool:
+def running(pid: int) -> bool:
     if Path("/proc/self/stat").exists():
         try:
             text = Path(f"/proc/{pid}/stat").read_text()
@@ -114,11 +114,11 @@ class Process:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self.proc.poll()
-            if not any(_running(p) for p in tree):
+            if not any(running(p) for p in tree):
                 break
             time.sleep(0.2)
         for pid in tree:
-            if _running(pid):  # only what is left: an ended pid may already be another's
+            if running(pid):  # only what is left: an ended pid may already be another's
                 with _suppress_lookup():
                     os.kill(pid, signal.SIGKILL)
         self.proc.wait(timeout=10)

@@ -27,8 +27,17 @@ from uuid import UUID
 import pyarrow.parquet as pq
 import pytest
 from e2e_browser import CHROMIUM, Chromium
-from e2e_stack import BIN, Process, flow_run_id, free_port, prefect, wait_healthy
-from helpers import write_config
+from e2e_stack import (
+    BIN,
+    Process,
+    descendants,
+    flow_run_id,
+    free_port,
+    prefect,
+    running,
+    wait_healthy,
+)
+from helpers import copy_sample, write_config
 
 pytestmark = pytest.mark.e2e
 
@@ -432,3 +441,77 @@ def test_two_runs_back_to_back_score_each_partition_once(stack: Stack, retrain_r
     [table] = tables[scorer.name]
     rows = json.loads(table.data) if isinstance(table.data, str) else table.data
     assert sorted(r["partition"] for r in rows) == PARTITIONS
+
+
+def test_a_run_cancelled_while_scoring_ends_cancelled_and_the_next_resumes(
+    stack: Stack, retrain_run
+):
+    """Cancel, as the UI's button does (`prefect flow-run cancel`), a deployment run that is
+    scoring. The worker tells the run's process over Prefect's control channel, then sends
+    it SIGTERM. The flow run ends Cancelled and the chunks its workers were scoring end
+    Cancelled with it (they read Crashed, under a Cancelled run, before), none left Running;
+    every process of the run ends; nothing is published half; the next run reuses the chunks
+    staged before the cancel."""
+    base = stack.tmp / "cancel"
+    days = PARTITIONS[:2]
+    source = copy_sample(base / "source", days)
+    # ~400 chunks of 100 rows (a chunk is a run of whole row groups): the run is still
+    # scoring when the cancel comes, seconds later.
+    for file in source.glob("incoming/*/*.parquet"):
+        pq.write_table(pq.read_table(file), file, row_group_size=100)
+    shutil.copytree(stack.store / "models", base / "store" / "models")
+    config = write_config(
+        base / "batchscore.toml",
+        (ROOT / "batchscore.toml").read_text(),
+        storage={"source": str(source), "store": str(base / "store")},
+        scoring={"chunk_rows": 100, "workers": 2},
+        retrain={"on_drift": "off"},
+    )
+
+    def staged() -> list[Path]:
+        return sorted((base / "store").glob("_staging/*/chunks/*.json"))
+
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    run_id = UUID(stack.deployment_run("score/nightly-score", f"config={config}"))
+    deadline = time.monotonic() + RUN_TIMEOUT
+    with stack.client() as client:
+        while not staged():
+            state = client.read_flow_run(run_id).state
+            assert not state.is_final(), f"the run ended {state.name} before it was cancelled"
+            assert time.monotonic() < deadline, "no chunk was staged\n" + stack.report(run_id)
+            time.sleep(0.1)
+    processes = descendants(stack.worker.pid)  # the flow run's process, its fork server, ...
+    assert len(processes) >= 3, processes
+    prefect(["flow-run", "cancel", str(run_id)], stack.env, stack.tmp)
+
+    run = stack.wait_final(run_id, timeout=120)
+    assert run.state.is_cancelled(), f"{run.state}\n" + stack.report(run_id)
+    states = {}
+    with stack.client() as client:
+        while page := client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])),
+            limit=200,
+            offset=len(states),
+        ):
+            states.update((t.name, t.state) for t in page)
+    assert not [n for n, s in states.items() if not s.is_final()], states
+    # (Not asserted that one was stopped: both workers may be between two chunks.)
+    stopped = {n: s.name for n, s in states.items() if not s.is_completed()}
+    assert all(s == "Cancelled" for s in stopped.values()), stopped
+    deadline = time.monotonic() + 30
+    while (left := [p for p in processes if running(p)]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert left == [], f"processes of the cancelled run still running: {left}"
+    for manifest in (base / "store").glob("scores/*/_SUCCESS"):  # published before the cancel
+        rows = sum(pq.read_metadata(f).num_rows for f in manifest.parent.glob("*.parquet"))
+        assert rows == json.loads(manifest.read_text())["rows_scored"], manifest
+
+    kept = len(staged())
+    again = stack.wait_final(stack.deployment_run("score/nightly-score", f"config={config}"))
+    stack.assert_completed(again)
+    manifests = [
+        json.loads((base / "store" / "scores" / f"dt={d}" / "_SUCCESS").read_text()) for d in days
+    ]
+    assert sum(m["reused_chunks"] for m in manifests) >= kept >= 1, manifests
+    assert not list((base / "store").glob("_staging/*"))
