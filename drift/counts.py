@@ -6,9 +6,10 @@ up exactly to the counts of the whole partition (`merge`, `merge_all`), and stor
 earlier partitions merge into a rolling reference. Counts carry the `reference_id` of the bins
 they were made with, so counts made against different bins can never be added together.
 
-Counting is vectorised: numeric values are sorted once and the bin boundaries searched
-into them (`np.sort` + `np.searchsorted`), categorical values go through pyarrow's
-`value_counts` + `index_in`, so no Python loop ever runs per row.
+Counting is vectorised: numeric values are searched into the bins by compiled code
+(`drift._native`), or, where that cannot be built, sorted once with the bin boundaries
+searched into them (`np.sort` + `np.searchsorted`); categorical values go through pyarrow's
+`value_counts` + `index_in`; so no Python loop ever runs per row.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from drift import _native
 from drift._encoding import JsonForm, decode_ints, encode_ints, frozen, loads
 
 ArrayLike = np.ndarray | pa.Array | pa.ChunkedArray
@@ -30,6 +32,11 @@ ArrayLike = np.ndarray | pa.Array | pa.ChunkedArray
 # (beyond, by their total only): a rolling window's categories are the training's plus the
 # names it saw (`drift.reference.CategoricalReference.with_counts`).
 UNSEEN_NAMES = 1_000
+
+# A process compiles the native counting kernel (~40 ms) for a call of at least this many
+# values, which repays it (~4.5 ms saved per 131,072); the fork server compiles it for the
+# scoring workers ahead (`drift._native`).
+NATIVE_BUILD_AT = 1_000_000
 
 
 def as_float64(values: ArrayLike | Iterable[Any]) -> np.ndarray:
@@ -279,12 +286,26 @@ def count_numeric(
     sketch cells are (-inf, g1), {g1}, (g1, g2), ..., {gK}, (gK, +inf); +-inf land in the
     outer bins and cells, NaN only in the missing bin.
 
-    The values are sorted once and the few edges / grid points are binary-searched into
-    them: "how many values are <= e" and "< g" at each boundary are then cumulative counts,
-    whose differences are the bin counts. Searching a million unsorted values into a 2049
-    point grid instead costs ~10x more (cache misses on every lookup), and sorting is cheap.
+    Each value is searched into the edges and the grid by compiled code (`drift._native`,
+    ~4x faster), when it is compiled in this process or the call is large enough to repay
+    compiling it. Otherwise the values are sorted once and the few edges / grid points are
+    binary-searched into them: "how many values are <= e" and "< g" at each boundary are
+    then cumulative counts, whose differences are the bin counts (numpy's `searchsorted` of
+    a million unsorted values into a 2049-point grid costs ~10x more). Both give the same
+    counts.
     """
-    ordered = np.sort(as_float64(values))  # NaN sorts last, -inf first, +inf before NaN
+    x = as_float64(values)
+    if _native.ready() or (x.size >= NATIVE_BUILD_AT and _native.build()):
+        bin_counts, sketch_counts = _native.count(x, edges, grid)
+        return NumericCounts(reference_id, bin_counts, sketch_counts)
+    return _count_sorted(x, edges, grid, reference_id)
+
+
+def _count_sorted(
+    x: np.ndarray, edges: np.ndarray, grid: np.ndarray, reference_id: str
+) -> NumericCounts:
+    """`count_numeric` by sorting the values."""
+    ordered = np.sort(x)  # NaN sorts last, -inf first, +inf before NaN
     n_missing = int(np.count_nonzero(np.isnan(ordered)))
     n_present = ordered.size - n_missing
     present = ordered[:n_present]

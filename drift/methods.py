@@ -79,9 +79,14 @@ def warm_up() -> None:
     p-values' distributions (`scipy.special` and scipy's KS code, 0.2 s), and pandas, which
     pyarrow imports (when installed) the first time it converts Python objects to an array,
     as the report's table does (0.3 s). Scoring workers only count values and never need
-    them; a process about to evaluate drift can load them ahead, in a thread."""
+    them; a process about to evaluate drift can load them ahead, in a thread. And the
+    compiled counting kernel (`drift._native`, ~40 ms), which scoring workers do need:
+    the fork server compiles it once for all of them."""
     import pyarrow as pa
 
+    from drift import _native
+
+    _native.build()
     kstwo_sf(0.5, 10)
     chi2_sf(1.0, 1)
     pa.array([0.0])

@@ -181,3 +181,82 @@ def test_integers_without_an_exact_float64_are_read_as_the_nearest_float() -> No
     )
     reference = NumericReference.fit(as_float64(values))
     assert reference.count(as_float64(values)).n == 4
+
+
+def _sorted_and_native(values, edges, grid):
+    from drift import _native
+    from drift.counts import _count_sorted
+
+    assert _native.build(), "the native counting kernel did not compile (llvmlite?)"
+    want = _count_sorted(np.asarray(values, dtype=np.float64), edges, grid, "r")
+    bins, cells = _native.count(np.asarray(values, dtype=np.float64), edges, grid)
+    return want, bins, cells
+
+
+def test_native_counting_gives_the_sorts_counts_on_every_kind_of_value() -> None:
+    """`drift._native` (compiled, no sort) and the sort give the same integers: values tied
+    with grid points and edges, +-inf, -0.0, NaN, heavy tails, one-point grids, no edges,
+    and every tail length the kernel's vector width leaves."""
+    generator = np.random.default_rng(11)
+    reference = generator.normal(size=20_000)
+    fitted = NumericReference.fit(reference)
+    coarse = NumericReference.fit(np.round(reference, 1))  # few grid points, many ties
+    constant = NumericReference.fit(np.full(100, 3.0))  # one grid point, edges collapsed
+    specials = np.array([np.inf, -np.inf, np.nan, 0.0, -0.0, 3.0])
+    for trial in range(120):
+        ref = (fitted, coarse, constant)[trial % 3]
+        n = int(generator.integers(0, 70)) if trial % 4 else int(generator.integers(0, 5_000))
+        kind = trial % 5
+        if kind == 0:
+            values = generator.normal(size=n)
+        elif kind == 1:  # exactly on grid points and edges
+            values = generator.choice(np.concatenate([ref.grid_, ref.edges_, specials]), n)
+        elif kind == 2:
+            values = np.round(generator.normal(size=n), 1)
+        elif kind == 3:
+            values = generator.standard_cauchy(n) * 1e6
+        else:
+            values = generator.choice(specials, n)
+        if n:
+            values[generator.random(n) < 0.1] = np.nan
+        want, bins, cells = _sorted_and_native(values, ref.edges_, ref.grid_)
+        assert np.array_equal(bins, want.bin_counts), (trial, n, bins, want.bin_counts)
+        assert np.array_equal(cells, want.sketch_counts), (trial, n)
+        assert want.n == n
+
+
+def test_large_counts_use_the_native_kernel_and_agree_with_the_sort() -> None:
+    """`count_numeric` of a large chunk (what a scoring worker counts) goes through the
+    compiled kernel, with the sort's counts."""
+    from drift import _native
+    from drift.counts import NATIVE_BUILD_AT, count_numeric
+
+    generator = np.random.default_rng(12)
+    fitted = NumericReference.fit(generator.gamma(2.0, 10.0, 50_000))
+    values = generator.gamma(2.1, 10.0, NATIVE_BUILD_AT + 13)
+    values[generator.random(values.size) < 0.02] = np.nan
+    got = count_numeric(values, fitted.edges_, fitted.grid_, fitted.reference_id)
+    assert _native.ready()
+    want, _, _ = _sorted_and_native(values, fitted.edges_, fitted.grid_)
+    assert np.array_equal(got.bin_counts, want.bin_counts)
+    assert np.array_equal(got.sketch_counts, want.sketch_counts)
+
+
+def test_where_the_kernel_cannot_be_compiled_the_sort_counts(monkeypatch) -> None:
+    """No llvmlite, or a compile that fails: `count_numeric` counts by sorting, and says
+    nothing (the counts are the same)."""
+    from drift import _native
+    from drift.counts import NATIVE_BUILD_AT, count_numeric
+
+    def unavailable():
+        raise ImportError("No module named 'llvmlite'")
+
+    monkeypatch.setattr(_native, "_compile", unavailable)
+    monkeypatch.setattr(_native, "_kernel", None)
+    generator = np.random.default_rng(13)
+    fitted = NumericReference.fit(generator.normal(size=10_000))
+    values = generator.normal(size=NATIVE_BUILD_AT)
+    got = count_numeric(values, fitted.edges_, fitted.grid_, fitted.reference_id)
+    assert not _native.ready() and not _native.build()
+    assert got.n == values.size
+    assert got.bin_counts.sum() == values.size
