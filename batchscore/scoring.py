@@ -57,6 +57,7 @@ from drift import (
     ReferenceProfile,
     counts_from_dict,
     evaluate,
+    expect_to_count,
     merge,
     merge_all,
     results_to_table,
@@ -148,6 +149,7 @@ def score_chunk(
 
     timings = dict.fromkeys(("read", "validate", "score", "write", "drift"), 0.0)
     loaded = model.load()
+    expect_to_count(chunk.rows * len(loaded.reference))  # its drift counting, column by column
     ds = config.dataset
     now = dt.datetime.now(dt.UTC)
     source = Location(config.source)

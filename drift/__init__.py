@@ -16,6 +16,7 @@ from drift.counts import (
     NumericCounts,
     counts_from_dict,
     counts_from_json,
+    expect_to_count,
     merge,
     merge_all,
 )
@@ -57,6 +58,7 @@ __all__ = [
     "counts_from_dict",
     "counts_from_json",
     "evaluate",
+    "expect_to_count",
     "get_method",
     "ks_p_value",
     "ks_statistic",

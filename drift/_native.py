@@ -20,9 +20,9 @@ on random, tied, infinite and missing values).
 
 It is compiled once per process, ~40 ms, for the host CPU, and kept in memory: by the fork
 server before it forks the scoring workers (`drift.methods.warm_up`), so that they all
-start with it; in any other process only for a call large enough to repay those 40 ms
-(`count_numeric`). Where llvmlite cannot import or compiling fails, the sort counts, with
-the same results.
+start with it; in any other process only for a call, or a chunk of calls, large enough to
+repay those 40 ms (`count_numeric`, `expect_to_count`: a Dask worker's first chunk).
+Where llvmlite cannot import or compiling fails, the sort counts, with the same results.
 """
 
 from __future__ import annotations

@@ -39,6 +39,14 @@ UNSEEN_NAMES = 1_000
 NATIVE_BUILD_AT = 1_000_000
 
 
+def expect_to_count(values: int) -> None:
+    """Say that this process is about to count `values` numeric values, in calls of any
+    size: the compiled kernel is built now when that repays it (a scoring worker's chunk,
+    counted batch by batch, on a Dask worker or wherever no fork server built it)."""
+    if values >= NATIVE_BUILD_AT:
+        _native.build()
+
+
 def as_float64(values: ArrayLike | Iterable[Any]) -> np.ndarray:
     """A 1-D float64 view of numeric values with every missing value (null/None/NaN) as NaN."""
     if isinstance(values, pa.ChunkedArray | pa.Array):

@@ -252,7 +252,9 @@ def test_where_the_kernel_cannot_be_compiled_the_sort_counts(monkeypatch) -> Non
         raise ImportError("No module named 'llvmlite'")
 
     monkeypatch.setattr(_native, "_compile", unavailable)
+    # Both, so that the end of the test gives back the kernel with the engine owning its code.
     monkeypatch.setattr(_native, "_kernel", None)
+    monkeypatch.setattr(_native, "_engine", None)
     generator = np.random.default_rng(13)
     fitted = NumericReference.fit(generator.normal(size=10_000))
     values = generator.normal(size=NATIVE_BUILD_AT)
@@ -260,3 +262,19 @@ def test_where_the_kernel_cannot_be_compiled_the_sort_counts(monkeypatch) -> Non
     assert not _native.ready() and not _native.build()
     assert got.n == values.size
     assert got.bin_counts.sum() == values.size
+
+
+def test_the_kernel_is_built_for_a_chunk_worth_it(monkeypatch) -> None:
+    """`expect_to_count`: a process that will count a chunk of a million values or more,
+    batch by batch (a Dask worker, without a fork server to build it ahead), builds the
+    kernel at once; a smaller one does not pay the compile."""
+    from drift import _native, expect_to_count
+    from drift.counts import NATIVE_BUILD_AT
+
+    # Both, so that the end of the test gives back the kernel with the engine owning its code.
+    monkeypatch.setattr(_native, "_kernel", None)
+    monkeypatch.setattr(_native, "_engine", None)
+    expect_to_count(NATIVE_BUILD_AT - 1)
+    assert not _native.ready()
+    expect_to_count(NATIVE_BUILD_AT)
+    assert _native.ready()
