@@ -1,7 +1,8 @@
 """Drift statistics for batchscore: reference summaries, partial counts, KS / PSI / chi2.
 
 Plain numpy, scipy and pyarrow - no Prefect, Great Expectations or LightGBM - so it can be
-read, tested and reused alone. The flow of data:
+read, tested and reused alone; llvmlite, where it is installed, compiles the numeric counting
+(`drift._native`), and the same counts come from a sort where it is not. The flow of data:
 
     profile = ReferenceProfile.fit(columns, categorical, scores)   # once, stored with the model
     parts = [profile.count(chunk_columns, chunk_scores) for each chunk]  # in the workers
