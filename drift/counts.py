@@ -303,7 +303,8 @@ def count_numeric(
     counts.
     """
     x = as_float64(values)
-    if _native.ready() or (x.size >= NATIVE_BUILD_AT and _native.build()):
+    expect_to_count(x.size)
+    if _native.ready():
         bin_counts, sketch_counts = _native.count(x, edges, grid)
         return NumericCounts(reference_id, bin_counts, sketch_counts)
     return _count_sorted(x, edges, grid, reference_id)
