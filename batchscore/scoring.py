@@ -160,7 +160,9 @@ def score_chunk(
     counts: dict[str, Counts] = {}
     rows_in = rows_bad = 0
     # Scores are written batch by batch (a row group each), not kept for the chunk's end.
-    with staging.parquet_writer("scores", f"{name}.parquet") as scores_out:
+    with staging.parquet_writer(
+        "scores", f"{name}.parquet", plain=all_different(ds.id_columns)
+    ) as scores_out:
         while True:
             t0 = time.perf_counter()
             table = next(batches, None)
@@ -389,6 +391,13 @@ def predict(
             out[filled : filled + len(matrix)] = predictor.predict(matrix, may_overwrite=True)
             filled += len(matrix)
     return out
+
+
+def all_different(id_columns: list[str]) -> tuple[str, ...]:
+    """The scores file's columns whose values are all or nearly all different, written
+    without a dictionary: the score, and the id when one column is the id (a partition's ids
+    are unique). Each column of a composite id may repeat, and keeps its dictionary."""
+    return ("score", *id_columns) if len(id_columns) == 1 else ("score",)
 
 
 def scores_table(

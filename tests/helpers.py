@@ -20,6 +20,24 @@ def copy_sample(source: Path, days: list[str]) -> Path:
     return source
 
 
+def dictionary_encoded(folder: Path) -> dict[str, bool]:
+    """Whether each column of the Parquet files under `folder` was written with a
+    dictionary, in every row group of every file (False if in none; an error if mixed)."""
+    import pyarrow.parquet as pq
+
+    seen: dict[str, set[bool]] = {}
+    for path in sorted(folder.rglob("*.parquet")):
+        meta = pq.ParquetFile(path).metadata
+        for g in range(meta.num_row_groups):
+            for c in range(meta.num_columns):
+                column = meta.row_group(g).column(c)
+                encoded = any("DICTIONARY" in e for e in column.encodings)
+                seen.setdefault(column.path_in_schema, set()).add(encoded)
+    assert seen, f"no Parquet file under {folder}"
+    assert all(len(v) == 1 for v in seen.values()), seen
+    return {name: v.pop() for name, v in seen.items()}
+
+
 def write_config(path: Path, text: str, **tables: dict) -> Path:
     """A config file: `text` with the given tables' keys replaced or added."""
     import tomllib

@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
+from helpers import dictionary_encoded
 
 from batchscore.config import load_config
 from batchscore.registry import Registry
@@ -119,6 +120,9 @@ def test_a_regression_data_set_with_composite_ids_trains_and_scores(tmp_path, pr
         assert manifest["extra_columns"] == ["courier_note"]
     scores = pads.dataset(store / "scores", partitioning="hive").to_table()
     assert scores.schema.names[:3] == ["store", "order_no", "score"]
+    # Each column of a composite id may repeat (stores do): they keep their dictionary.
+    encoded = dictionary_encoded(store / "scores")
+    assert (encoded["store"], encoded["order_no"], encoded["score"]) == (True, True, False)
 
     # Scores are predictions of minutes: they track the held-back truth of an unlabelled day.
     rng = np.random.default_rng(7)

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
-from helpers import write_config
+from helpers import dictionary_encoded, write_config
 
 from batchscore.config import load_config
 from batchscore.training import train
@@ -56,6 +56,14 @@ def test_sample_scores_every_partition_once_and_quarantines_the_invalid_rows(sam
         assert manifest["model_version"] == "v0001"
         assert manifest["status"] == "scored"
         assert _scores(store, day).num_rows == manifest["rows_scored"]
+        # Unique ids and scores are written plain: a dictionary of them is only given up.
+        assert dictionary_encoded(store / "scores" / f"dt={day}") == {
+            "customer_id": False,
+            "score": False,
+            "model_version": True,
+            "scored_at": True,
+            "run_id": True,
+        }
 
     # The broken day: its five invalid rows are quarantined with readable reasons, the rest scored.
     quarantine = pq.read_table(store / "quarantine" / "dt=2026-10-11").to_pylist()
