@@ -297,6 +297,21 @@ def test_the_first_real_batch_is_checked_too(tmp_path, caplog):
         strict.predict(X)
 
 
+def test_the_compiled_code_evaluates_about_512_decision_nodes_of_trees_at_a_time():
+    def model(*leaves: int) -> bytes:
+        trees = "".join(f"Tree={i}\nnum_leaves={n}\nnum_cat=0\n\n" for i, n in enumerate(leaves))
+        return f"tree\nversion=v4\nnum_class=1\n\n{trees}end of trees\n".encode()
+
+    assert engine.trees_per_block(model(*[31] * 200)) == 17  # 512 / 30 nodes
+    assert engine.trees_per_block(model(*[127] * 200)) == 4
+    assert engine.trees_per_block(model(*[15] * 200)) == 37
+    assert engine.trees_per_block(model(*[15, 47] * 100)) == 17  # by the mean
+    assert engine.trees_per_block(model(*[255] * 10)) == 2
+    assert engine.trees_per_block(model(*[2] * 50)) == 50  # never more than the trees
+    assert engine.trees_per_block(model(1, 1, 1)) == 3
+    assert engine.trees_per_block(model(*[1023] * 5)) == 1
+
+
 def test_compiled_code_is_cached_on_disk_and_per_process(tmp_path):
     config = _config(tmp_path)
     model = _register(config)
@@ -311,6 +326,8 @@ def test_compiled_code_is_cached_on_disk_and_per_process(tmp_path):
         assert part in cache.name
     sidecar = json.loads(cache.with_suffix(".json").read_text())
     assert sidecar["model_sha256"] == model.ref.sha256
+    block = engine.trees_per_block(model.booster.model_to_string().encode())
+    assert sidecar["trees_per_block"] == block and cache.name.endswith(f"-fblock{block}.o")
     mtime = cache.stat().st_mtime_ns
 
     # The same process: the same predictor object, nothing compiled or loaded again.
