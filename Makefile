@@ -50,8 +50,12 @@ browser:
 
 ## install: uv (via pip) and the locked environment in .venv, its bytecode compiled once here
 ## (uv does not by default; without it, and with PYTHONDONTWRITEBYTECODE set, every process
-## compiles Prefect, GX and LightGBM from source at import: seconds per process)
+## compiles Prefect, GX and LightGBM from source at import: seconds per process). Then this
+## project's own modules, which uv installs from this folder and does not compile, each
+## time they changed: with PYTHONDONTWRITEBYTECODE set, each process that imports them
+## compiled them from source (importing the product: 1.57 -> 1.36 s of CPU).
 install: $(VENV)/.installed
+	@$(VENV)/bin/python -m compileall -q batchscore drift flows tasks
 
 $(VENV)/.installed: pyproject.toml uv.lock
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet 'uv>=0.9,<0.14'
