@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 
@@ -18,6 +19,14 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # runs from earlier suites on one machine, past the API's default page of 200).
 _PREFECT_HOME = tempfile.mkdtemp(prefix="batchscore-tests-prefect-")
 os.environ["PREFECT_HOME"] = _PREFECT_HOME
+
+# The commands the tests start get Ctrl-C as a terminal's job does: SIGINT at its default.
+# A suite started in the background by a shell without job control (`make test &`, a CI
+# script) inherits SIGINT ignored, and a command inherits that from it: it ran to the end
+# through the interrupt tests' Ctrl-C (exit 0), as such a command should. A handler here,
+# unlike an ignored signal, is reset to the default in every program the suite starts.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_sessionfinish(session, exitstatus):
