@@ -348,6 +348,23 @@ def test_the_integer_id_check_agrees_with_the_general_one(seed):
     assert find_duplicate_int_ids(np.array([], np.int64)) == (frozenset(), 0)
 
 
+def test_the_integer_id_check_of_ids_already_in_order():
+    """Ids in ascending order skip the sort; order broken anywhere, even in the last row,
+    sorts them as before."""
+    rng = np.random.default_rng(3)
+    ordered = np.sort(rng.integers(0, 300_000, 200_000))
+    general = find_duplicate_ids(pa.table({"id": pa.array(ordered)}), ["id"])
+    assert general[1] > 0
+    assert find_duplicate_int_ids(ordered.copy()) == general
+    assert find_duplicate_int_ids(np.arange(200_000, dtype=np.int64)) == (frozenset(), 0)
+    # In order up to the last id, which repeats one near the start: far past the first block.
+    late = np.append(np.arange(200_000, dtype=np.int64), 5)
+    assert find_duplicate_int_ids(late) == (frozenset({5}), 2)
+    # One block boundary out of order, each block in order.
+    swapped = np.concatenate([np.arange(70_000, 140_000), np.arange(0, 70_001)]).astype(np.int64)
+    assert find_duplicate_int_ids(swapped) == (frozenset({70_000}), 2)
+
+
 @pytest.mark.parametrize("id_type", [pa.int32(), pa.uint64(), pa.string()])
 def test_the_plan_finds_ids_repeated_across_files_with_nulls_left_out(tmp_path, id_type):
     from batchscore.partitions import _duplicate_ids
