@@ -1,8 +1,9 @@
 """Partitions: which `dt=YYYY-MM-DD` folders exist, which are pending, and how each is chunked.
 
-A chunk is a `(partition, file, row-group range)` key: small enough to pass to a worker
-process, which reads the rows itself, in record batches of at most `[scoring] chunk_rows`
-rows (a row group larger than that is never held whole). Nothing here reads feature values;
+A chunk is a `(partition, [(file, row-group range), ...])` key (one file's rows, or several
+small files'): small enough to pass to a worker process, which reads the rows itself, in
+record batches of at most `[scoring] chunk_rows` rows (a row group larger than that is
+never held whole). Nothing here reads feature values;
 the plan reads the Parquet footers and the id columns only (for the partition-wide duplicate
 check, done with Arrow's hash grouping: a few hundred milliseconds for millions of ids, where
 Great Expectations' uniqueness check on a pandas copy took seconds plus its import).
@@ -39,15 +40,38 @@ HELD_BESIDE = "_held"
 
 
 @dataclass(frozen=True)
-class Chunk:
-    partition: str
-    index: int
+class Piece:
+    """Rows of one file: whole row groups, or a row range inside one row group."""
+
     file: str  # path relative to the source root
     row_groups: tuple[int, ...]
     rows: int
-    # Rows of the first row group before this chunk's: a row group larger than chunk_rows
+    # Rows of the first row group before this piece's: a row group larger than chunk_rows
     # is cut into row ranges, so that its rows spread over the workers (see `_cut`).
     offset: int = 0
+
+    def as_list(self) -> list:
+        return [self.file, self.row_groups, self.rows, self.offset]
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """The rows one task scores: one piece of a file, or the pieces of several small files
+    written alike (`_chunks`)."""
+
+    partition: str
+    index: int
+    pieces: tuple[Piece, ...]
+
+    @property
+    def rows(self) -> int:
+        return sum(p.rows for p in self.pieces)
+
+    @property
+    def files(self) -> str:
+        """Its files, for messages."""
+        names = [p.file for p in self.pieces]
+        return names[0] if len(names) == 1 else f"{names[0]} .. {names[-1]} ({len(names)} files)"
 
 
 @dataclass(frozen=True)
@@ -207,7 +231,7 @@ def plan_partition(config: Config, partition: str, model: ModelRef) -> Partition
     folder = f"incoming/dt={partition}"
     problems: list[FileProblem] = []
     extra: set[str] = set()
-    chunks: list[Chunk] = []
+    pieces: list[tuple[Piece, bool, pa.Schema]] = []
     files: list[str] = []
     sizes: list[int] = []
     readable: list[tuple[str, pq.ParquetFile]] = []
@@ -240,17 +264,10 @@ def plan_partition(config: Config, partition: str, model: ModelRef) -> Partition
         meta = parquet.metadata
         described.append({"file": rel, "size": entry.size, "rows": meta.num_rows})
         rows_in += meta.num_rows
-        chunks.extend(
-            _cut(
-                partition,
-                rel,
-                meta,
-                config.scoring.chunk_rows,
-                len(chunks),
-                config.scoring.worker_count,
-            )
-        )
+        cut = _cut(rel, meta, config.scoring.chunk_rows, config.scoring.worker_count)
+        pieces.extend((piece, alone, schema) for piece, alone in cut)
         readable.append((rel, parquet))
+    chunks = _chunks(partition, pieces, config.scoring.chunk_rows)
     duplicates, duplicate_rows, id_types = _duplicate_ids(
         readable, config.dataset.id_columns, problems
     )
@@ -262,7 +279,11 @@ def plan_partition(config: Config, partition: str, model: ModelRef) -> Partition
                 # The cut itself: it also depends on the worker count (a large row group is
                 # split into one range per worker), so a run resumed with other workers or
                 # on a machine with other cores must not reuse chunks staged for this one.
-                "chunks": [[c.file, c.row_groups, c.rows, c.offset] for c in chunks],
+                # (One piece as before this could group files: their chunks still match.)
+                "chunks": [
+                    c.pieces[0].as_list() if len(c.pieces) == 1 else [p.as_list() for p in c.pieces]
+                    for c in chunks
+                ],
                 "model": model.sha256,
                 "validation": config.validation.model_dump(),
             },
@@ -476,7 +497,7 @@ def _common_integer(
 
 # Seconds before each re-read of a file that failed with an OSError, which pyarrow raises
 # for a storage error and for a corrupt file alike: footers here, chunks' data in
-# `scoring._read_chunk`. One policy, so a file counts as unreadable after the same waits.
+# `scoring._read_piece`. One policy, so a file counts as unreadable after the same waits.
 REREAD_DELAYS = (0.5, 2.0)
 
 
@@ -494,16 +515,13 @@ def _with_retries(read, delays: tuple[float, ...] = REREAD_DELAYS):
 
 
 def _cut(
-    partition: str,
-    file: str,
-    meta: pq.FileMetaData,
-    chunk_rows: int,
-    first_index: int,
-    workers: int = 1,
-) -> list[Chunk]:
-    """Group consecutive small row groups until a chunk holds at least `chunk_rows` rows;
+    file: str, meta: pq.FileMetaData, chunk_rows: int, workers: int = 1
+) -> list[tuple[Piece, bool]]:
+    """Group consecutive small row groups until a piece holds at least `chunk_rows` rows;
     cut a row group larger than `chunk_rows` into `workers` equal row ranges (fewer when
     they would hold less than `chunk_rows`), so that its rows spread over the workers.
+    Each piece with whether it must be a chunk of its own: a piece of `chunk_rows` rows or
+    more, or a row range (which may hold fewer: it is there to go to a worker alone).
 
     pandas and pyarrow write row groups of 1,048,576 rows: as whole-group chunks, a million
     rows went to one worker, and five million to two workers in three rounds. Ranges cost
@@ -512,12 +530,12 @@ def _cut(
     groups are cut into no more ranges than there are workers. A worker reads any chunk in
     batches of `chunk_rows` rows, so memory stays bounded however large the range.
     """
-    chunks: list[Chunk] = []
+    pieces: list[tuple[Piece, bool]] = []
     groups: list[int] = []
     rows = 0
 
-    def add(row_groups: tuple[int, ...], n: int, offset: int = 0) -> None:
-        chunks.append(Chunk(partition, first_index + len(chunks), file, row_groups, n, offset))
+    def add(row_groups: tuple[int, ...], n: int, offset: int = 0, ranged: bool = False) -> None:
+        pieces.append((Piece(file, row_groups, n, offset), ranged or n >= chunk_rows))
 
     for i in range(meta.num_row_groups):
         n = meta.row_group(i).num_rows
@@ -528,7 +546,7 @@ def _cut(
             ranges = min(-(-n // chunk_rows), max(workers, 1))
             size = -(-n // ranges)
             for start in range(0, n, size):
-                add((i,), min(size, n - start), start)
+                add((i,), min(size, n - start), start, ranged=True)
             continue
         groups.append(i)
         rows += n
@@ -537,6 +555,42 @@ def _cut(
             groups, rows = [], 0
     if groups:
         add(tuple(groups), rows)
+    return pieces
+
+
+def _chunks(
+    partition: str, pieces: list[tuple[Piece, bool, pa.Schema]], chunk_rows: int
+) -> list[Chunk]:
+    """The partition's chunks, in its files' order: a piece `_cut` says must be alone, alone;
+    smaller pieces (small files, a file's last row groups) with the pieces after them, of
+    files with the same schema, until the chunk holds `chunk_rows` rows.
+
+    Writers such as Spark write a partition as many small files (200, one per shuffle
+    partition, by default). A chunk a file, 2,000,000 rows in 200 files took 16.6 s here
+    against 5.4 s in one file: 200 task runs, each with its own start, state changes, staged
+    files and first batch. The same schema, so that the chunk's scores (the id columns
+    as read) and quarantined rows (every input column) each make one table."""
+    chunks: list[Chunk] = []
+    group: list[Piece] = []
+    schema: pa.Schema | None = None
+
+    def flush() -> None:
+        nonlocal group
+        if group:
+            chunks.append(Chunk(partition, len(chunks), tuple(group)))
+            group = []
+
+    for piece, alone, piece_schema in pieces:
+        if group and (alone or not piece_schema.equals(schema, check_metadata=False)):
+            flush()
+        if alone:
+            chunks.append(Chunk(partition, len(chunks), (piece,)))
+            continue
+        group.append(piece)
+        schema = piece_schema
+        if sum(p.rows for p in group) >= chunk_rows:
+            flush()
+    flush()
     return chunks
 
 

@@ -43,6 +43,7 @@ from batchscore.partitions import (
     SUCCESS,
     Chunk,
     PartitionPlan,
+    Piece,
     plan_to_json,
     unreadable,
     with_id_types,
@@ -84,19 +85,19 @@ class PartitionHeld(RuntimeError):
 
 
 class UnreadableFile(Exception):
-    """A chunk's file holds data that cannot be decoded (a corrupt page behind an intact
-    footer): the partition is held, naming the file, as planning holds an unreadable footer.
+    """Files of a chunk hold data that cannot be decoded (a corrupt page behind an intact
+    footer): the partition is held, naming each file, as planning holds an unreadable footer.
 
     Not an OSError, so the task is not retried: the re-reads that tell it from a storage
-    error are done already (`_read_chunk`).
+    error are done already (`_read_piece`).
     """
 
-    def __init__(self, problem: FileProblem):
-        super().__init__(f"{problem.file}: {problem.reason}")
-        self.problem = problem
+    def __init__(self, *problems: FileProblem):
+        super().__init__(" | ".join(f"{p.file}: {p.reason}" for p in problems))
+        self.problems = problems
 
     def __reduce__(self):  # raised in a worker, it is pickled back to the flow
-        return type(self), (self.problem,)
+        return type(self), self.problems
 
 
 # Rows a worker reads, validates and scores at once. Parquet's reader holds about 2 times
@@ -136,10 +137,13 @@ def score_chunk(
     """Read, validate, score and count one chunk, in record batches of `BATCH_ROWS` rows
     (or `chunk_rows`, if fewer).
 
-    A chunk is a run of whole row groups, and a writer may make row groups of any size
-    (pandas and pyarrow write 1,048,576 rows); reading it in batches keeps a worker's memory
-    at about `BATCH_ROWS` rows whatever the file's layout and `chunk_rows`. Each batch's
-    scores are written as it is done; only the rejected rows are kept to the chunk's end.
+    A chunk is a run of whole row groups (of one file, or of several small files), and a
+    writer may make row groups of any size (pandas and pyarrow write 1,048,576 rows);
+    reading it in batches keeps a worker's memory at about `BATCH_ROWS` rows whatever the
+    files' layout and `chunk_rows`. Each batch's scores are written as it is done; only the
+    rejected rows are kept to the chunk's end. A file whose data cannot be decoded does not
+    stop the chunk's other files from being read: the chunk then fails naming every such
+    file (`UnreadableFile`), and the partition is held.
     """
     staging = staging_location(config, plan, model)
     name = f"part-{chunk.index:05d}"
@@ -153,7 +157,12 @@ def score_chunk(
     ds = config.dataset
     now = dt.datetime.now(dt.UTC)
     source = Location(config.source)
-    batches = _read_chunk(source, chunk, min(BATCH_ROWS, config.scoring.chunk_rows))
+    batch_rows = min(BATCH_ROWS, config.scoring.chunk_rows)
+    pieces = iter(chunk.pieces)
+    piece = next(pieces)
+    batches = _read_piece(source, piece, batch_rows)
+    unreadable: list[FileProblem] = []
+    piece_rows = 0
     rejected: list[pa.Table] = []
     failed: dict[str, int] = {}
     unseen = dict.fromkeys(loaded.schema.vocabularies, 0)
@@ -165,12 +174,27 @@ def score_chunk(
     ) as scores_out:
         while True:
             t0 = time.perf_counter()
-            table = next(batches, None)
+            try:
+                table = next(batches, None)
+            except UnreadableFile as exc:
+                unreadable.extend(exc.problems)
+                table, piece_rows = None, piece.rows  # the next file, if any
             t1 = time.perf_counter()
             timings["read"] += t1 - t0
             if table is None:
-                break
+                if piece_rows != piece.rows:
+                    raise RuntimeError(
+                        f"{piece.file}: row groups {piece.row_groups} hold {piece_rows} "
+                        f"rows, the plan counted {piece.rows}; the file changed while "
+                        "the partition was being scored"
+                    )
+                piece = next(pieces, None)
+                if piece is None:
+                    break
+                batches, piece_rows = _read_piece(source, piece, batch_rows), 0
+                continue
             rows_in += table.num_rows
+            piece_rows += table.num_rows
             if plan.id_types:  # the partition's files disagree on an id column's type
                 table = with_id_types(table, plan, ds.id_columns)
 
@@ -184,7 +208,7 @@ def score_chunk(
             keep = None
             if n_bad:
                 rows_bad += n_bad
-                rejected.append(_quarantined(table, bad, verdict, chunk.file, now, run_id))
+                rejected.append(_quarantined(table, bad, verdict, piece.file, now, run_id))
                 keep = ~bad
             del verdict
             t2 = time.perf_counter()
@@ -208,12 +232,8 @@ def score_chunk(
             del table, columns, scores, part
             timings["drift"] += time.perf_counter() - t4
 
-        if rows_in != chunk.rows:
-            raise RuntimeError(
-                f"{chunk.file}: row groups {chunk.row_groups} hold {rows_in} "
-                f"rows, the plan counted {chunk.rows}; the file changed while "
-                "the partition was being scored"
-            )
+        if unreadable:
+            raise UnreadableFile(*unreadable)
         t0 = time.perf_counter()  # the file is finished as the block ends
     if rejected:
         staging.write_parquet(_concat(rejected), "quarantine", f"{name}.parquet")
@@ -257,10 +277,10 @@ def _open_for_batches(source: Location, file: str) -> pq.ParquetFile:
     return pq.ParquetFile(handle)
 
 
-def _read_chunk(
-    source: Location, chunk: Chunk, batch_rows: int, delays: tuple[float, ...] = REREAD_DELAYS
+def _read_piece(
+    source: Location, piece: Piece, batch_rows: int, delays: tuple[float, ...] = REREAD_DELAYS
 ):
-    """The chunk's rows, as `_batches` yields them, from a fresh handle on its file.
+    """The piece's rows, as `_batches` yields them, from a fresh handle on its file.
 
     pyarrow reports a corrupt page as an OSError, as it does a storage error: the chunk is
     read again after each delay, and only an error that every re-read meets again, word for
@@ -268,26 +288,26 @@ def _read_chunk(
     raised as it is, for the task's retries. ArrowInvalid is never the storage's.
     """
     try:
-        yield from _batches(_open_for_batches(source, chunk.file), chunk, batch_rows)
+        yield from _batches(_open_for_batches(source, piece.file), piece, batch_rows)
     except FileNotFoundError:
         raise  # removed since it was planned: not a problem of its data
     except (pa.ArrowInvalid, OSError) as exc:
         if not isinstance(exc, pa.ArrowInvalid) and not _fails_again(
-            source, chunk, batch_rows, exc, delays
+            source, piece, batch_rows, exc, delays
         ):
             raise
-        size = source.fs.get_file_info(source.path(chunk.file)).size
-        raise UnreadableFile(FileProblem(chunk.file, unreadable(size, exc))) from exc
+        size = source.fs.get_file_info(source.path(piece.file)).size
+        raise UnreadableFile(FileProblem(piece.file, unreadable(size, exc))) from exc
 
 
 def _fails_again(
-    source: Location, chunk: Chunk, batch_rows: int, error: OSError, delays: tuple[float, ...]
+    source: Location, piece: Piece, batch_rows: int, error: OSError, delays: tuple[float, ...]
 ) -> bool:
-    """Whether every re-read of the chunk fails with `error`'s type and message."""
+    """Whether every re-read of the piece fails with `error`'s type and message."""
     for delay in delays:
         time.sleep(delay)
         try:
-            for _ in _batches(_open_for_batches(source, chunk.file), chunk, batch_rows):
+            for _ in _batches(_open_for_batches(source, piece.file), piece, batch_rows):
                 pass
         except (pa.ArrowInvalid, OSError) as again:
             if (type(again), str(again)) != (type(error), str(error)):
@@ -297,25 +317,25 @@ def _fails_again(
     return True
 
 
-def _batches(parquet: pq.ParquetFile, chunk: Chunk, batch_rows: int):
-    """The chunk's rows as tables of at most `batch_rows` rows; at least one, maybe empty.
+def _batches(parquet: pq.ParquetFile, piece: Piece, batch_rows: int):
+    """The piece's rows as tables of at most `batch_rows` rows; at least one, maybe empty.
 
-    A row range inside a row group (`chunk.offset`) is reached by decoding the rows before
+    A row range inside a row group (`piece.offset`) is reached by decoding the rows before
     it and dropping them: Parquet has no cheaper way to start mid-group here, and decoding
     costs a fraction of validating and scoring (`partitions._cut` bounds how often).
     """
-    position, end = 0, chunk.offset + chunk.rows
+    position, end = 0, piece.offset + piece.rows
     empty = True
     for batch in parquet.iter_batches(
-        batch_size=batch_rows, row_groups=list(chunk.row_groups), use_threads=True
+        batch_size=batch_rows, row_groups=list(piece.row_groups), use_threads=True
     ):
         first, last = position, position + batch.num_rows
         position = last
-        if last <= chunk.offset:
+        if last <= piece.offset:
             continue
-        if first < chunk.offset or last > end:
+        if first < piece.offset or last > end:
             batch = batch.slice(
-                max(chunk.offset - first, 0), min(last, end) - max(first, chunk.offset)
+                max(piece.offset - first, 0), min(last, end) - max(first, piece.offset)
             )
         if batch.num_rows:
             empty = False

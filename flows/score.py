@@ -470,7 +470,8 @@ def _chunk_results(chunks: list, progress: Progress) -> tuple[list, tuple[FilePr
         try:
             results.append(progress.done(future.result()))
         except UnreadableFile as exc:
-            problems.setdefault(exc.problem.file, exc.problem)
+            for problem in exc.problems:
+                problems.setdefault(problem.file, problem)
     return results, tuple(problems.values())
 
 

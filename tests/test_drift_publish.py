@@ -23,7 +23,7 @@ from helpers import write_config
 from batchscore.cli import main
 from batchscore.config import ConfigError, load_config
 from batchscore.drift_store import COUNTS_FILE, HTML_FILE, REPORT_FILE
-from batchscore.partitions import Chunk, PartitionPlan
+from batchscore.partitions import Chunk, PartitionPlan, Piece
 from batchscore.registry import Registry
 from batchscore.scoring import ChunkResult, publish_partition
 from drift import DRIFT_REPORT_SCHEMA, ReferenceProfile, evaluate, merge_all
@@ -90,10 +90,9 @@ def _day_counts(profile: ReferenceProfile, day_index: int) -> list[dict]:
 
 def _publish(config, model, day: str, parts: list[dict]):
     rows = [next(iter(p.values())).n for p in parts]
-    chunks = tuple(
-        Chunk(day, i, f"incoming/dt={day}/part-{i}.parquet", (0,), n) for i, n in enumerate(rows)
-    )
-    plan = PartitionPlan(day, tuple(c.file for c in chunks), sum(rows), chunks)
+    pieces = [Piece(f"incoming/dt={day}/part-{i}.parquet", (0,), n) for i, n in enumerate(rows)]
+    chunks = tuple(Chunk(day, i, (p,)) for i, p in enumerate(pieces))
+    plan = PartitionPlan(day, tuple(p.file for p in pieces), sum(rows), chunks)
     results = [
         ChunkResult(day, i, n, n, 0, drift_counts={f: c.to_dict() for f, c in p.items()})
         for i, (n, p) in enumerate(zip(rows, parts, strict=True))

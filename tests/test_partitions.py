@@ -13,7 +13,7 @@ from helpers import SAMPLE, write_config
 from batchscore.config import load_config
 from batchscore.partitions import _cut, plan_partition
 from batchscore.registry import ModelRef
-from batchscore.scoring import UnreadableFile, _batches, _read_chunk
+from batchscore.scoring import UnreadableFile, _batches, _read_piece
 from batchscore.storage import Location
 from batchscore.validation import FileProblem
 
@@ -56,8 +56,7 @@ def test_chunks_cover_every_row_once_in_order_and_no_batch_exceeds_chunk_rows(
     parquet = pq.ParquetFile(path)
     assert [parquet.metadata.row_group(i).num_rows for i in range(len(groups))] == groups
 
-    chunks = _cut("2026-01-01", "part.parquet", parquet.metadata, chunk_rows, 0, workers)
-    assert [c.index for c in chunks] == list(range(len(chunks)))
+    chunks = [piece for piece, _ in _cut("part.parquet", parquet.metadata, chunk_rows, workers)]
     ids = []
     for chunk in chunks:
         tables = list(_batches(pq.ParquetFile(path), chunk, chunk_rows))
@@ -70,6 +69,50 @@ def test_chunks_cover_every_row_once_in_order_and_no_batch_exceeds_chunk_rows(
         ranges = [c for c in chunks if c.row_groups == (i,) and n > chunk_rows]
         assert len(ranges) == (min(workers, -(-n // chunk_rows)) if n > chunk_rows else 0)
         assert sum(c.rows for c in ranges) == (n if ranges else 0)
+
+
+def test_small_files_written_alike_share_chunks_and_every_row_is_in_one(tmp_path, rows):
+    """Small files (and a file's last row groups) join the files after them until a chunk
+    holds `chunk_rows` rows; a file of `chunk_rows` rows or more is a chunk of its own, and
+    a file with another schema starts a new chunk."""
+    path = write_config(
+        tmp_path / "batchscore.toml",
+        (SAMPLE.parent.parent / "batchscore.toml").read_text(),
+        storage={"source": "source", "store": "store"},
+        scoring={"chunk_rows": 800},
+    )
+    config = load_config(path)
+    folder = Path(config.source) / "incoming" / f"dt={DAY}"
+    folder.mkdir(parents=True)
+    sizes = [300, 300, 300, 300, 300, 1_000, 300, 300]
+    starts = np.cumsum([0, *sizes])
+    table = pa.concat_tables([rows] * 5)
+    for i, (start, n) in enumerate(zip(starts, sizes, strict=False)):
+        part = table.slice(start, n)
+        if i == 4:  # another schema: one column more
+            part = part.append_column("note", pa.array(["x"] * n))
+        pq.write_table(part, folder / f"part-{i}.parquet")
+
+    plan = _plan(config)
+    assert not plan.held
+    ranges = min(config.scoring.worker_count, 2)  # 1,000 rows > 800: at most 2 ranges
+    assert [[p.file.rsplit("-", 1)[1] for p in c.pieces] for c in plan.chunks] == [
+        ["0.parquet", "1.parquet", "2.parquet"],  # 900 >= 800
+        ["3.parquet"],  # the next file has another schema
+        ["4.parquet"],  # the next file is a chunk of its own
+        *[["5.parquet"]] * ranges,  # its one row group: a range per worker, each alone
+        ["6.parquet", "7.parquet"],  # the rest
+    ]
+    assert [c.index for c in plan.chunks] == list(range(4 + ranges))
+    assert [c.rows for c in plan.chunks] == [900, 300, 300, *[1_000 // ranges] * ranges, 600]
+    source = Location(config.source)
+    read = [
+        t.column("customer_id")
+        for c in plan.chunks
+        for p in c.pieces
+        for t in _read_piece(source, p, 500)
+    ]
+    assert pa.chunked_array(read).equals(table.slice(0, sum(sizes)).column("customer_id"))
 
 
 def test_folders_inside_a_partition_folder_are_not_read_and_are_reported(config, rows):
@@ -157,11 +200,13 @@ def test_a_corrupt_data_page_behind_an_intact_footer_names_the_file(config, rows
     plan = _plan(config)  # the footer and the ids read well: planning cannot tell
     assert not plan.held and len(plan.chunks) == 1
     with pytest.raises(UnreadableFile) as raised:
-        list(_read_chunk(Location(config.source), plan.chunks[0], 500, delays=(0, 0)))
+        list(_read_piece(Location(config.source), plan.chunks[0].pieces[0], 500, delays=(0, 0)))
     assert not isinstance(raised.value, OSError)  # not retried by the task
-    assert raised.value.problem == FileProblem(
-        f"incoming/dt={DAY}/b.parquet",
-        f"not a readable Parquet file ({len(data):,} bytes): {decoding.value}",
+    assert raised.value.problems == (
+        FileProblem(
+            f"incoming/dt={DAY}/b.parquet",
+            f"not a readable Parquet file ({len(data):,} bytes): {decoding.value}",
+        ),
     )
 
 

@@ -289,8 +289,9 @@ def test_scores_do_not_depend_on_workers_or_chunk_size(sample, prefect_api, tmp_
         assert score(config=str(path), return_state=True).is_completed()
         results[workers] = _scores(tmp_path / f"store-{workers}")
         chunks = _manifest(tmp_path / f"store-{workers}", "2026-10-05")["chunks"]
-        assert chunks == (6 if chunk_rows == 3_000 else 2)  # 2 files x 3 row groups, or 1 per file
-    # Drift from 8 chunks merged equals drift from 2: the counts add up exactly.
+        # 2 files x 3 row groups, or both files in one chunk (small files, written alike)
+        assert chunks == (6 if chunk_rows == 3_000 else 1)
+    # Drift from 6 chunks merged equals drift from 1: the counts add up exactly.
     reports = [
         pads.dataset(tmp_path / f"store-{w}" / "drift", partitioning="hive")
         .to_table()
@@ -303,6 +304,97 @@ def test_scores_do_not_depend_on_workers_or_chunk_size(sample, prefect_api, tmp_
     assert one.num_rows == two.num_rows == 20_987 + 20_771
     assert one.column("customer_id").equals(two.column("customer_id"))
     assert np.max(np.abs(one.column("score").to_numpy() - two.column("score").to_numpy())) <= 1e-12
+
+
+def _split(table: pa.Table, folder: Path, rows: int) -> list[Path]:
+    """`table` as files of `rows` rows each, in order: a writer's many small files."""
+    folder.mkdir(parents=True)
+    paths = []
+    for i, start in enumerate(range(0, table.num_rows, rows)):
+        paths.append(folder / f"part-{i:05d}.parquet")
+        pq.write_table(table.slice(start, rows), paths[-1])
+    return paths
+
+
+def test_small_files_share_a_chunk_and_score_as_one_file_does(sample, prefect_api, tmp_path):
+    """A partition written as many small files is scored in chunks of several files (one
+    task run, one scores file), with the scores of the same rows in one file, and each
+    rejected row's `source_file` naming the file it came from."""
+    config = load_config(sample)
+    train(config)
+    day = "2026-10-11"  # it has rejected rows
+    rows = pq.read_table(Path(config.source) / "incoming" / f"dt={day}")
+    stores = {}
+    for layout, size in (("one", rows.num_rows), ("many", 3_000)):
+        files = _split(rows, tmp_path / layout / "incoming" / f"dt={day}", size)
+        store = tmp_path / f"store-{layout}"
+        path = write_config(
+            tmp_path / f"{layout}.toml",
+            sample.read_text(),
+            storage={"source": str(tmp_path / layout), "store": str(store)},
+            scoring={"chunk_rows": 100_000},
+        )
+        shutil.copytree(Path(config.store) / "models", store / "models")
+        assert score(config=str(path), return_state=True).is_completed()
+        assert _manifest(store, day)["chunks"] == 1
+        stores[layout] = store
+    assert len(files) == 7
+    one, many = (_scores(stores[k], day) for k in ("one", "many"))
+    assert one.num_rows == many.num_rows > 0
+    assert one.column("customer_id").equals(many.column("customer_id"))
+    assert one.column("score").equals(many.column("score"))
+
+    quarantined = pq.read_table(stores["many"] / "quarantine" / f"dt={day}")
+    assert quarantined.num_rows > 0
+    ids_in = {  # an id may be in two files: that is why it is rejected
+        f"incoming/dt={day}/{f.name}": set(pq.read_table(f).column("customer_id").to_pylist())
+        for f in files
+    }
+    named = quarantined.select(["customer_id", "source_file"]).to_pylist()
+    assert len({r["source_file"] for r in named}) > 1
+    for row in named:
+        assert row["customer_id"] in ids_in[row["source_file"]]
+
+
+def _corrupt_a_data_page(path: Path) -> None:
+    column = pq.read_schema(path).get_field_index("age")
+    page = pq.read_metadata(path).row_group(0).column(column)
+    data = bytearray(path.read_bytes())
+    for i in range(page.data_page_offset + 30, page.data_page_offset + 130):
+        data[i] ^= 0x5A
+    path.write_bytes(bytes(data))
+
+
+def test_every_undecodable_file_of_a_chunk_of_small_files_is_named(sample, tmp_path):
+    """Two files with a corrupt data page (their footers read well, so planning cannot
+    tell) in one chunk of small files: the chunk fails naming both, not only the first."""
+    from batchscore import partitions, scoring
+    from batchscore.registry import Registry
+
+    config = load_config(sample)
+    train(config)
+    day = "2026-10-11"
+    rows = pq.read_table(Path(config.source) / "incoming" / f"dt={day}")
+    files = _split(rows, tmp_path / "many" / "incoming" / f"dt={day}", 3_000)
+    path = write_config(
+        tmp_path / "many.toml",
+        sample.read_text(),
+        storage={"source": str(tmp_path / "many"), "store": config.store},
+        scoring={"chunk_rows": 100_000},
+    )
+    many = load_config(path)
+    for f in (files[2], files[5]):
+        pq.write_table(pq.read_table(f), f, compression="zstd")  # pages a flip corrupts
+        _corrupt_a_data_page(f)
+    model = Registry(many.store, many.dataset.name).champion_ref()
+    plan = partitions.plan_partition(many, day, model)
+    assert not plan.held and len(plan.chunks) == 1
+    with pytest.raises(scoring.UnreadableFile) as raised:
+        scoring.score_chunk(many, plan.chunks[0], model, plan, "run")
+    assert [p.file for p in raised.value.problems] == [
+        f"incoming/dt={day}/{f.name}" for f in (files[2], files[5])
+    ]
+    assert all("not a readable Parquet file" in p.reason for p in raised.value.problems)
 
 
 def test_chunks_staged_by_a_run_with_other_workers_are_not_reused_and_are_deleted(
