@@ -282,7 +282,7 @@ def _read_piece(
 ):
     """The piece's rows, as `_batches` yields them, from a fresh handle on its file.
 
-    pyarrow reports a corrupt page as an OSError, as it does a storage error: the chunk is
+    pyarrow reports a corrupt page as an OSError, as it does a storage error: the piece is
     read again after each delay, and only an error that every re-read meets again, word for
     word, is the file's (`UnreadableFile`); a transient one differs or goes away, and is
     raised as it is, for the task's retries. ArrowInvalid is never the storage's.
