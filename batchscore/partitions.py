@@ -67,12 +67,6 @@ class Chunk:
     def rows(self) -> int:
         return sum(p.rows for p in self.pieces)
 
-    @property
-    def files(self) -> str:
-        """Its files, for messages."""
-        names = [p.file for p in self.pieces]
-        return names[0] if len(names) == 1 else f"{names[0]} .. {names[-1]} ({len(names)} files)"
-
 
 @dataclass(frozen=True)
 class PartitionPlan:
@@ -572,13 +566,14 @@ def _chunks(
     as read) and quarantined rows (every input column) each make one table."""
     chunks: list[Chunk] = []
     group: list[Piece] = []
+    rows = 0
     schema: pa.Schema | None = None
 
     def flush() -> None:
-        nonlocal group
+        nonlocal group, rows
         if group:
             chunks.append(Chunk(partition, len(chunks), tuple(group)))
-            group = []
+            group, rows = [], 0
 
     for piece, alone, piece_schema in pieces:
         if group and (alone or not piece_schema.equals(schema, check_metadata=False)):
@@ -587,8 +582,9 @@ def _chunks(
             chunks.append(Chunk(partition, len(chunks), (piece,)))
             continue
         group.append(piece)
+        rows += piece.rows
         schema = piece_schema
-        if sum(p.rows for p in group) >= chunk_rows:
+        if rows >= chunk_rows:
             flush()
     flush()
     return chunks

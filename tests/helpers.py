@@ -38,6 +38,19 @@ def dictionary_encoded(folder: Path) -> dict[str, bool]:
     return {name: v.pop() for name, v in seen.items()}
 
 
+def corrupt_a_data_page(path: Path, column: str = "age") -> None:
+    """Flip bytes of a data page of `column`'s first column chunk; the footer stays intact,
+    so the file plans well and fails only when that page is decoded (write it compressed:
+    an uncompressed page may still decode)."""
+    import pyarrow.parquet as pq
+
+    page = pq.read_metadata(path).row_group(0).column(pq.read_schema(path).get_field_index(column))
+    data = bytearray(path.read_bytes())
+    for i in range(page.data_page_offset + 30, page.data_page_offset + 130):
+        data[i] ^= 0x5A
+    path.write_bytes(bytes(data))
+
+
 def write_config(path: Path, text: str, **tables: dict) -> Path:
     """A config file: `text` with the given tables' keys replaced or added."""
     import tomllib

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import SAMPLE, write_config
+from helpers import SAMPLE, corrupt_a_data_page, write_config
 
 from batchscore.config import load_config
 from batchscore.partitions import _cut, plan_partition
@@ -189,11 +189,7 @@ def test_a_corrupt_data_page_behind_an_intact_footer_names_the_file(config, rows
     folder.mkdir(parents=True)
     path = folder / "b.parquet"
     pq.write_table(rows, path, compression="zstd")
-    page = pq.read_metadata(path).row_group(0).column(rows.schema.get_field_index("age"))
-    data = bytearray(path.read_bytes())
-    for i in range(page.data_page_offset + 30, page.data_page_offset + 130):
-        data[i] ^= 0x5A
-    path.write_bytes(bytes(data))
+    corrupt_a_data_page(path)
     with pytest.raises(OSError) as decoding:  # pyarrow's error, as a storage error would be
         pq.ParquetFile(path).read()
 
@@ -205,7 +201,7 @@ def test_a_corrupt_data_page_behind_an_intact_footer_names_the_file(config, rows
     assert raised.value.problems == (
         FileProblem(
             f"incoming/dt={DAY}/b.parquet",
-            f"not a readable Parquet file ({len(data):,} bytes): {decoding.value}",
+            f"not a readable Parquet file ({path.stat().st_size:,} bytes): {decoding.value}",
         ),
     )
 

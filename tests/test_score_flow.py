@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
-from helpers import dictionary_encoded, write_config
+from helpers import corrupt_a_data_page, dictionary_encoded, write_config
 
 from batchscore.config import load_config
 from batchscore.training import train
@@ -356,15 +356,6 @@ def test_small_files_share_a_chunk_and_score_as_one_file_does(sample, prefect_ap
         assert row["customer_id"] in ids_in[row["source_file"]]
 
 
-def _corrupt_a_data_page(path: Path) -> None:
-    column = pq.read_schema(path).get_field_index("age")
-    page = pq.read_metadata(path).row_group(0).column(column)
-    data = bytearray(path.read_bytes())
-    for i in range(page.data_page_offset + 30, page.data_page_offset + 130):
-        data[i] ^= 0x5A
-    path.write_bytes(bytes(data))
-
-
 def test_every_undecodable_file_of_a_chunk_of_small_files_is_named(sample, tmp_path):
     """Two files with a corrupt data page (their footers read well, so planning cannot
     tell) in one chunk of small files: the chunk fails naming both, not only the first."""
@@ -385,7 +376,7 @@ def test_every_undecodable_file_of_a_chunk_of_small_files_is_named(sample, tmp_p
     many = load_config(path)
     for f in (files[2], files[5]):
         pq.write_table(pq.read_table(f), f, compression="zstd")  # pages a flip corrupts
-        _corrupt_a_data_page(f)
+        corrupt_a_data_page(f)
     model = Registry(many.store, many.dataset.name).champion_ref()
     plan = partitions.plan_partition(many, day, model)
     assert not plan.held and len(plan.chunks) == 1
