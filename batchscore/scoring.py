@@ -157,12 +157,8 @@ def score_chunk(
     ds = config.dataset
     now = dt.datetime.now(dt.UTC)
     source = Location(config.source)
-    batch_rows = min(BATCH_ROWS, config.scoring.chunk_rows)
-    pieces = iter(chunk.pieces)
-    piece = next(pieces)
-    batches = _read_piece(source, piece, batch_rows)
     unreadable: list[FileProblem] = []
-    piece_rows = 0
+    batches = _read_chunk(source, chunk, min(BATCH_ROWS, config.scoring.chunk_rows), unreadable)
     rejected: list[pa.Table] = []
     failed: dict[str, int] = {}
     unseen = dict.fromkeys(loaded.schema.vocabularies, 0)
@@ -174,27 +170,12 @@ def score_chunk(
     ) as scores_out:
         while True:
             t0 = time.perf_counter()
-            try:
-                table = next(batches, None)
-            except UnreadableFile as exc:
-                unreadable.extend(exc.problems)
-                table, piece_rows = None, piece.rows  # the next file, if any
+            piece, table = next(batches, (None, None))
             t1 = time.perf_counter()
             timings["read"] += t1 - t0
             if table is None:
-                if piece_rows != piece.rows:
-                    raise RuntimeError(
-                        f"{piece.file}: row groups {piece.row_groups} hold {piece_rows} "
-                        f"rows, the plan counted {piece.rows}; the file changed while "
-                        "the partition was being scored"
-                    )
-                piece = next(pieces, None)
-                if piece is None:
-                    break
-                batches, piece_rows = _read_piece(source, piece, batch_rows), 0
-                continue
+                break
             rows_in += table.num_rows
-            piece_rows += table.num_rows
             if plan.id_types:  # the partition's files disagree on an id column's type
                 table = with_id_types(table, plan, ds.id_columns)
 
@@ -275,6 +256,29 @@ def _open_for_batches(source: Location, file: str) -> pq.ParquetFile:
     if source.is_local:
         return pq.ParquetFile(handle, pre_buffer=False, buffer_size=1 << 18)
     return pq.ParquetFile(handle)
+
+
+def _read_chunk(source: Location, chunk: Chunk, batch_rows: int, unreadable: list[FileProblem]):
+    """The chunk's rows, file piece by file piece, as `(piece, table)` pairs. A piece whose
+    data cannot be decoded is added to `unreadable` and the next piece read: the chunk's
+    caller fails it naming every such file. A piece that holds other rows than the plan
+    counted stops the chunk."""
+    for piece in chunk.pieces:
+        rows = 0
+        try:
+            for table in _read_piece(source, piece, batch_rows):
+                rows += table.num_rows
+                # Not kept while the caller works and the next batch is decoded (`_batches`).
+                held, table = [table], None
+                yield piece, held.pop()
+        except UnreadableFile as exc:
+            unreadable.extend(exc.problems)
+            continue
+        if rows != piece.rows:
+            raise RuntimeError(
+                f"{piece.file}: row groups {piece.row_groups} hold {rows} rows, the plan "
+                f"counted {piece.rows}; the file changed while the partition was being scored"
+            )
 
 
 def _read_piece(
