@@ -15,6 +15,7 @@ import datetime as dt
 import hashlib
 import json
 import time
+from collections.abc import Set as AbstractSet
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -74,7 +75,8 @@ class PartitionPlan:
     files: tuple[str, ...]
     rows_in: int
     chunks: tuple[Chunk, ...]
-    duplicate_ids: frozenset = frozenset()
+    # Ids held more than once (`validation.IntIds` for one integer id column).
+    duplicate_ids: AbstractSet = frozenset()
     duplicate_rows: int = 0
     extra_columns: tuple[str, ...] = ()
     problems: tuple[FileProblem, ...] = ()
@@ -323,7 +325,7 @@ _INT64_SAFE = (
 
 def _duplicate_ids(
     readable: list[tuple[str, pq.ParquetFile]], id_columns: list[str], problems: list[FileProblem]
-) -> tuple[frozenset, int, tuple[str, ...]]:
+) -> tuple[AbstractSet, int, tuple[str, ...]]:
     """Read the id columns of every readable file and find the ids held more than once;
     with the type each id column is written with, if the files' types differ (`id_types`).
 

@@ -14,6 +14,7 @@ from batchscore.config import Config, parse_config
 from batchscore.features import TrainingProfile
 from batchscore.validation import (
     FileProblem,
+    IntIds,
     check_schema,
     find_duplicate_ids,
     find_duplicate_int_ids,
@@ -346,6 +347,31 @@ def test_the_integer_id_check_agrees_with_the_general_one(seed):
     assert find_duplicate_int_ids(ids.astype(np.int64)) == general
     assert find_duplicate_int_ids(np.arange(10, dtype=np.int64)) == (frozenset(), 0)
     assert find_duplicate_int_ids(np.array([], np.int64)) == (frozenset(), 0)
+
+
+@pytest.mark.parametrize("id_type", [pa.int8(), pa.int32(), pa.uint32(), pa.int64()])
+def test_integer_duplicate_ids_find_the_rows_an_arrow_lookup_finds(id_type):
+    """The plan's repeated integer ids are a sorted array (`IntIds`), not a frozenset of
+    Python ints; a chunk's rows are found in it by binary search, nulls never matching,
+    ids beyond the column's type (repeated in a file of wider ids) never matching either."""
+    rng = np.random.default_rng(7)
+    bounds = np.iinfo(id_type.to_pandas_dtype())
+    values = rng.integers(max(bounds.min, -300), min(bounds.max, 300), 5_000)
+    column = pa.chunked_array(
+        [
+            pa.array(part, id_type, mask=rng.random(len(part)) < 0.1)
+            for part in (values[:7], values[7:])
+        ]
+    )
+    keys, _ = find_duplicate_int_ids(np.concatenate([values, [5_000_000_000, -1]]).astype(np.int64))
+    assert isinstance(keys, IntIds) and len(keys) > 10
+    wanted = pa.array([k for k in keys if bounds.min <= k <= bounds.max], id_type)
+    expected = np.flatnonzero(pc.is_in(column, value_set=wanted).to_numpy(zero_copy_only=False))
+    assert np.array_equal(keys.rows_of(column), expected)
+    # Still a set: compared, iterated and looked up as the frozenset it replaces.
+    assert keys == frozenset(keys) and frozenset(keys) == keys
+    assert all(k in keys for k in keys.values[:50]) and "1" not in keys
+    assert IntIds(np.empty(0, np.int64)).rows_of(column).size == 0
 
 
 def test_the_integer_id_check_of_ids_already_in_order():
