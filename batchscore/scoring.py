@@ -170,7 +170,7 @@ def score_chunk(
     ) as scores_out:
         while True:
             t0 = time.perf_counter()
-            piece, table = next(batches, (None, None))
+            files, table = next(batches, (None, None))
             t1 = time.perf_counter()
             timings["read"] += t1 - t0
             if table is None:
@@ -189,7 +189,7 @@ def score_chunk(
             keep = None
             if n_bad:
                 rows_bad += n_bad
-                rejected.append(_quarantined(table, bad, verdict, piece.file, now, run_id))
+                rejected.append(_quarantined(table, bad, verdict, files, now, run_id))
                 keep = ~bad
             del verdict
             t2 = time.perf_counter()
@@ -259,18 +259,35 @@ def _open_for_batches(source: Location, file: str) -> pq.ParquetFile:
 
 
 def _read_chunk(source: Location, chunk: Chunk, batch_rows: int, unreadable: list[FileProblem]):
-    """The chunk's rows, file piece by file piece, as `(piece, table)` pairs. A piece whose
-    data cannot be decoded is added to `unreadable` and the next piece read: the chunk's
-    caller fails it naming every such file. A piece that holds other rows than the plan
-    counted stops the chunk."""
+    """The chunk's rows as `(files, table)` pairs, `files` naming the table's rows in order
+    as `(file, rows)` runs. A piece whose data cannot be decoded is added to `unreadable`
+    and the next piece read: the chunk's caller fails it naming every such file. A piece
+    that holds other rows than the plan counted stops the chunk.
+
+    Consecutive pieces' batches are joined up to `batch_rows` rows (the chunk's files share
+    one schema, `partitions._chunks`): a 10,000-row file was a 10,000-row batch of its own,
+    and every batch pays a call of each step (a validation rule, the compiled trees, a
+    drift count per feature, a row group of the scores file) whatever its rows. 2,000,000
+    rows in 200 files took 1.4 times the worker seconds of one file.
+    """
+    joined: list[pa.Table] = []
+    files: list[tuple[str, int]] = []
+    rows_joined = 0
     for piece in chunk.pieces:
         rows = 0
         try:
             for table in _read_piece(source, piece, batch_rows):
                 rows += table.num_rows
-                # Not kept while the caller works and the next batch is decoded (`_batches`).
-                held, table = [table], None
-                yield piece, held.pop()
+                if joined and rows_joined + table.num_rows > batch_rows:
+                    yield tuple(files), _joined(joined)
+                    files, rows_joined = [], 0
+                joined.append(table)
+                files.append((piece.file, table.num_rows))
+                rows_joined += table.num_rows
+                del table  # not kept while the caller works and the next batch is decoded
+                if rows_joined >= batch_rows:
+                    yield tuple(files), _joined(joined)
+                    files, rows_joined = [], 0
         except UnreadableFile as exc:
             unreadable.extend(exc.problems)
             continue
@@ -279,6 +296,15 @@ def _read_chunk(source: Location, chunk: Chunk, batch_rows: int, unreadable: lis
                 f"{piece.file}: row groups {piece.row_groups} hold {rows} rows, the plan "
                 f"counted {piece.rows}; the file changed while the partition was being scored"
             )
+    if joined:
+        yield tuple(files), _joined(joined)
+
+
+def _joined(tables: list[pa.Table]) -> pa.Table:
+    """The tables as one, emptying `tables` (which then holds no batch of its own)."""
+    table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+    tables.clear()
+    return table
 
 
 def _read_piece(
@@ -358,9 +384,15 @@ QUARANTINE_COLUMNS = ("reason", "source_file", "quarantined_at", "run_id")
 
 
 def _quarantined(
-    table: pa.Table, bad: np.ndarray, verdict: RowVerdict, file: str, now: dt.datetime, run_id: str
+    table: pa.Table,
+    bad: np.ndarray,
+    verdict: RowVerdict,
+    files: tuple[tuple[str, int], ...],
+    now: dt.datetime,
+    run_id: str,
 ) -> pa.Table:
-    """The rejected rows as they were read, with why, where from, when and by which run.
+    """The rejected rows as they were read, with why, where from (`files`: the table's rows
+    as `(file, rows)` runs), when and by which run.
 
     An input column named like one of those four is kept as `input_<name>`: two columns of
     one name made the quarantine file unreadable (`pq.read_table`: "Multiple matches")."""
@@ -371,7 +403,12 @@ def _quarantined(
         [f"input_{c}" if c in QUARANTINE_COLUMNS else c for c in out.column_names]
     )
     out = out.append_column("reason", pa.array(verdict.reason_column(rows)))
-    out = out.append_column("source_file", pa.array([file] * n))
+    if len(files) == 1:
+        source = pa.array([files[0][0]] * n, pa.string())
+    else:
+        run = np.repeat(np.arange(len(files)), [count for _, count in files])[rows]
+        source = pa.array(np.array([file for file, _ in files], dtype=object)[run], pa.string())
+    out = out.append_column("source_file", source)
     out = out.append_column("quarantined_at", pa.array([now] * n, pa.timestamp("us", tz="UTC")))
     return out.append_column("run_id", pa.array([run_id] * n))
 

@@ -13,7 +13,7 @@ from helpers import SAMPLE, corrupt_a_data_page, write_config
 from batchscore.config import load_config
 from batchscore.partitions import _cut, plan_partition
 from batchscore.registry import ModelRef
-from batchscore.scoring import UnreadableFile, _batches, _read_piece
+from batchscore.scoring import UnreadableFile, _batches, _read_chunk, _read_piece
 from batchscore.storage import Location
 from batchscore.validation import FileProblem
 
@@ -113,6 +113,25 @@ def test_small_files_written_alike_share_chunks_and_every_row_is_in_one(tmp_path
         for t in _read_piece(source, p, 500)
     ]
     assert pa.chunked_array(read).equals(table.slice(0, sum(sizes)).column("customer_id"))
+
+    # A worker reads a chunk of small files in batches joined across them, up to the batch
+    # size, each naming its rows' files in order.
+    for batch_rows in (250, 500, 700, 5_000):
+        for chunk in plan.chunks:
+            problems = []
+            read = list(_read_chunk(source, chunk, batch_rows, problems))
+            assert not problems
+            assert all(t.num_rows <= batch_rows for _, t in read)
+            assert all(sum(n for _, n in files) == t.num_rows for files, t in read)
+            # Joined: a batch ends short only where the next one would not fit.
+            for (_, t), (_, after) in zip(read, read[1:], strict=False):
+                assert t.num_rows + after.num_rows > batch_rows
+            named = [f for files, _ in read for f, n in files for _ in range(n)]
+            expected = [p.file for p in chunk.pieces for _ in range(p.rows)]
+            assert named == expected
+            ids = pa.chunked_array([i for _, t in read for i in t.column("customer_id").chunks])
+            first = starts[int(chunk.pieces[0].file[-9])] + chunk.pieces[0].offset
+            assert ids.equals(table.slice(first, chunk.rows).column("customer_id"))
 
 
 def test_folders_inside_a_partition_folder_are_not_read_and_are_reported(config, rows):
