@@ -275,17 +275,20 @@ def _read_chunk(source: Location, chunk: Chunk, batch_rows: int, unreadable: lis
     rows_joined = 0
     for piece in chunk.pieces:
         rows = 0
+        # What is joined goes before the next batch is decoded, if that may not fit: a
+        # piece's batches hold at most `batch_rows` rows, and at most the rows it has left.
+        if joined and rows_joined + min(batch_rows, piece.rows) > batch_rows:
+            yield tuple(files), _joined(joined)
+            files, rows_joined = [], 0
         try:
             for table in _read_piece(source, piece, batch_rows):
                 rows += table.num_rows
-                if joined and rows_joined + table.num_rows > batch_rows:
-                    yield tuple(files), _joined(joined)
-                    files, rows_joined = [], 0
                 joined.append(table)
                 files.append((piece.file, table.num_rows))
                 rows_joined += table.num_rows
                 del table  # not kept while the caller works and the next batch is decoded
-                if rows_joined >= batch_rows:
+                upcoming = min(batch_rows, max(piece.rows - rows, 0))  # at most, this piece's
+                if rows_joined >= batch_rows or rows_joined + upcoming > batch_rows:
                     yield tuple(files), _joined(joined)
                     files, rows_joined = [], 0
         except UnreadableFile as exc:

@@ -366,7 +366,8 @@ def validate_chunk(
 
 
 def _rows_with_ids(table: pa.Table, id_columns: list[str], ids: AbstractSet) -> np.ndarray:
-    """Positions of the rows whose id is in `ids` (one id column: one Arrow lookup)."""
+    """Positions of the rows whose id is in `ids` (one integer id column: a binary search;
+    another: one Arrow lookup)."""
     if len(id_columns) == 1:
         column = _decoded(table.column(id_columns[0]))
         if pa.types.is_null(column.type):  # ids all null: rejected as such, never duplicates
@@ -477,7 +478,7 @@ class IntIds(AbstractSet):
         return iter(self.values.tolist())
 
     def __contains__(self, key) -> bool:
-        if not isinstance(key, int | np.integer):
+        if not isinstance(key, int | np.integer) or not -(2**63) <= key < 2**63:
             return False
         at = np.searchsorted(self.values, key)
         return bool(at < len(self.values) and self.values[at] == key)
@@ -485,7 +486,8 @@ class IntIds(AbstractSet):
     __hash__ = AbstractSet._hash
 
     def __repr__(self) -> str:
-        return f"IntIds({self.values.tolist()!r})"
+        shown = ", ".join(map(str, self.values[:10].tolist()))
+        return f"IntIds({{{shown}{', ...' if len(self.values) > 10 else ''}}}: {len(self)} ids)"
 
     def rows_of(self, column: pa.ChunkedArray) -> np.ndarray:
         """Positions of the rows of an integer `column` whose id is in the set."""

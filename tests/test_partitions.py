@@ -71,7 +71,9 @@ def test_chunks_cover_every_row_once_in_order_and_no_batch_exceeds_chunk_rows(
         assert sum(c.rows for c in ranges) == (n if ranges else 0)
 
 
-def test_small_files_written_alike_share_chunks_and_every_row_is_in_one(tmp_path, rows):
+def test_small_files_written_alike_share_chunks_and_every_row_is_in_one(
+    tmp_path, rows, monkeypatch
+):
     """Small files (and a file's last row groups) join the files after them until a chunk
     holds `chunk_rows` rows; a file of `chunk_rows` rows or more is a chunk of its own, and
     a file with another schema starts a new chunk."""
@@ -115,11 +117,22 @@ def test_small_files_written_alike_share_chunks_and_every_row_is_in_one(tmp_path
     assert pa.chunked_array(read).equals(table.slice(0, sum(sizes)).column("customer_id"))
 
     # A worker reads a chunk of small files in batches joined across them, up to the batch
-    # size, each naming its rows' files in order.
+    # size, each naming its rows' files in order; a batch is handed over before the next
+    # is decoded (none is read ahead and held while the worker scores the one before).
+    decoded = [0]
+
+    def counted(*args):
+        for t in _batches(*args):
+            decoded[0] += t.num_rows
+            yield t
+
+    monkeypatch.setattr("batchscore.scoring._batches", counted)
     for batch_rows in (250, 500, 700, 5_000):
         for chunk in plan.chunks:
-            problems = []
-            read = list(_read_chunk(source, chunk, batch_rows, problems))
+            problems, read, decoded[0] = [], [], 0
+            for files, t in _read_chunk(source, chunk, batch_rows, problems):
+                assert decoded[0] == sum(r.num_rows for _, r in read) + t.num_rows
+                read.append((files, t))
             assert not problems
             assert all(t.num_rows <= batch_rows for _, t in read)
             assert all(sum(n for _, n in files) == t.num_rows for files, t in read)
