@@ -5,8 +5,9 @@ small files'): small enough to pass to a worker process, which reads the rows it
 record batches of at most `[scoring] chunk_rows` rows (a row group larger than that is
 never held whole). Nothing here reads feature values;
 the plan reads the Parquet footers and the id columns only (for the partition-wide duplicate
-check, done with Arrow's hash grouping: a few hundred milliseconds for millions of ids, where
-Great Expectations' uniqueness check on a pandas copy took seconds plus its import).
+check: one integer id column in one sorted int64 array, other ids with Arrow's hash grouping;
+a few hundred milliseconds for millions of ids, where Great Expectations' uniqueness check
+on a pandas copy took seconds plus its import).
 """
 
 from __future__ import annotations

@@ -273,13 +273,22 @@ def _read_chunk(source: Location, chunk: Chunk, batch_rows: int, unreadable: lis
     joined: list[pa.Table] = []
     files: list[tuple[str, int]] = []
     rows_joined = 0
+
+    def take() -> tuple[tuple[tuple[str, int], ...], pa.Table]:
+        """What is joined, as one table; nothing of it is kept here after."""
+        nonlocal rows_joined
+        out = tuple(files), joined[0] if len(joined) == 1 else pa.concat_tables(joined)
+        joined.clear()
+        files.clear()
+        rows_joined = 0
+        return out
+
     for piece in chunk.pieces:
         rows = 0
         # What is joined goes before the next batch is decoded, if that may not fit: a
         # piece's batches hold at most `batch_rows` rows, and at most the rows it has left.
         if joined and rows_joined + min(batch_rows, piece.rows) > batch_rows:
-            yield tuple(files), _joined(joined)
-            files, rows_joined = [], 0
+            yield take()
         try:
             for table in _read_piece(source, piece, batch_rows):
                 rows += table.num_rows
@@ -289,8 +298,7 @@ def _read_chunk(source: Location, chunk: Chunk, batch_rows: int, unreadable: lis
                 del table  # not kept while the caller works and the next batch is decoded
                 upcoming = min(batch_rows, max(piece.rows - rows, 0))  # at most, this piece's
                 if rows_joined >= batch_rows or rows_joined + upcoming > batch_rows:
-                    yield tuple(files), _joined(joined)
-                    files, rows_joined = [], 0
+                    yield take()
         except UnreadableFile as exc:
             unreadable.extend(exc.problems)
             continue
@@ -300,14 +308,7 @@ def _read_chunk(source: Location, chunk: Chunk, batch_rows: int, unreadable: lis
                 f"counted {piece.rows}; the file changed while the partition was being scored"
             )
     if joined:
-        yield tuple(files), _joined(joined)
-
-
-def _joined(tables: list[pa.Table]) -> pa.Table:
-    """The tables as one, emptying `tables` (which then holds no batch of its own)."""
-    table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
-    tables.clear()
-    return table
+        yield take()
 
 
 def _read_piece(
