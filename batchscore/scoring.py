@@ -406,15 +406,16 @@ def _quarantined(
     out = out.rename_columns(
         [f"input_{c}" if c in QUARANTINE_COLUMNS else c for c in out.column_names]
     )
-    out = out.append_column("reason", pa.array(verdict.reason_column(rows)))
+    out = out.append_column("reason", verdict.reason_column(rows))
     if len(files) == 1:
-        source = pa.array([files[0][0]] * n, pa.string())
+        source = pa.repeat(pa.scalar(files[0][0], pa.string()), n)
     else:
         run = np.repeat(np.arange(len(files)), [count for _, count in files])[rows]
         source = pa.array(np.array([file for file, _ in files], dtype=object)[run], pa.string())
     out = out.append_column("source_file", source)
-    out = out.append_column("quarantined_at", pa.array([now] * n, pa.timestamp("us", tz="UTC")))
-    return out.append_column("run_id", pa.array([run_id] * n))
+    at = pa.repeat(pa.scalar(now, pa.timestamp("us", tz="UTC")), n)
+    out = out.append_column("quarantined_at", at)
+    return out.append_column("run_id", pa.repeat(pa.scalar(run_id, pa.string()), n))
 
 
 def _concat(tables: list[pa.Table]) -> pa.Table:

@@ -15,6 +15,7 @@ from batchscore.features import TrainingProfile
 from batchscore.validation import (
     FileProblem,
     IntIds,
+    RowVerdict,
     check_schema,
     find_duplicate_ids,
     find_duplicate_int_ids,
@@ -99,11 +100,35 @@ def test_validate_chunk_gives_one_reason_per_broken_rule_and_row(profile: Traini
     np.testing.assert_array_equal(
         verdict.bad_mask(10), [False, True, True, True, True, False, True, True, True, False]
     )
-    assert verdict.reason_column(np.array([4, 2])) == [
+    assert verdict.reason_column(np.array([4, 2])).to_pylist() == [
         "a is missing, and was never missing in training; "
         "c is missing, and was never missing in training",
         f"a=25.0 {BAND_A}",
     ]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_reasons_are_joined_per_row_in_the_suites_order(seed: int):
+    """A row's reasons, joined in Arrow, are exactly the per-row join: in the order the
+    expectations were added, whatever order each one lists its rows in, for rows asked in
+    any order, and "" for a row that failed nothing (every row of a batch may fail, or none)."""
+    rng = np.random.default_rng(seed)
+    n = 500
+    verdict, expected = RowVerdict(), {}
+    for k in range(4):
+        rows = rng.choice(np.arange(1, n), size=int(rng.integers(1, n - 1)), replace=False)
+        reasons = [f"rule {k} row {r}" + "!" * int(rng.integers(0, 3)) for r in rows]
+        verdict.add(rows, pa.array(reasons), f"rule{k}")
+        for row, reason in zip(rows.tolist(), reasons, strict=True):
+            expected.setdefault(row, []).append(reason)
+    asked = rng.permutation(np.r_[0, rng.permutation(np.arange(1, n))[: n - 8]])  # 0: no reason
+
+    joined = verdict.reason_column(asked)
+
+    assert joined.to_pylist() == ["; ".join(expected.get(int(r), [])) for r in asked]
+    assert verdict.reasons == expected
+    assert verdict.bad_mask(n).tolist() == [r in expected for r in range(n)]
+    assert verdict.failed == {f"rule{k}": len(verdict.failures[k][0]) for k in range(4)}
 
 
 def test_unseen_categories_are_rejected_only_when_the_config_says_so(profile: TrainingProfile):
