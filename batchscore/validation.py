@@ -14,11 +14,12 @@ Two levels:
   building its metric graph, plus pandas work per expectation) and seconds of import per
   process: most of a chunk's time. Both engines give the same rows, counts and reasons
   (tests/test_validation.py compares them on adversarial chunks).
-- partition level, in the plan step: duplicate ids, counted with Arrow's hash grouping on the
-  partition's id columns (the one check that needs every row of the partition; GX's
-  uniqueness expectation needed a pandas copy of them and its import in the planning
-  process, seconds before any chunk could start). Rows holding a duplicated id are then
-  rejected chunk by chunk, with the other row-level reasons. Id columns that cannot be
+- partition level, in the plan step: duplicate ids, found in one sorted int64 array for one
+  integer id column (`find_duplicate_int_ids`), with Arrow's hash grouping otherwise (the
+  one check that needs every row of the partition; GX's uniqueness expectation needed a
+  pandas copy of them and its import in the planning process, seconds before any chunk
+  could start). Rows holding a duplicated id are then rejected chunk by chunk, with the
+  other row-level reasons. Id columns that cannot be
   compared across the files (integers in one, strings in another) hold the partition.
 
 Every rejected row gets a readable reason naming the column and the value.
