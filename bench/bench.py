@@ -20,8 +20,10 @@ everything else), then measures, each in its own process:
   (e) `batchscore score` of one small partition (20k rows).
   (b') and (e') the same two runs against a Prefect API that is already running, the way a
       deployment's worker or `make up` runs them: the difference is the server's start-up.
-  (f) (b') with `[scoring] runner = "process"` and with `"dask"` on a distributed.LocalCluster
-      of as many single-threaded worker processes (bench/runners.py; --skip-dask skips it).
+  (f) (b') with `[scoring] runner = "process"`, and twice with `"dask"` on one
+      distributed.LocalCluster of as many single-threaded worker processes: its first run
+      (each worker imports at its first task) and the next (bench/runners.py; --skip-dask
+      skips it).
 
 Each of (a), (b), (b'), (c), (e), (e') and (b) at the two RSS sizes runs `--repeat` times
 (default 3; the runs of (b) after the first rescore the partition) and the run with the
