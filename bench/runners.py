@@ -25,7 +25,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # noqa: E402  (bench/bench.py: the generator, the model, the measuring runner)
 
-
 # (runner, label): the Dask runs share one cluster, new at its first run.
 RUNS = (("process", "process"), ("dask", "dask-new"), ("dask", "dask"))
 
