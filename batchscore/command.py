@@ -5,8 +5,8 @@ A run that needs a Prefect API and has none configured waits for the temporary s
 its flow. `batchscore.cli` imports the config's schema (pydantic) as it loads, ~0.12 s, so
 the server is started here first, for the commands that run flows; `cli.main()` then finds
 it booting. A command that stops early (a bad config, `--help`) stops it on its way out.
-With an API already running, a score run starts the scoring workers' fork server here
-instead, for the same reason.
+(With an API already running, the scoring workers' fork server is forked from the CLI
+once it has imported the score flow: `cli._fork_server_on_a_guess`.)
 """
 
 from __future__ import annotations
@@ -20,13 +20,7 @@ def run() -> None:
     if len(sys.argv) > 1 and sys.argv[1] in FLOW_COMMANDS:
         from batchscore.prefect_api import start_early
 
-        if not start_early() and sys.argv[1] == "score":
-            # An API is running: the scoring workers' fork server boots now, on a guess,
-            # beside the CLI's imports (`workers.start_on_a_guess`; stopped if the run
-            # turns out not to need it).
-            from batchscore import workers
-
-            workers.start_on_a_guess()
+        start_early()
     from batchscore import cli
 
     cli.run()

@@ -9,16 +9,17 @@ and every worker is a fork of it, started in milliseconds with the modules alrea
 Nothing else changes: tasks, their context and environment travel to the workers as with
 `spawn`.
 
-The fork server is a clean process of its own (not a fork of the flow process, whose threads
-make forking it unsafe); it only imports modules, so it holds no threads or open
-connections for its children to inherit. The CLI starts it early: with a Prefect API
-already running, at the command's first line, on a guess (`start_on_a_guess`), beside its
-own imports, and stops it if the run will not need it; when it boots a temporary
-server, once its own imports are done, while it waits for that server, so that two processes
-share the two cores (three at once slowed a run of one small partition by 2-3 s). A
-deployment's flow-run process starts it when it begins loading the score flow
-(`start_for_deployment_run`); anything else, with the first pool. Where `forkserver` does not exist
-(Windows), the pool is Prefect's, with `spawn`.
+The fork server only imports modules, so it holds no Python threads or open connections
+for its children to inherit. The `batchscore` command forks it from itself
+(`_fork_here`) once it has imported Prefect, pyarrow and the flows, which the workers need
+too, and before its flow begins (one thread, no connection yet): the fork imports only what
+the command does not need (lleaves, LightGBM, SciPy's special functions). With a Prefect
+API already running, it does so on a guess (`start_on_a_guess`) and stops it if the run
+will not need it; when it boots a temporary server, once its imports are done, while it
+waits for that server. A deployment's flow-run process, whose Prefect engine is running
+already, spawns it (a fresh interpreter) when it begins loading the score flow
+(`start_for_deployment_run`); anything else spawns it with the first pool. Where `forkserver`
+does not exist (Windows), the pool is Prefect's, with `spawn`.
 """
 
 from __future__ import annotations
@@ -46,14 +47,19 @@ def forkserver_context():
         context = multiprocessing.get_context("forkserver")
     except ValueError:  # no fork server on this platform
         return None
-    # Arrow's allocator (mimalloc) keeps pages a batch freed for a while before it gives
-    # them back; workers tell it to give them back after 50 ms. Measured at 5M rows: the
-    # pool's resident memory (PSS sum) -105 MiB, no measurable change in wall time (100 ms:
-    # -60 MiB; 0, at once: +2 s). Set before the fork server starts, as its imports start
-    # the allocator, which reads it then; a value already in the environment is kept.
-    os.environ.setdefault("MIMALLOC_PURGE_DELAY", "50")
+    set_allocator_environment()
     context.set_forkserver_preload(PRELOAD)
     return context
+
+
+def set_allocator_environment() -> None:
+    """Arrow's allocator (mimalloc) keeps pages a batch freed for a while before it gives
+    them back; workers tell it to give them back after 50 ms. Measured at 5M rows: the
+    pool's resident memory (PSS sum) -105 MiB, no measurable change in wall time (100 ms:
+    -60 MiB; 0, at once: +2 s). Read once, when pyarrow loads the allocator: set before the
+    fork server starts, and in the command before it imports pyarrow, as a fork server
+    forked from it (`_fork_here`) has its allocator. A value already there is kept."""
+    os.environ.setdefault("MIMALLOC_PURGE_DELAY", "50")
 
 
 def exit_with(pid: int) -> None:
@@ -87,25 +93,114 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def start_early() -> None:
+def start_early(fork: bool = False) -> None:
     """Start the fork server (and its imports) now, in the background: the first pool
-    connects to it when it is ready."""
-    if forkserver_context() is not None:
+    connects to it when it is ready. With `fork`, as a fork of this process where that is
+    safe (`_fork_here`); else spawned, a fresh interpreter."""
+    if forkserver_context() is not None and not (fork and _fork_here()):
         from multiprocessing import forkserver
 
         forkserver.ensure_running()
 
 
+def _fork_here() -> bool:
+    """Start the fork server as a fork of this process; False, with nothing started, where
+    this process has more than one thread or a fork server is running already.
+
+    Multiprocessing spawns its fork server: a fresh interpreter that imports Prefect,
+    pyarrow, batchscore, lleaves and LightGBM (`fork_ready`), 1.5 s of CPU. The command has
+    imported most of those itself (Prefect, pyarrow, the flows: what its run needs anyway);
+    a fork of it has them already and imports only the rest (lleaves, LightGBM, SciPy's
+    special functions), ~0.5 s. The rest is as with a spawned server: its workers are its
+    forks, pools reach it through multiprocessing's socket, and it ends once every process
+    holding the "alive" pipe has (`forkserver.main`).
+
+    Only the command calls this, before its flow begins: one Python thread, so no lock is
+    held by a thread the fork leaves behind, and no Prefect client or connection to
+    inherit. Native threads (OpenBLAS's, Arrow's allocator's, and Arrow's pools once it has
+    read a footer) have at-fork handlers, and a spawned server forked them into every
+    worker too."""
+    if threading.active_count() > 1 or threading.current_thread() is not threading.main_thread():
+        return False
+    import socket
+    from multiprocessing import connection, forkserver, resource_tracker, util
+
+    server = forkserver._forkserver
+    if server._forkserver_pid is not None:
+        return False
+    resource_tracker.ensure_running()
+    # As `ForkServer.ensure_running` sets up a spawned server's socket and pipe.
+    listener = socket.socket(socket.AF_UNIX)
+    address = connection.arbitrary_address("AF_UNIX")
+    listener.bind(address)
+    if not util.is_abstract_socket_namespace(address):
+        os.chmod(address, 0o600)
+    listener.listen()
+    alive_r, alive_w = os.pipe()
+    for stream in (sys.stdout, sys.stderr):  # or the child's copy of the buffer prints again
+        with suppress(Exception):
+            stream.flush()
+    try:
+        pid = os.fork()
+    except OSError:  # no memory or process left for a fork: spawned instead
+        os.close(alive_r)
+        os.close(alive_w)
+        listener.close()
+        if not util.is_abstract_socket_namespace(address):
+            with suppress(OSError):
+                os.unlink(address)
+        return False
+    if pid == 0:
+        _serve_forked(listener.detach(), alive_r, alive_w)  # never returns
+    os.close(alive_r)
+    listener.close()
+    server._forkserver_address = address
+    server._forkserver_alive_fd = alive_w
+    server._forkserver_pid = pid
+    return True
+
+
+def _serve_forked(listener_fd: int, alive_r: int, alive_w: int) -> None:
+    """The forked fork server's life: what a spawned one would not have from this process
+    undone (the other end of the alive pipe, Python's signal handlers), the rest of the
+    workers' imports (`fork_ready`), then multiprocessing's server loop. It ends with
+    `os._exit`: this process's exit handlers (a temporary API server's stop among them)
+    are the command's, not its."""
+    code = 1
+    try:
+        os.close(alive_w)
+        for signum in signal.valid_signals():
+            with suppress(OSError, ValueError):
+                if callable(signal.getsignal(signum)):
+                    signal.signal(signum, signal.SIG_DFL)
+        from multiprocessing import forkserver
+
+        with suppress(ImportError):
+            __import__(PRELOAD[0])
+        forkserver.main(listener_fd, alive_r, [], None, None)
+        code = 0
+    except SystemExit:  # every process holding the alive pipe has ended
+        code = 0
+    except BaseException:  # noqa: BLE001 - reported, then ended: never back to the caller
+        with suppress(Exception):
+            import traceback
+
+            traceback.print_exc()
+    finally:
+        os._exit(code)
+
+
 def start_on_a_guess() -> bool:
-    """Start the fork server now, at a command's first line, before anything decides
-    whether the run needs it; `start_for_run` stops it if not. True when it did.
+    """Start the fork server now, forked from this process where it can be (`_fork_here`),
+    before anything decides whether the run needs it; `start_for_run` stops it if not.
+    True when it did.
 
     For a score run with a Prefect API already running, when nothing else boots beside the
-    command: the decision (`start_for_run`) needs the config and a look at the store, which
-    come after the CLI's first imports, 0.25 s in; and by then the fork server's imports
-    (1.4 s of CPU) were what the plan waited for: the flow had claimed its partitions and
-    waited for the first worker. A run that turns out not to need workers stops it, having
-    spent its CPU on the core the CLI's single thread leaves idle."""
+    command: the CLI calls it once it has imported what the workers share with it, before it
+    reads the config's store. The decision (`start_for_run`) needs a look at that store, and
+    the fork server's own imports were what the plan waited for: the flow had claimed its
+    partitions and waited for the first worker. A run that turns out not to need workers
+    stops it, having spent its CPU on the core the CLI's single thread leaves idle."""
     global _on_a_guess
     if forkserver_context() is None:
         return False
@@ -113,7 +208,7 @@ def start_on_a_guess() -> bool:
 
     if getattr(forkserver._forkserver, "_forkserver_pid", None) is not None:
         return False  # running already, and not a guess of this function's
-    forkserver.ensure_running()
+    start_early(fork=True)
     _on_a_guess = True
     atexit.register(_stop_guessed)  # a command that ends before deciding (a bad config)
     return True
@@ -178,16 +273,17 @@ def start_for_deployment_run() -> bool:
 _deployment_run_decided = False
 
 
-def start_for_run(config, partition: str | None, rescore: bool) -> bool:
-    """Start the fork server now (`start_early`) for a score run of `config` with these
-    options, unless its runner is not the process pool or `runs_in_flow_process` says it will
-    not need workers (and stops one `start_on_a_guess` started). True when it did."""
+def start_for_run(config, partition: str | None, rescore: bool, fork: bool = False) -> bool:
+    """Start the fork server now (`start_early`, forked from this process with `fork`) for a
+    score run of `config` with these options, unless its runner is not the process pool or
+    `runs_in_flow_process` says it will not need workers (and stops one `start_on_a_guess`
+    started). True when it did."""
     global _on_a_guess
     if config.scoring.runner != "process" or runs_in_flow_process(config, partition, rescore):
         _stop_guessed()
         return False
     _on_a_guess = False  # no longer a guess: kept
-    start_early()
+    start_early(fork)
     return True
 
 

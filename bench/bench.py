@@ -397,17 +397,23 @@ def _cpu(pid: int) -> tuple[int, float] | None:
 
 def _role(pid: int, ppid: int, root: int, roles: dict[int, str]) -> str:
     """The command itself, its Prefect server, the fork server, a worker (a child of the
-    fork server) or other (multiprocessing's resource tracker)."""
+    fork server) or other (multiprocessing's resource tracker). A fork server the command
+    forked from itself (`batchscore.workers._fork_here`) has the command's command line."""
     if pid == root:
         return "command"
     if roles.get(ppid) == "fork server":
         return "workers"
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            cmdline = fh.read().replace(b"\0", b" ").decode(errors="replace")
+            cmdline = fh.read()
+        if ppid == root:
+            with open(f"/proc/{root}/cmdline", "rb") as fh:
+                if fh.read() == cmdline:
+                    return "fork server"
     except OSError:
         return "other"
-    return next((role for marker, role in ROLES if marker in cmdline), "other")
+    text = cmdline.replace(b"\0", b" ").decode(errors="replace")
+    return next((role for marker, role in ROLES if marker in text), "other")
 
 
 def _descendants_cpu(root: int) -> float:

@@ -103,6 +103,7 @@ def where_am_i() -> dict:
     """A task body for worker-pool tests: what the worker process looks like at its start."""
     import gc
     import os
+    import signal
     import sys
 
     return {
@@ -114,7 +115,15 @@ def where_am_i() -> dict:
         "gc_enabled": gc.isenabled(),
         "collections_loaded": "prefect_dask" in sys.modules,
         "mimalloc_purge_delay": os.environ.get("MIMALLOC_PURGE_DELAY"),
+        "sigterm_default": signal.getsignal(signal.SIGTERM) == signal.SIG_DFL,
+        "sigint_ignored": signal.getsignal(signal.SIGINT) == signal.SIG_IGN,
     }
+
+
+def where_am_i_aloud() -> dict:
+    """`where_am_i`, once the worker has printed a line to its standard output."""
+    print("a worker prints", flush=True)
+    return where_am_i()
 
 
 def start_score(config: Path, *, temporary_server: bool = False):

@@ -292,7 +292,7 @@ def test_workers_are_started_early_only_for_work_that_needs_them(
     path, _ = _config_for(trained, "after-one", tmp_path)
     config = load_config(write_config(path, path.read_text(), scoring={"chunk_rows": 100_000}))
     started = []
-    monkeypatch.setattr(workers, "start_early", lambda: started.append(True))
+    monkeypatch.setattr(workers, "start_early", lambda fork=False: started.append(True))
 
     def starts(run, cfg=config) -> bool:
         started.clear()
@@ -315,10 +315,11 @@ def test_workers_are_started_early_only_for_work_that_needs_them(
 def test_a_fork_server_started_on_a_guess_stays_only_for_work_that_needs_workers(
     trained: dict, tmp_path: Path
 ):
-    """`workers.start_on_a_guess` (the command's first line, with an API running): the
-    decision stops it (killed while it may still import, and reaped) for a run that needs
-    no workers, keeps it for one that does, and a command that ends before deciding stops
-    it on its way out. In fresh processes: a pool of this one may own a fork server."""
+    """`workers.start_on_a_guess` (the CLI, once it has imported the flow, with an API
+    running): the decision stops it (killed while it may still import, and reaped) for a
+    run that needs no workers, keeps it for one that does, and a command that ends before
+    deciding stops it on its way out. In fresh processes (single-threaded, so the server
+    is forked from them): a pool of this one may own a fork server."""
     import subprocess
     import sys
     import textwrap

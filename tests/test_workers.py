@@ -47,6 +47,95 @@ def test_workers_are_forked_with_their_imports_done_and_get_the_flows_environmen
         assert s["mimalloc_purge_delay"] == os.environ.get("MIMALLOC_PURGE_DELAY") == "50"
 
 
+def test_the_command_forks_the_fork_server_from_itself_with_nothing_it_would_not_have(
+    prefect_api, tmp_path
+):
+    """`workers._fork_here` (the CLI's `start_early(fork=True)`): the fork server is a fork of
+    the command, which has imported the flows, not a fresh interpreter. Its workers have
+    every import (`fork_ready`'s too) and none of what a spawned server would not have
+    had: the command's Python signal handler, output still in the command's buffer (printed
+    again by the first worker that flushes), the other end of the "alive" pipe (the server
+    would outlive the command). A process with a second thread spawns it instead."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+    import time
+
+    code = textwrap.dedent(
+        """
+        import json, os, signal, sys, threading, time
+        sys.path.insert(0, "tests")
+        signal.signal(signal.SIGTERM, lambda *_: print("the command's handler"))
+        import flows.score
+        from multiprocessing import forkserver
+        from prefect import flow, task
+        from helpers import where_am_i_aloud
+        from batchscore import workers
+        from flows.score import ForkedProcessPool
+
+        second = threading.Thread(target=time.sleep, args=(0.3,))
+        second.start()
+        assert not workers._fork_here()  # two threads: not forked
+        assert forkserver._forkserver._forkserver_pid is None
+        second.join()
+        sys.stdout.write("written once, ")  # in the buffer at the fork (a pipe)
+        workers.start_early(fork=True)
+        server = forkserver._forkserver._forkserver_pid
+        with open(f"/proc/{server}/cmdline", "rb") as fh:
+            forked = fh.read() == open("/proc/self/cmdline", "rb").read()
+
+        @flow
+        def two_workers():
+            with ForkedProcessPool(max_workers=2) as pool:
+                probe = task(where_am_i_aloud, name="where-am-i")
+                futures = [pool.submit(probe, {}) for _ in range(2)]
+                return [f.result() for f in futures]
+
+        seen = two_workers()
+        print(json.dumps({"server": server, "forked": forked, "seen": seen}))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        # Block-buffered output, as a command's is on a pipe or a file.
+        env={**unbuffered_off(), "PREFECT_API_URL": prefect_api},
+        capture_output=True,
+        text=True,
+        timeout=90,  # a server holding the alive pipe, and the output pipe, never ends
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    assert out.count("written once") == 1, out
+    assert out.count("a worker prints") == 2, out
+    assert "the command's handler" not in out
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["forked"]  # the server's command line is the command's: not spawned
+    for worker in result["seen"]:
+        assert worker["parent"] == result["server"]
+        assert worker["preloaded"] and worker["frozen_objects"] > 100_000 and worker["gc_enabled"]
+        assert worker["mimalloc_purge_delay"] == "50"
+        assert worker["sigterm_default"] and worker["sigint_ignored"]
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # it ends with the command (its alive pipe closed)
+        try:
+            os.kill(result["server"], 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(result["server"], signal.SIGKILL)
+        raise AssertionError("the forked fork server outlived the command")
+
+
+def unbuffered_off() -> dict:
+    env = dict(os.environ)
+    env.pop("PYTHONUNBUFFERED", None)
+    return env
+
+
 def test_a_worker_builds_the_flows_settings_once_per_run(prefect_api):
     """`build_task_settings_once`: a worker rebuilds the flow's settings for its first task
     only, and every task sees the flow's values."""
