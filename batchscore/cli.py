@@ -115,11 +115,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "score":
-            if not booting:
-                _fork_server_on_a_guess()
             _preflight(config, args.partition)
-            if not booting:  # with an API running, at once; else once imports are done
-                _start_workers_early(config, (args.partition, args.rescore))
             return _score(config, args.partition, args.rescore)
         if args.command == "train":
             return _train(config, args.reason, args.force)
@@ -241,7 +237,7 @@ def _score(config, partition: str | None, rescore: bool) -> int:
 
     _imported()
     started = time.time()
-    _start_workers_early(config, (partition, rescore))  # booting a server: while we wait
+    _start_workers_early(config, (partition, rescore))  # a fork of this process, now
     with one_api():  # reuses the demo's API when there is one
         state = score(config=config.path, partition=partition, rescore=rescore, return_state=True)
     outcomes = state.result(raise_on_failure=False)
@@ -249,22 +245,6 @@ def _score(config, partition: str | None, rescore: bool) -> int:
     _print_summary(config, outcomes, time.time() - started)
     print(f"run {state.name}: {state.message}")
     return 0 if state.is_completed() else 1
-
-
-def _fork_server_on_a_guess() -> None:
-    """With a Prefect API running: fork the scoring workers' fork server from this process
-    as soon as it has imported the score flow (Prefect, pyarrow, batchscore: what the
-    workers need too), before it reads the store (`workers.start_on_a_guess`; the run's
-    decision stops it if the work turns out to fit in this process).
-
-    A spawned server (a fresh interpreter) started at the command's first line and imported
-    all of that again beside the command: 1.5 s of CPU. A fork of the command imports only
-    what the workers need beyond it, ~0.5 s. 5M rows, medians of 6 interleaved runs: wall
-    11.12 -> 10.48 s, the run's CPU 18.4 -> 16.5 s, tree PSS 775 -> 718 MiB."""
-    import flows.score  # noqa: F401 - before the fork: the workers share these imports
-    from batchscore import workers
-
-    workers.start_on_a_guess()
 
 
 def _preflight(config, partition: str | None) -> None:
@@ -291,14 +271,16 @@ def _preflight(config, partition: str | None) -> None:
 def _start_workers_early(config, run: tuple[str | None, bool] | None = None) -> None:
     """Boot the scoring workers' fork server (batchscore/workers.py) in the background,
     unless `run`, a score run's (partition, rescore) options, looks like it will not use
-    workers (`workers.start_for_run`).
+    workers (`workers.start_for_run`). Only the first call of a process decides.
 
-    Forked from this process where it can be (`workers._fork_here`). With a Prefect API
-    already running, it was forked on a guess (`_fork_server_on_a_guess`), and this decides
-    whether it stays. With a temporary server booting, once this process's imports are done
-    (the CLI calls it again then): three processes importing at once on two cores slowed
-    all three, and a run of one small partition by 2-3 s. Only the first call of a process
-    decides."""
+    A score run calls it once it has imported the score flow (Prefect, pyarrow, batchscore:
+    what the workers need too), before its flow begins, and the server is forked from this
+    process (`workers._fork_here`): the fork imports only what the workers need beyond the
+    command, ~0.5 s of CPU. Until 8c5665b a spawned server (a fresh interpreter) imported
+    all of it again, 1.5 s: started at the command's first line on a guess with an API
+    running, so that it was ready when the plan was, and stopped if the run turned out not
+    to need it; after the command's imports with a temporary server booting, as three
+    processes importing at once on two cores slowed all three."""
     global _workers_decided
     if _workers_decided:
         return

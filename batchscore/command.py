@@ -5,8 +5,8 @@ A run that needs a Prefect API and has none configured waits for the temporary s
 its flow. `batchscore.cli` imports the config's schema (pydantic) as it loads, ~0.12 s, so
 the server is started here first, for the commands that run flows; `cli.main()` then finds
 it booting. A command that stops early (a bad config, `--help`) stops it on its way out.
-(With an API already running, the scoring workers' fork server is forked from the CLI
-once it has imported the score flow: `cli._fork_server_on_a_guess`.)
+(The scoring workers' fork server is forked from the CLI once it has imported the score
+flow: `cli._start_workers_early`.)
 """
 
 from __future__ import annotations

@@ -10,21 +10,18 @@ Nothing else changes: tasks, their context and environment travel to the workers
 `spawn`.
 
 The fork server only imports modules, so it holds no Python threads or open connections
-for its children to inherit. The `batchscore` command forks it from itself
+for its children to inherit. A score run of the `batchscore` command forks it from itself
 (`_fork_here`) once it has imported Prefect, pyarrow and the flows, which the workers need
-too, and before its flow begins (one thread, no connection yet): the fork imports only what
-the command does not need (lleaves, LightGBM, SciPy's special functions). With a Prefect
-API already running, it does so on a guess (`start_on_a_guess`) and stops it if the run
-will not need it; when it boots a temporary server, once its imports are done, while it
-waits for that server. A deployment's flow-run process, whose Prefect engine is running
-already, spawns it (a fresh interpreter) when it begins loading the score flow
-(`start_for_deployment_run`); anything else spawns it with the first pool. Where `forkserver`
-does not exist (Windows), the pool is Prefect's, with `spawn`.
+too, and before its flow begins (one thread, no connection yet), unless the run looks like
+it will not need workers (`start_for_run`): the fork imports only what the command does not
+need (lleaves, LightGBM, SciPy's special functions). A deployment's flow-run process, whose
+Prefect engine is running already, spawns it (a fresh interpreter) when it begins loading
+the score flow (`start_for_deployment_run`); anything else spawns it with the first pool.
+Where `forkserver` does not exist (Windows), the pool is Prefect's, with `spawn`.
 """
 
 from __future__ import annotations
 
-import atexit
 import multiprocessing
 import os
 import select
@@ -190,52 +187,6 @@ def _serve_forked(listener_fd: int, alive_r: int, alive_w: int) -> None:
         os._exit(code)
 
 
-def start_on_a_guess() -> bool:
-    """Start the fork server now, forked from this process where it can be (`_fork_here`),
-    before anything decides whether the run needs it; `start_for_run` stops it if not.
-    True when it did.
-
-    For a score run with a Prefect API already running, when nothing else boots beside the
-    command: the CLI calls it once it has imported what the workers share with it, before it
-    reads the config's store. The decision (`start_for_run`) needs a look at that store, and
-    the fork server's own imports were what the plan waited for: the flow had claimed its
-    partitions and waited for the first worker. A run that turns out not to need workers
-    stops it, having spent its CPU on the core the CLI's single thread leaves idle."""
-    global _on_a_guess
-    if forkserver_context() is None:
-        return False
-    from multiprocessing import forkserver
-
-    if getattr(forkserver._forkserver, "_forkserver_pid", None) is not None:
-        return False  # running already, and not a guess of this function's
-    start_early(fork=True)
-    _on_a_guess = True
-    atexit.register(_stop_guessed)  # a command that ends before deciding (a bad config)
-    return True
-
-
-_on_a_guess = False
-
-
-def _stop_guessed() -> None:
-    """Stop a fork server that `start_on_a_guess` started, while it may still be importing
-    (it only reads its pipe once it is done: killed, not asked)."""
-    global _on_a_guess
-    if not _on_a_guess:
-        return
-    _on_a_guess = False
-    from multiprocessing import forkserver
-
-    server = forkserver._forkserver
-    pid = getattr(server, "_forkserver_pid", None)
-    if pid is None:
-        return
-    with suppress(OSError):
-        os.kill(pid, signal.SIGKILL)
-    with suppress(Exception):
-        server._stop()  # closes its pipe, reaps it, removes its socket
-
-
 def start_for_deployment_run() -> bool:
     """In the process a Prefect worker (or `serve`) started for one flow run of the score
     flow, start the fork server as `flows.score` begins loading. True when it did; only the
@@ -276,13 +227,9 @@ _deployment_run_decided = False
 def start_for_run(config, partition: str | None, rescore: bool, fork: bool = False) -> bool:
     """Start the fork server now (`start_early`, forked from this process with `fork`) for a
     score run of `config` with these options, unless its runner is not the process pool or
-    `runs_in_flow_process` says it will not need workers (and stops one `start_on_a_guess`
-    started). True when it did."""
-    global _on_a_guess
+    `runs_in_flow_process` says it will not need workers. True when it did."""
     if config.scoring.runner != "process" or runs_in_flow_process(config, partition, rescore):
-        _stop_guessed()
         return False
-    _on_a_guess = False  # no longer a guess: kept
     start_early(fork)
     return True
 

@@ -312,76 +312,55 @@ def test_workers_are_started_early_only_for_work_that_needs_them(
     assert starts(("2026-10-12", False), broken)
 
 
-def test_a_fork_server_started_on_a_guess_stays_only_for_work_that_needs_workers(
-    trained: dict, tmp_path: Path
+def test_a_score_run_forks_its_workers_fork_server_from_the_command(
+    trained: dict, tmp_path: Path, prefect_api: str
 ):
-    """`workers.start_on_a_guess` (the CLI, once it has imported the flow, with an API
-    running): the decision stops it (killed while it may still import, and reaped) for a
-    run that needs no workers, keeps it for one that does, and a command that ends before
-    deciding stops it on its way out. In fresh processes (single-threaded, so the server
-    is forked from them): a pool of this one may own a fork server."""
+    """The `batchscore` command's fork server is a fork of the command (its command line),
+    not a spawned interpreter, for a run that needs workers (`cli._start_workers_early`,
+    `workers._fork_here`): a thread the command started before it would make it spawn one,
+    with the imports all over again. Watched from outside, in the process tree."""
     import subprocess
     import sys
-    import textwrap
+    import time
 
     path, _ = _config_for(trained, "after-one", tmp_path)
     config = write_config(path, path.read_text(), scoring={"chunk_rows": 100_000})
-
-    def run(code: str) -> str:
-        done = subprocess.run(
-            [sys.executable, "-c", textwrap.dedent(code), str(config)],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert done.returncode == 0, done.stderr[-3000:]
-        return done.stdout.strip()
-
-    def gone(pid: int) -> bool:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        return False
-
-    out = run(
-        """
-        import os, sys
-        from multiprocessing import forkserver
-        from batchscore import workers
-        from batchscore.config import load_config
-
-        config = load_config(sys.argv[1])
-        assert workers.start_on_a_guess()
-        pid = forkserver._forkserver._forkserver_pid
-        assert not workers.start_for_run(config, "2026-10-12", False)  # fits one chunk
-        assert forkserver._forkserver._forkserver_pid is None
-        try:
-            os.kill(pid, 0)
-            raise AssertionError("the guessed fork server is still there")
-        except ProcessLookupError:
-            pass
-        assert workers.start_on_a_guess()
-        pid = forkserver._forkserver._forkserver_pid
-        assert workers.start_for_run(config, None, False)  # ~294,000 rows: workers
-        workers._stop_guessed()  # decided: nothing to stop
-        assert forkserver._forkserver._forkserver_pid == pid
-        os.kill(pid, 0)
-        print("ok")
-        """
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "batchscore"), "score", "--config", str(config)],
+        env={**os.environ, "PREFECT_API_URL": prefect_api},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
-    assert out == "ok"
-    pid = int(
-        run(
-            """
-            from multiprocessing import forkserver
-            from batchscore import workers
-            assert workers.start_on_a_guess()
-            print(forkserver._forkserver._forkserver_pid)  # and the command ends here
-            """
-        )
-    )
-    assert gone(pid)
+
+    def children(pid: int) -> list[int]:
+        try:
+            with open(f"/proc/{pid}/task/{pid}/children") as fh:
+                return [int(p) for p in fh.read().split()]
+        except OSError:
+            return []
+
+    def cmdline(pid: int) -> bytes:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                return fh.read()
+        except OSError:
+            return b""
+
+    own = cmdline(proc.pid)
+    forked, spawned = set(), set()
+    while proc.poll() is None:
+        for child in children(proc.pid):
+            line = cmdline(child)
+            if line == own and children(child):  # a fork of the command, with workers
+                forked.add(child)
+            elif b"multiprocessing.forkserver" in line:
+                spawned.add(child)
+        time.sleep(0.02)
+    out = proc.stdout.read()
+    assert proc.returncode == 0, out[-3000:]
+    assert "run Completed" in out
+    assert len(forked) == 1 and not spawned, (forked, spawned)
 
 
 # --- a score run that cannot start: one message, exit 2, before any flow ----------------------
