@@ -159,10 +159,10 @@ def _fork_here() -> bool:
 
 def _serve_forked(listener_fd: int, alive_r: int, alive_w: int) -> None:
     """The forked fork server's life: what a spawned one would not have from this process
-    undone (the other end of the alive pipe, Python's signal handlers), the rest of the
-    workers' imports (`fork_ready`), then multiprocessing's server loop. It ends with
-    `os._exit`: this process's exit handlers (a temporary API server's stop among them)
-    are the command's, not its."""
+    undone (the other end of the alive pipe, Python's signal handlers), then
+    multiprocessing's server loop, which first imports the rest of the workers' modules
+    (`PRELOAD`: `fork_ready`). It ends with `os._exit`: this process's exit handlers (a
+    temporary API server's stop among them) are the command's, not its."""
     code = 1
     try:
         os.close(alive_w)
@@ -172,9 +172,7 @@ def _serve_forked(listener_fd: int, alive_r: int, alive_w: int) -> None:
                     signal.signal(signum, signal.SIG_DFL)
         from multiprocessing import forkserver
 
-        with suppress(ImportError):
-            __import__(PRELOAD[0])
-        forkserver.main(listener_fd, alive_r, [], None, None)
+        forkserver.main(listener_fd, alive_r, PRELOAD)  # imports PRELOAD, as when spawned
         code = 0
     except SystemExit:  # every process holding the alive pipe has ended
         code = 0
