@@ -347,12 +347,15 @@ def test_a_score_run_forks_its_workers_fork_server_from_the_command(
         except OSError:
             return b""
 
-    own = cmdline(proc.pid)
-    forked, spawned = set(), set()
+    own, forked, spawned, seen = b"", set(), set(), {}
     while proc.poll() is None:
+        # Read in the loop: just after the exec, before the kernel set it up, it read empty.
+        own = own or cmdline(proc.pid)
         for child in children(proc.pid):
             line = cmdline(child)
-            if line == own and children(child):  # a fork of the command, with workers
+            workers = children(child)
+            seen.setdefault(child, (line[-120:], set()))[1].update(workers)
+            if line == own and workers:  # a fork of the command, with workers
                 forked.add(child)
             elif b"multiprocessing.forkserver" in line:
                 spawned.add(child)
@@ -360,7 +363,7 @@ def test_a_score_run_forks_its_workers_fork_server_from_the_command(
     out = proc.stdout.read()
     assert proc.returncode == 0, out[-3000:]
     assert "run Completed" in out
-    assert len(forked) == 1 and not spawned, (forked, spawned)
+    assert len(forked) == 1 and not spawned, (forked, spawned, own, seen, out[-4000:])
 
 
 # --- a score run that cannot start: one message, exit 2, before any flow ----------------------
