@@ -102,7 +102,7 @@ def start_early(fork: bool = False) -> None:
 
 def _fork_here() -> bool:
     """Start the fork server as a fork of this process; False, with nothing started, where
-    this process has more than one thread or a fork server is running already.
+    this process has more than one thread, or a fork server is running already.
 
     Multiprocessing spawns its fork server: a fresh interpreter that imports Prefect,
     pyarrow, batchscore, lleaves and LightGBM (`fork_ready`), 1.5 s of CPU. The command has
@@ -116,8 +116,10 @@ def _fork_here() -> bool:
     held by a thread the fork leaves behind, and no Prefect client or connection to
     inherit. Native threads (OpenBLAS's, Arrow's allocator's, and Arrow's pools once it has
     read a footer) have at-fork handlers, and a spawned server forked them into every
-    worker too."""
-    if threading.active_count() > 1 or threading.current_thread() is not threading.main_thread():
+    worker too. Linux only: macOS's system libraries are not safe to use in a fork."""
+    if not sys.platform.startswith("linux") or threading.active_count() > 1:
+        return False
+    if threading.current_thread() is not threading.main_thread():
         return False
     import socket
     from multiprocessing import connection, forkserver, resource_tracker, util
