@@ -19,11 +19,17 @@ from contextlib import ExitStack, suppress
 from dataclasses import replace
 from functools import partial
 
-from batchscore.workers import exit_with, forkserver_context, start_for_deployment_run
+from batchscore.workers import (
+    exit_with,
+    forkserver_context,
+    set_allocator_environment,
+    start_for_deployment_run,
+)
 
-# In a deployment's flow-run process, the scoring workers' fork server starts booting now,
-# beside the imports below (see `start_for_deployment_run`).
-start_for_deployment_run()
+# Before the imports below load pyarrow: a deployment's flow-run process forks the scoring
+# workers' fork server from itself once this module is loaded (at its end), and a fork has
+# this process's allocator, set as the workers' must be.
+set_allocator_environment()
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
@@ -542,3 +548,10 @@ def act_on_drift(cfg: Config, model: ModelRef, decision: RetrainDecision) -> Non
         )
         if not state.is_completed():
             get_run_logger().error("retrain subflow ended %s: %s", state.name, state.message)
+
+
+# Last, once everything above exists: in a deployment's flow-run process, the scoring
+# workers' fork server is forked from this process now (`start_for_deployment_run`), and
+# a fork has this module as it stands. Forked at the top, the workers had a module without
+# the functions below its first lines, and failed every task ("Can't get attribute").
+start_for_deployment_run()

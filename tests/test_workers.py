@@ -221,15 +221,19 @@ def test_settings_built_once_follow_a_change_of_settings_or_environment(monkeypa
     assert hydrated(seven).client.max_retries == 7
 
 
-def test_a_deployments_flow_run_process_starts_the_fork_server_as_it_loads_the_score_flow(
+def test_a_deployments_flow_run_process_forks_the_fork_server_once_the_score_flow_is_loaded(
     prefect_api, sample, tmp_path
 ):
     """`workers.start_for_deployment_run`: with PREFECT__FLOW_RUN_ID set (a process a Prefect
     worker started for one flow run), loading `flows.score` starts the fork server, when
     the run's config (a parameter, read from the API) uses the process pool; not for a Dask
-    runner, and not outside a flow-run process."""
+    runner, and not outside a flow-run process. It is a fork of that process (its command
+    line), made once the module is complete: a worker's `flows.score` has every name the
+    process's has (forked as the module began loading, the workers failed every task)."""
+    import json
     import subprocess
     import sys
+    import textwrap
 
     from helpers import write_config
     from prefect.client.orchestration import get_client
@@ -244,18 +248,34 @@ def test_a_deployments_flow_run_process_starts_the_fork_server_as_it_loads_the_s
     def placeholder(config: str = "batchscore.toml"):
         pass
 
-    def fork_server_after_loading(config: Path, in_flow_run: bool = True) -> bool:
+    code = textwrap.dedent(
+        """
+        import json
+        from concurrent.futures import ProcessPoolExecutor
+        from multiprocessing import forkserver
+
+        import flows.score
+        from batchscore.workers import forkserver_context
+
+        pid = forkserver._forkserver._forkserver_pid
+        found = {"started": pid is not None}
+        if pid is not None:
+            with open("/proc/self/cmdline", "rb") as own, open(f"/proc/{pid}/cmdline", "rb") as its:
+                found["forked"] = own.read() == its.read()
+            names = "sorted(vars(__import__('sys').modules['flows.score']))"
+            with ProcessPoolExecutor(1, mp_context=forkserver_context()) as pool:
+                found["complete"] = pool.submit(eval, names).result(60) == sorted(vars(flows.score))
+        print(json.dumps(found))
+        """
+    )
+
+    def after_loading(config: Path, in_flow_run: bool = True) -> dict:
         env = {**os.environ}
         env.pop("PREFECT__FLOW_RUN_ID", None)
         if in_flow_run:
             with get_client(sync_client=True) as client:
                 run = client.create_flow_run(placeholder, parameters={"config": str(config)})
             env["PREFECT__FLOW_RUN_ID"] = str(run.id)
-        code = (
-            "import flows.score\n"
-            "from multiprocessing import forkserver\n"
-            "print(forkserver._forkserver._forkserver_pid is not None)\n"
-        )
         done = subprocess.run(
             [sys.executable, "-c", code],
             cwd=ROOT,
@@ -265,11 +285,11 @@ def test_a_deployments_flow_run_process_starts_the_fork_server_as_it_loads_the_s
             timeout=120,
         )
         assert done.returncode == 0, done.stderr[-3000:]
-        return done.stdout.strip() == "True"
+        return json.loads(done.stdout.strip().splitlines()[-1])
 
-    assert fork_server_after_loading(sample)
-    assert not fork_server_after_loading(dask)
-    assert not fork_server_after_loading(sample, in_flow_run=False)
+    assert after_loading(sample) == {"started": True, "forked": True, "complete": True}
+    assert after_loading(dask) == {"started": False}
+    assert after_loading(sample, in_flow_run=False) == {"started": False}
 
 
 def test_an_interrupted_pool_does_not_wait_for_a_result_its_killed_worker_half_wrote():
