@@ -90,9 +90,10 @@ class ScoringConfig(_Table):
     chunk_rows: int = Field(default=250_000, gt=0)
     # Worker processes; 0 means one per core.
     workers: int = Field(default=0, ge=0)
-    # A run holds a lease per partition it scores; a lease outlives a holder on another host
-    # that died by this long (a dead holder on the same host is noticed at once).
-    lease_minutes: float = Field(default=360.0, gt=0.0)
+    # A run holds a lease per partition it scores and renews it every quarter of this while
+    # it runs; a lease held from another machine is taken over once it has gone this long
+    # without renewal (a holder on this machine is judged by whether its process lives).
+    lease_minutes: float = Field(default=10.0, gt=0.0)
     # The scoring engine (batchscore/engine.py): "compiled" = the trees compiled to native
     # code by lleaves, verified against LightGBM; "lightgbm" = Booster.predict; "auto" =
     # compiled when it can be, else LightGBM with a logged reason.

@@ -39,6 +39,14 @@ HELD = "_HELD"
 # Where a partition's hold goes when it has a complete earlier output (a `--rescore` held):
 # `quarantine/dt=D/_held/`, beside that output's quarantine files, which stay as they are.
 HELD_BESIDE = "_held"
+# A partition whose outputs are being replaced: `_staging/publishing-dt=D.json`, written
+# before its quarantine and drift report are moved into place and deleted once its scores
+# (with `_SUCCESS`) are. One left behind marks a publish that was interrupted between them.
+PUBLISHING = "publishing-"
+
+
+def publishing_marker(partition: str) -> tuple[str, str]:
+    return "_staging", f"{PUBLISHING}dt={partition}.json"
 
 
 @dataclass(frozen=True)
@@ -143,16 +151,23 @@ def pending(
     partitions: list[str],
     rescore: bool,
     changed: dict[str, str] | None = None,
+    interrupted: dict[str, str] | None = None,
 ) -> list[str]:
     """Partitions with no complete output from the current champion, whose last attempt was
-    held after one (`held_beside_output`), or whose files changed since their output
-    (`source_changes`, put in `changed` when given); all of them on rescore."""
+    held after one (`held_beside_output`), whose publishing was interrupted
+    (`interrupted_publishing`, put in `interrupted` when given), or whose files changed
+    since their output (`source_changes`, put in `changed`); all of them on rescore."""
     if rescore:
         return list(partitions)
     out = []
+    stopped = interrupted_publishing(config)
     for p in partitions:
         done = manifest(config, p)
-        if (
+        if p in stopped:
+            out.append(p)
+            if interrupted is not None:
+                interrupted[p] = stopped[p]
+        elif (
             done is None
             or done.get("model_version") != model.version
             or done.get("model_name") != model.name
@@ -191,6 +206,21 @@ def source_changes(config: Config, partition: str, done: dict) -> str:
         changes.append(f"removed {', '.join(removed)}")
     changes += [f"{f} is {now[f]:,} bytes, was {before[f]:,}" for f in resized]
     return "; ".join(changes)
+
+
+def interrupted_publishing(config: Config) -> dict[str, str]:
+    """The partitions whose last publishing stopped part way, each with its marker
+    (`publishing_marker`, left behind): its quarantine and drift report may be the newer
+    attempt's while its scores and `_SUCCESS` are still the earlier output's. Publishing
+    the partition again makes them one run's. One listing of `_staging/`."""
+    staging = Location(config.store).child("_staging")
+    found = {}
+    for entry in staging.list():
+        name = entry.base_name
+        day = parse_partition_dir(name.removeprefix(PUBLISHING).removesuffix(".json"))
+        if name.startswith(PUBLISHING) and day is not None:
+            found[day.isoformat()] = staging.path(name)
+    return found
 
 
 def held_beside_output(config: Config, partition: str) -> bool:
@@ -259,7 +289,11 @@ def plan_partition(config: Config, partition: str, model: ModelRef) -> Partition
         if file_problems:
             continue
         meta = parquet.metadata
-        described.append({"file": rel, "size": entry.size, "rows": meta.num_rows})
+        # The modification time too: chunks staged from a file rewritten since (same name,
+        # size and rows, other values) must not be reused.
+        described.append(
+            {"file": rel, "size": entry.size, "rows": meta.num_rows, "mtime": entry.mtime_ns}
+        )
         rows_in += meta.num_rows
         cut = _cut(rel, meta, config.scoring.chunk_rows, config.scoring.worker_count)
         pieces.extend((piece, alone, schema) for piece, alone in cut)

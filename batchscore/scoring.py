@@ -45,11 +45,12 @@ from batchscore.partitions import (
     PartitionPlan,
     Piece,
     plan_to_json,
+    publishing_marker,
     unreadable,
     with_id_types,
 )
 from batchscore.registry import LoadedModel, ModelRef, utc_now
-from batchscore.storage import Location
+from batchscore.storage import Location, check_lease
 from batchscore.validation import FileProblem, RowVerdict, validate_chunk, warm_up_validation
 from drift import (
     SCORE_FEATURE,
@@ -148,7 +149,7 @@ def score_chunk(
     staging = staging_location(config, plan, model)
     name = f"part-{chunk.index:05d}"
     done = staging.read_json_or_none("chunks", f"{name}.json")
-    if done is not None:
+    if done is not None and all(staging.exists(*f) for f in _chunk_files(name, done)):
         return ChunkResult(**{**done, "reused": True})
 
     timings = dict.fromkeys(("read", "validate", "score", "write", "drift"), 0.0)
@@ -234,6 +235,17 @@ def score_chunk(
     # (tens of thousands of sketch entries) cost a tenth of a second per chunk.
     staging.write_json(dict(vars(result)), "chunks", f"{name}.json", readable=False)
     return result
+
+
+def _chunk_files(name: str, result: dict) -> list[tuple[str, str]]:
+    """A finished chunk's staged files. A chunk is reused only while they are all there: a
+    publishing interrupted after it moved the partition's quarantine into place took that
+    chunk's rejected rows with it, and reusing its record alone would publish a
+    quarantine without them."""
+    files = [("scores", f"{name}.parquet")]
+    if result["rows_quarantined"]:
+        files.append(("quarantine", f"{name}.parquet"))
+    return files
 
 
 def prepare_worker(config: Config, model: ModelRef) -> None:
@@ -510,9 +522,18 @@ class PartitionOutcome:
 
 
 def publish_partition(
-    config: Config, plan: PartitionPlan, model: ModelRef, results: list[ChunkResult], run_id: str
+    config: Config,
+    plan: PartitionPlan,
+    model: ModelRef,
+    results: list[ChunkResult],
+    run_id: str,
+    lease: dict | None = None,
 ) -> PartitionOutcome:
-    """Check the accounting, then make the partition's outputs visible in one rename each."""
+    """Check the accounting and the staged files, then make the partition's outputs visible
+    in one rename each: quarantine, drift report, then scores with `_SUCCESS`, the mark of a
+    complete partition. A marker (`publishing_marker`) stands from before the first rename to after
+    the last, so that a publishing interrupted between them is done again by the next run.
+    With `lease` (the run's on the partition), nothing is published once it was lost."""
     started = time.perf_counter()
     store = Location(config.store)
     staging = staging_location(config, plan, model)
@@ -530,6 +551,19 @@ def publish_partition(
             f"partition {plan.partition}: rows in {plan.rows_in} (footers), read {read}, "
             f"scored {scored} + quarantined {quarantined} = {scored + quarantined}; "
             "nothing was published"
+        )
+    staged = set(staging.files())
+    missing = [
+        "/".join(f)
+        for r in results
+        for f in _chunk_files(f"part-{r.index:05d}", vars(r))
+        if "/".join(f) not in staged
+    ]
+    if missing:
+        raise AccountingError(
+            f"partition {plan.partition}: {len(missing)} staged file(s) of its finished chunks "
+            f"are missing from {staging.uri} ({', '.join(missing[:3])}"
+            f"{', ...' if len(missing) > 3 else ''}); nothing was published"
         )
     failed: dict[str, int] = {}
     unseen: dict[str, int] = {}
@@ -571,6 +605,8 @@ def publish_partition(
             f"failed validation, more than [validation] max_bad_row_fraction = {limit}"
         )
         staging.delete_dir("scores")
+        if lease is not None:
+            check_lease(lease)
         kept = _earlier_output(store, plan.partition)
         staging.write_json(
             {
@@ -599,6 +635,10 @@ def publish_partition(
             (reason, *_kept_note(kept, where)),
         )
     status = "scored" if plan.rows_in else "empty"
+    if lease is not None:
+        check_lease(lease)
+    marker = publishing_marker(plan.partition)
+    store.write_json({"run_id": run_id, "started_at": utc_now(), "staging": staging.uri}, *marker)
     if quarantined:
         staging.write_json(
             {**base, "status": status, "rows_quarantined": quarantined}, "quarantine", "_MANIFEST"
@@ -635,6 +675,7 @@ def publish_partition(
         SUCCESS,
     )
     store.publish_dir(staging.child("scores"), "scores", f"dt={plan.partition}")
+    store.delete_file(*marker)
     _delete_staging(store, plan.partition)
     reused = sum(r.reused for r in results)
     rows = drift.select(["feature", "method", "statistic", "threshold", "drifted"]).to_pylist()
@@ -739,10 +780,11 @@ def _methods(feature: str, reference) -> tuple[str, ...]:
 
 
 def hold_partition(
-    config: Config, plan: PartitionPlan, model: ModelRef, run_id: str
+    config: Config, plan: PartitionPlan, model: ModelRef, run_id: str, lease: dict | None = None
 ) -> PartitionOutcome:
     """File-level problems: nothing of the partition is scored; the files and reasons are
-    listed in `<store>/quarantine/dt=D/_HELD`, which replaces that folder whole."""
+    listed in `<store>/quarantine/dt=D/_HELD`, which replaces that folder whole (with
+    `lease`, the run's on the partition: not once it was lost)."""
     reasons = tuple(f"{p.file}: {p.reason}" for p in plan.problems)
     store = Location(config.store)
     staging = store.child("_staging", f"held-{plan.partition}-{uuid.uuid4().hex[:8]}")
@@ -761,6 +803,8 @@ def hold_partition(
         },
         HELD,
     )
+    if lease is not None:
+        check_lease(lease)
     where = _publish_hold(store, staging, plan.partition, kept)
     # Nothing staged for the partition is published: chunks scored before another chunk
     # met an undecodable file, or what an earlier attempt left.

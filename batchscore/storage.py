@@ -14,7 +14,10 @@ Owns the rules that keep readers safe, on a local disk and on object storage (S3
 - Leases (one run per partition, one promotion at a time): an exclusive create (O_EXCL
   locally, a conditional PUT with `If-None-Match: *` on S3), taken over when stale by a
   rename (locally) or a PUT conditional on the stale lease's ETag (S3), so only one
-  contender ever wins.
+  contender ever wins. A lease is stale when its holder is a process of this machine that
+  no longer exists, or, held from another machine, once it has expired; its holder renews
+  it while it works (`LeaseKeeper`), and checks it still holds it before it publishes
+  (`check_lease`).
 
 Partition folder names are parsed strictly so nothing outside `dt=YYYY-MM-DD` is ever read.
 An S3 location is `s3://bucket/prefix`, optionally with pyarrow's query options, e.g.
@@ -28,9 +31,11 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import json
+import logging
 import os
 import re
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -43,6 +48,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 
+_log = logging.getLogger("batchscore.storage")
 PARTITION_RE = re.compile(r"^dt=(\d{4}-\d{2}-\d{2})$")
 
 
@@ -194,6 +200,10 @@ class Location:
         (someone was first). Local folders use O_EXCL files and renames instead."""
         return _S3Conditional(self).create_exclusive("/".join(parts), data)
 
+    def delete_file(self, *parts: str) -> None:
+        with suppress(FileNotFoundError):
+            self.fs.delete_file(self.path(*parts))
+
     def delete_dir(self, *parts: str) -> None:
         if self.exists(*parts):
             self.fs.delete_dir(self.path(*parts))
@@ -269,13 +279,18 @@ class LeaseBusy(StorageError):
     """Another live holder has the lease."""
 
 
+class LeaseLost(StorageError):
+    """A holder's lease was taken over by another run (`check_lease`)."""
+
+
 def try_lease(location: Location, name: str, ttl_seconds: float) -> tuple[dict | None, dict | None]:
     """Take the lease `name` under `location` if it is free: (our lease, None) or (None, holder).
 
-    A lease is a file created exclusively. It is free when absent, expired, or held by a
-    process of this host that no longer exists (a holder killed with -9 leaves its file
-    behind; its pid tells it is gone). A stale lease is moved aside by rename (on S3:
-    overwritten by a PUT conditional on its ETag), which only one contender can win.
+    A lease is a file created exclusively. It is free when absent, or stale (`_stale`): held
+    by a process of this machine that no longer exists (a holder killed with -9 leaves its
+    file behind), or from another machine and expired. A stale lease is moved aside by
+    rename (on S3: overwritten by a PUT conditional on its ETag), which only one contender
+    can win.
     """
     if not location.is_local:
         return _S3Conditional(location).try_lease(name, ttl_seconds)
@@ -310,11 +325,104 @@ def _new_lease(path: str, ttl_seconds: float, **extra: str) -> dict:
         "token": uuid.uuid4().hex,
         "pid": os.getpid(),
         "host": socket.gethostname(),
+        "process": _process_identity(os.getpid()),
         "acquired_at": now,
         "expires_at": now + ttl_seconds,
+        "ttl_seconds": ttl_seconds,
         "path": path,
         **extra,
     }
+
+
+def _process_identity(pid: int) -> str | None:
+    """Who process `pid` is, on Linux: the boot, the pid namespace, the pid and the start
+    time. A lease's holder is alive exactly when a process of that identity exists: a pid
+    alone may have been reused by another process, and another container of this host (its
+    own pid namespace) or the machine before a reboot has pids this process cannot see.
+    None elsewhere, or when `pid` does not exist."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as fh:
+            boot = fh.read().strip()
+        namespace = os.readlink(f"/proc/{pid}/ns/pid")
+        with open(f"/proc/{pid}/stat") as fh:
+            stat = fh.read()
+    except OSError:
+        return None
+    started = stat[stat.rindex(")") + 2 :].split()[19]  # field 22, in clock ticks since boot
+    return f"{boot}/{namespace}/{pid}/{started}"
+
+
+def check_lease(lease: dict) -> None:
+    """Raise `LeaseLost` unless `lease` is still its holder's, as publishing needs: a run
+    stalled beyond its lease's expiry (from another machine) may have lost its partitions to
+    another run, which then publishes them."""
+    if "uri" in lease:
+        current, _ = _S3Conditional(Location(lease["uri"])).read_lease(lease["name"])
+    else:
+        current = _read_lease(lease["path"])
+    if current is None or current.get("token") != lease["token"]:
+        holder = (
+            f"held by pid {current.get('pid')} on {current.get('host')}" if current else "released"
+        )
+        raise LeaseLost(
+            f"{lease['path']}: this run's lease was taken over (now {holder}); another run "
+            "scores this partition, and this run publishes nothing of it"
+        )
+
+
+def renew_lease(lease: dict) -> bool:
+    """Move `lease`'s expiry `ttl_seconds` past now, if it is still ours: False if it is not."""
+    body = {**lease, "expires_at": time.time() + lease["ttl_seconds"]}
+    if "uri" in lease:
+        renewed = _S3Conditional(Location(lease["uri"])).renew(body)
+    else:
+        current = _read_lease(lease["path"])
+        renewed = current is not None and current.get("token") == lease["token"]
+        if renewed:
+            folder, name = os.path.split(lease["path"])
+            temporary = _temporary(folder, name)
+            with open(temporary, "w") as fh:
+                json.dump(body, fh)
+            os.replace(temporary, lease["path"])
+    if renewed:
+        lease["expires_at"] = body["expires_at"]
+    return renewed
+
+
+class LeaseKeeper:
+    """Renews `leases` every quarter of their time to live until the block ends: a run that
+    takes longer than `[scoring] lease_minutes` keeps its partitions (from another machine,
+    an expired lease may be taken over). A lease found lost is no longer renewed; its
+    partition's publishing refuses (`check_lease`)."""
+
+    def __init__(self, leases: list[dict]):
+        self.leases = list(leases)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> LeaseKeeper:
+        if self.leases:
+            interval = min(lease["ttl_seconds"] for lease in self.leases) / 4
+            self._thread = threading.Thread(
+                target=self._renew_every, args=(interval,), name="renew-leases", daemon=True
+            )
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _renew_every(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            for lease in list(self.leases):
+                try:
+                    if not renew_lease(lease):
+                        self.leases.remove(lease)
+                        _log.warning("%s: lease lost, no longer renewed", lease["path"])
+                except Exception as exc:  # a storage hiccup: tried again at the next turn
+                    _log.warning("%s: could not renew the lease: %s", lease["path"], exc)
 
 
 def release_lease(lease: dict) -> None:
@@ -351,16 +459,33 @@ def lease(
 
 
 def _stale(holder: dict, now: float) -> bool:
-    if holder.get("expires_at", 0) < now:
-        return True
-    if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int):
-        try:
-            os.kill(holder["pid"], 0)
-        except ProcessLookupError:
-            return True  # its holder died without releasing it
-        except PermissionError:
-            return False  # alive, another user's
-    return False
+    """Whether a lease may be taken over: its holder is a process of this machine that no
+    longer exists, whatever its expiry (a live holder keeps it, however long its run); from
+    another machine, whose processes cannot be seen from here, once it has expired (its
+    holder renews it while it runs)."""
+    alive = _holder_alive(holder)
+    if alive is not None:
+        return not alive
+    return holder.get("expires_at", 0) < now
+
+
+def _holder_alive(holder: dict) -> bool | None:
+    """Whether the lease's holder process exists; None when that cannot be seen from here."""
+    pid = holder.get("pid")
+    if holder.get("host") != socket.gethostname() or not isinstance(pid, int):
+        return None
+    recorded, ours = holder.get("process"), _process_identity(os.getpid())
+    if recorded and ours:
+        if recorded.rsplit("/", 2)[0] != ours.rsplit("/", 2)[0]:
+            return None  # another boot, or another container's pid namespace
+        return _process_identity(pid) == recorded
+    try:  # a lease without an identity (elsewhere than Linux, or an older batchscore)
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False  # its holder died without releasing it
+    except PermissionError:
+        return None  # alive, another user's: judged by its expiry, as before
+    return None
 
 
 class _S3Conditional:
@@ -452,6 +577,26 @@ class _S3Conditional:
                     ) from exc
         raise LeaseBusy(f"s3://{self.bucket}/{key}: could not take the lease after 10 attempts")
 
+    def read_lease(self, name: str) -> tuple[dict | None, str | None]:
+        return self._read(self.key(name))
+
+    def renew(self, body: dict) -> bool:
+        from botocore.exceptions import ClientError
+
+        key = self.key(body["name"])
+        current, etag = self._read(key)
+        if current is None or current.get("token") != body["token"]:
+            return False
+        try:
+            self.client.put_object(
+                Bucket=self.bucket, Key=key, Body=json.dumps(body).encode(), IfMatch=etag
+            )
+        except ClientError as exc:
+            if _precondition_failed(exc) or _not_found(exc):
+                return False  # taken over (or released) between our read and our write
+            raise
+        return True
+
     def release(self, lease: dict) -> None:
         from botocore.exceptions import ClientError
 
@@ -474,7 +619,12 @@ class _S3Conditional:
             if _not_found(exc):
                 return None, None
             raise
-        return json.loads(got["Body"].read()), got["ETag"]
+        try:
+            body = json.loads(got["Body"].read())
+        except ValueError:  # as `_read_lease`: held for a minute after it was written
+            written = got["LastModified"].timestamp()
+            body = {"expires_at": written + UNWRITTEN_LEASE_SECONDS, "unreadable": True}
+        return body, got["ETag"]
 
 
 def _precondition_failed(exc) -> bool:
@@ -516,8 +666,18 @@ def _read_lease(path: str) -> dict | None:
     except FileNotFoundError:
         return None
     except ValueError:
-        # Created but not yet written by its holder: treat as live, never as stale.
-        return {"expires_at": float("inf")}
+        # Created but not yet written by its holder (it writes right after its exclusive
+        # create): live for a minute after the file was last changed. After that, a holder
+        # killed (or out of disk) between the create and the write left it: stale.
+        try:
+            changed = os.stat(path).st_mtime
+        except FileNotFoundError:
+            return None
+        return {"expires_at": changed + UNWRITTEN_LEASE_SECONDS, "unreadable": True}
+
+
+# How long an empty or unparsable lease file counts as being written by its holder.
+UNWRITTEN_LEASE_SECONDS = 60.0
 
 
 def _temporary(folder: str, name: str) -> str:

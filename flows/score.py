@@ -42,6 +42,7 @@ from batchscore.config import DEFAULT_CONFIG, Config, load_config
 from batchscore.policy import RetrainDecision
 from batchscore.registry import ModelRef
 from batchscore.scoring import PartitionHeld, PartitionOutcome, UnreadableFile
+from batchscore.storage import LeaseKeeper
 from batchscore.validation import FileProblem
 from flows.retrain import retrain
 from tasks.common import Sealed
@@ -73,7 +74,9 @@ def score(config: str = DEFAULT_CONFIG, partition: str | None = None, rescore: b
     workers = ExitStack()
     try:
         runner = workers.enter_context(task_runner(cfg))
-        outcomes, failures = score_partitions(runner, cfg, model, todo, run_id)
+        with LeaseKeeper(leases):  # renewed while the run lasts, however long
+            leased = dict(zip(todo, leases, strict=True))
+            outcomes, failures = score_partitions(runner, cfg, model, leased, run_id)
         performance = measure_all(runner, cfg, run_id)
     except BaseException:
         workers.__exit__(*sys.exc_info())  # an interrupt stops them at once
@@ -365,9 +368,10 @@ def _record_stopped(task_run_ids: list, state, deadline: float) -> None:
 
 
 def score_partitions(
-    runner: TaskRunner, cfg: Config, model: ModelRef, todo: list[str], run_id: str
+    runner: TaskRunner, cfg: Config, model: ModelRef, leased: dict[str, dict | None], run_id: str
 ) -> tuple[list[PartitionOutcome], list[str]]:
-    """Plan every partition, score all their chunks at once, publish each when its are done.
+    """Plan every partition (`leased`: each with the run's lease on it), score all their
+    chunks at once, publish each when its are done (while its lease is still the run's).
 
     With the process pool, work that fits in one chunk (all partitions together, by their
     footers) is planned and scored in this process: starting the workers (their fork server
@@ -384,6 +388,7 @@ def score_partitions(
     """
     from batchscore.partitions import rows_at_most
 
+    todo = list(leased)
     small = cfg.scoring.runner == "process" and rows_at_most(cfg, todo, cfg.scoring.chunk_rows)
     submit = _in_process if small else runner.submit
     last_in_worker = cfg.scoring.runner == "process" and not small
@@ -441,7 +446,11 @@ def score_partitions(
             results, unreadable = _chunk_results(chunks, progress)
             if plan.held or unreadable:
                 hold_partition(
-                    cfg, replace(plan, problems=plan.problems + unreadable), model, run_id
+                    cfg,
+                    replace(plan, problems=plan.problems + unreadable),
+                    model,
+                    run_id,
+                    leased[plan.partition],
                 )
             else:
                 where = submit if last_in_worker and i == len(work) - 1 else _in_process
@@ -453,6 +462,7 @@ def score_partitions(
                         "model": model,
                         "results": Sealed(results),
                         "run_id": run_id,
+                        "lease": leased[plan.partition],
                     },
                 )
                 outcomes.append(published.result())

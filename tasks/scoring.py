@@ -36,7 +36,15 @@ def find_partitions(
             )
         candidates = [partition]
     changed: dict[str, str] = {}
-    todo = partitions.pending(config, model, candidates, rescore, changed)
+    interrupted: dict[str, str] = {}
+    todo = partitions.pending(config, model, candidates, rescore, changed, interrupted)
+    for name, marker in interrupted.items():
+        logger.warning(
+            "partition %s: its last publishing was interrupted (%s is left), so its "
+            "quarantine and drift report may be newer than its scores; publishing it again",
+            name,
+            marker,
+        )
     for name, change in changed.items():
         logger.warning(
             "partition %s changed since %s %s scored it: %s; scoring it again",
@@ -94,8 +102,9 @@ def publish_partition(
     model: ModelRef,
     results: Sealed[list[ChunkResult]],
     run_id: str,
+    lease: dict | None = None,
 ) -> PartitionOutcome:
-    outcome = scoring.publish_partition(config, partition_plan, model, results.value, run_id)
+    outcome = scoring.publish_partition(config, partition_plan, model, results.value, run_id, lease)
     _log(outcome)
     if outcome.status == "held":
         raise PartitionHeld(outcome)  # the task run ends Failed with the reason
@@ -104,9 +113,9 @@ def publish_partition(
 
 @task(name="hold-partition", task_run_name="hold {plan.partition}", **TASK_DEFAULTS)
 def hold_partition(
-    config: Config, plan: PartitionPlan, model: ModelRef, run_id: str
+    config: Config, plan: PartitionPlan, model: ModelRef, run_id: str, lease: dict | None = None
 ) -> PartitionOutcome:
-    outcome = scoring.hold_partition(config, plan, model, run_id)
+    outcome = scoring.hold_partition(config, plan, model, run_id, lease)
     _log(outcome)
     raise PartitionHeld(outcome)  # the task run ends Failed with the reason
 
@@ -120,8 +129,9 @@ def claim_partitions(
     """Take a lease on each pending partition; skip those another live run is scoring.
 
     Under its lease a partition is checked again: a run that held it may have just
-    published it. The leases belong to this (the flow's) process: if it is killed, the next
-    run on this host takes them over at once; from another host, after `lease_minutes`.
+    published it. The leases belong to this (the flow's) process, which renews them while
+    it runs (`storage.LeaseKeeper`): if it is killed, the next run on this host takes them
+    over at once; from another host, `lease_minutes` after their last renewal.
     """
     logger = get_run_logger()
     leases_at = Location(config.store).child("_leases")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import lightgbm as lgb
 import numpy as np
+import pyarrow as pa
 import pyarrow.dataset as pads
 import pytest
 from helpers import write_config
@@ -25,7 +26,7 @@ from batchscore.config import ConfigError, load_config
 from batchscore.drift_store import COUNTS_FILE, HTML_FILE, REPORT_FILE
 from batchscore.partitions import Chunk, PartitionPlan, Piece
 from batchscore.registry import Registry
-from batchscore.scoring import ChunkResult, publish_partition
+from batchscore.scoring import ChunkResult, publish_partition, staging_location
 from drift import DRIFT_REPORT_SCHEMA, ReferenceProfile, evaluate, merge_all
 
 FEATURES = ["amount", "channel"]
@@ -97,6 +98,11 @@ def _publish(config, model, day: str, parts: list[dict]):
         ChunkResult(day, i, n, n, 0, drift_counts={f: c.to_dict() for f, c in p.items()})
         for i, (n, p) in enumerate(zip(rows, parts, strict=True))
     ]
+    staging = staging_location(config, plan, model)
+    for r in results:  # publishing checks a finished chunk's files are staged
+        staging.write_parquet(
+            pa.table({"score": pa.array([], pa.float64())}), "scores", f"part-{r.index:05d}.parquet"
+        )
     return publish_partition(config, plan, model, results, run_id="test-run")
 
 

@@ -14,7 +14,14 @@ from helpers import SAMPLE, copy_sample, write_config
 from objectstore import download, keys, new_bucket, upload
 
 from batchscore.config import load_config
-from batchscore.storage import Location, release_lease, try_lease
+from batchscore.storage import (
+    LeaseLost,
+    Location,
+    check_lease,
+    release_lease,
+    renew_lease,
+    try_lease,
+)
 from batchscore.training import train
 from flows.score import score
 
@@ -138,17 +145,26 @@ def test_a_second_run_on_s3_has_nothing_to_do(runs):
 
 def test_s3_leases_exclude_a_second_holder_and_take_over_an_expired_one(s3_api):
     leases = Location(f"s3://{new_bucket()}/store/_leases")
-    ours, holder = try_lease(leases, "dt=2026-10-01.lease", ttl_seconds=600)
+    name = "dt=2026-10-01.lease"
+    ours, holder = try_lease(leases, name, ttl_seconds=600)
     assert ours is not None and holder is None
-    again, holder = try_lease(leases, "dt=2026-10-01.lease", ttl_seconds=600)
+    again, holder = try_lease(leases, name, ttl_seconds=600)
     assert again is None and holder["token"] == ours["token"]
     release_lease(ours)
-    short, _ = try_lease(leases, "dt=2026-10-01.lease", ttl_seconds=-1)  # already expired
-    taken, _ = try_lease(leases, "dt=2026-10-01.lease", ttl_seconds=600)
+    short, _ = try_lease(leases, name, ttl_seconds=-1)  # already expired ...
+    # ... and held from another machine (a holder on this one is kept while it lives).
+    leases.write_bytes(json.dumps({**short, "host": "elsewhere"}).encode(), name)
+    taken, _ = try_lease(leases, name, ttl_seconds=600)
     assert taken is not None and taken["token"] != short["token"]
     release_lease(short)  # no longer its lease: must not delete the new holder's
-    busy, holder = try_lease(leases, "dt=2026-10-01.lease", ttl_seconds=600)
+    busy, holder = try_lease(leases, name, ttl_seconds=600)
     assert busy is None and holder["token"] == taken["token"]
+    # Renewed by a conditional PUT while it is the holder's; lost once taken over.
+    assert renew_lease(taken) and leases.read_json(name)["expires_at"] == taken["expires_at"]
+    check_lease(taken)
+    assert renew_lease(short) is False
+    with pytest.raises(LeaseLost):
+        check_lease(short)
 
 
 def test_publishing_on_s3_replaces_a_folder_whole_and_leaves_no_staging(s3_api):

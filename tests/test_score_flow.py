@@ -481,7 +481,7 @@ def test_work_of_one_chunk_is_scored_in_the_flow_process_and_more_in_workers(
         model = Registry(cfg.store, cfg.dataset.name).champion_ref()
         with ForkedProcessPool(max_workers=1) as pool:
             runner = _RecordingRunner(pool)
-            outcomes, failures = score_partitions(runner, cfg, model, [day], "run")
+            outcomes, failures = score_partitions(runner, cfg, model, {day: None}, "run")
         assert failures == [] and [o.status for o in outcomes] == ["scored"]
         assert runner.submitted == expected
         scores[chunk_rows] = _scores(tmp_path / f"store-{chunk_rows}", day)
@@ -512,7 +512,7 @@ def test_partitions_are_published_as_their_chunks_finish_and_the_last_in_a_worke
     model = Registry(cfg.store, cfg.dataset.name).champion_ref()
     with ForkedProcessPool(max_workers=2) as pool:
         runner = _RecordingRunner(pool)
-        outcomes, failures = score_partitions(runner, cfg, model, days, "run")
+        outcomes, failures = score_partitions(runner, cfg, model, dict.fromkeys(days), "run")
     assert failures == [] and [(o.partition, o.status) for o in outcomes] == [
         (d, "scored") for d in days
     ]

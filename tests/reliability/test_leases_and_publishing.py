@@ -1,0 +1,225 @@
+"""Leases and publishing: a partition is published by the run holding its lease, whole, once.
+
+A live holder on this machine keeps its lease past its expiry; a holder's lease is renewed
+while it runs; a run that lost its lease publishes nothing; a publishing stopped between its
+renames is done again by the next run, with every rejected row; chunks staged from a file
+since rewritten are not reused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from helpers import write_config
+
+from batchscore import partitions, scoring
+from batchscore.config import load_config
+from batchscore.registry import Registry
+from batchscore.storage import (
+    UNWRITTEN_LEASE_SECONDS,
+    LeaseKeeper,
+    LeaseLost,
+    Location,
+    check_lease,
+    release_lease,
+    renew_lease,
+    try_lease,
+)
+from batchscore.training import train
+
+NAME = "dt=2026-10-11.lease"
+DAY = "2026-10-11"  # 20,000-odd rows of the sample, some of them rejected by validation
+
+HOLD_A_LEASE = """
+import sys
+from batchscore.storage import Location, try_lease
+ours, holder = try_lease(Location(sys.argv[1]), sys.argv[2], ttl_seconds=0.01)
+print("held" if ours else f"busy {holder}", flush=True)
+sys.stdin.read()  # until the test closes it
+"""
+
+
+def test_a_live_holder_on_this_machine_keeps_its_lease_past_its_expiry(tmp_path):
+    leases = Location(str(tmp_path / "_leases"))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_A_LEASE, leases.uri, NAME],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        time.sleep(0.05)  # its lease has expired; its holder lives
+        ours, seen = try_lease(leases, NAME, ttl_seconds=60)
+        assert ours is None and seen["pid"] == holder.pid
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    ours, seen = try_lease(leases, NAME, ttl_seconds=60)  # its holder is gone
+    assert ours is not None and seen is None
+    release_lease(ours)
+
+
+def _rewrite(path: Path, **changes) -> None:
+    body = json.loads(path.read_text())
+    path.write_text(json.dumps({**body, **changes}))
+
+
+def test_a_lease_is_judged_by_its_holder_process_not_its_pid_alone(tmp_path):
+    leases = Location(str(tmp_path / "_leases"))
+    path = tmp_path / "_leases" / NAME
+    ours, _ = try_lease(leases, NAME, ttl_seconds=3600)
+    boot, namespace, pid, started = ours["process"].rsplit("/", 3)
+    # Our pid, but another process (the pid was reused): its holder is gone.
+    _rewrite(path, token="other", process=f"{boot}/{namespace}/{pid}/{int(started) - 1}")
+    taken, seen = try_lease(leases, NAME, ttl_seconds=3600)
+    assert taken is not None and seen is None
+    # A holder in another pid namespace (another container of this machine) or before a
+    # reboot cannot be seen from here: its lease holds until it expires, then goes.
+    for process in (f"{boot}/pid:[1]/{pid}/{started}", f"other-boot/{namespace}/{pid}/{started}"):
+        _rewrite(path, token="other", process=process, expires_at=time.time() + 3600)
+        busy, seen = try_lease(leases, NAME, ttl_seconds=3600)
+        assert busy is None and seen["process"] == process
+        _rewrite(path, expires_at=time.time() - 1)
+        taken, seen = try_lease(leases, NAME, ttl_seconds=3600)
+        assert taken is not None and seen is None
+    # Another machine's, the same.
+    _rewrite(path, token="other", host="elsewhere", expires_at=time.time() + 3600)
+    assert try_lease(leases, NAME, ttl_seconds=3600)[0] is None
+    _rewrite(path, expires_at=time.time() - 1)
+    assert try_lease(leases, NAME, ttl_seconds=3600)[0] is not None
+
+
+def test_an_empty_lease_file_is_held_for_a_minute_then_taken_over(tmp_path):
+    """Its holder was killed between creating the file and writing it (or ran out of
+    disk): the partition must not be skipped for ever."""
+    leases = Location(str(tmp_path / "_leases"))
+    path = tmp_path / "_leases" / NAME
+    path.parent.mkdir()
+    path.write_text("")
+    ours, holder = try_lease(leases, NAME, ttl_seconds=60)
+    assert ours is None and holder["unreadable"]
+    past = time.time() - UNWRITTEN_LEASE_SECONDS - 1
+    os.utime(path, (past, past))
+    ours, holder = try_lease(leases, NAME, ttl_seconds=60)
+    assert ours is not None and holder is None
+    assert json.loads(path.read_text())["token"] == ours["token"]
+
+
+def test_a_keeper_renews_its_leases_and_a_lease_taken_over_is_lost(tmp_path):
+    leases = Location(str(tmp_path / "_leases"))
+    path = tmp_path / "_leases" / NAME
+    ours, _ = try_lease(leases, NAME, ttl_seconds=0.4)
+    first = ours["expires_at"]
+    with LeaseKeeper([ours]):
+        time.sleep(0.5)  # renewed every 0.1 s: never expired
+        assert json.loads(path.read_text())["expires_at"] > time.time()
+    assert ours["expires_at"] > first
+    check_lease(ours)
+    _rewrite(path, token="another run's", pid=1)  # taken over
+    assert renew_lease(ours) is False
+    with pytest.raises(LeaseLost, match="taken over .*held by pid 1"):
+        check_lease(ours)
+
+
+@pytest.fixture
+def champion(sample, tmp_path):
+    """The sample's champion and a config scoring DAY in chunks of 3,000 rows."""
+    config = load_config(sample)
+    train(config)
+    path = write_config(
+        tmp_path / "chunks.toml",
+        sample.read_text(),
+        storage={"source": config.source, "store": config.store},
+        scoring={"workers": 1, "chunk_rows": 3_000},
+    )
+    config = load_config(path)
+    return config, Registry(config.store, config.dataset.name).champion_ref()
+
+
+def _stage(config, model, day: str = DAY):
+    plan = partitions.plan_partition(config, day, model)
+    return plan, [scoring.score_chunk(config, c, model, plan, "run-1") for c in plan.chunks]
+
+
+def test_a_run_that_lost_its_lease_publishes_nothing_of_the_partition(champion, tmp_path):
+    config, model = champion
+    plan, results = _stage(config, model)
+    ours, _ = try_lease(Location(config.store).child("_leases"), NAME, ttl_seconds=60)
+    _rewrite(Path(config.store) / "_leases" / NAME, token="another run's")
+    with pytest.raises(LeaseLost):
+        scoring.publish_partition(config, plan, model, results, "run-1", ours)
+    store = Location(config.store)
+    for output in ("scores", "quarantine", "drift"):
+        assert not store.exists(output, f"dt={DAY}")
+    assert not store.exists(*partitions.publishing_marker(DAY))
+
+
+def test_a_publishing_stopped_between_its_renames_is_done_again_with_every_rejected_row(
+    champion, monkeypatch
+):
+    config, model = champion
+    plan, results = _stage(config, model)
+    rejected = sum(r.rows_quarantined for r in results)
+    with_rejects = [r.index for r in results if r.rows_quarantined]
+    assert rejected and 0 < len(with_rejects) < len(results)
+
+    real = Location.publish_dir
+
+    def killed_before_the_scores(self, staging, *parts, **kwargs):
+        if parts[0] == "scores":
+            raise KeyboardInterrupt  # as a kill between the renames would leave it
+        return real(self, staging, *parts, **kwargs)
+
+    monkeypatch.setattr(Location, "publish_dir", killed_before_the_scores)
+    with pytest.raises(KeyboardInterrupt):
+        scoring.publish_partition(config, plan, model, results, "run-1")
+    monkeypatch.setattr(Location, "publish_dir", real)
+    store = Path(config.store)
+    assert (store / "quarantine" / f"dt={DAY}").exists() and not (store / "scores").exists()
+    interrupted: dict[str, str] = {}
+    assert partitions.pending(config, model, [DAY], False, {}, interrupted) == [DAY]
+    assert interrupted[DAY].endswith(f"dt={DAY}.json")
+
+    # The next run: the chunks whose rejected rows were moved with the quarantine are
+    # computed again (reusing their records alone would publish a quarantine without
+    # them), the others are reused.
+    plan, again = _stage(config, model)
+    assert [r.index for r in again if not r.reused] == with_rejects
+    scoring.publish_partition(config, plan, model, again, "run-2")
+    done = json.loads((store / "scores" / f"dt={DAY}" / "_SUCCESS").read_text())
+    assert done["rows_quarantined"] == rejected
+    quarantine = pq.read_table(store / "quarantine" / f"dt={DAY}")
+    assert quarantine.num_rows == rejected
+    assert pq.read_table(store / "scores" / f"dt={DAY}").num_rows == done["rows_scored"]
+    assert partitions.pending(config, model, [DAY], False) == []
+    assert list((store / "_staging").iterdir()) == []
+
+
+def test_publishing_refuses_when_a_finished_chunks_staged_file_is_gone(champion):
+    config, model = champion
+    plan, results = _stage(config, model)
+    staging = scoring.staging_location(config, plan, model)
+    os.remove(staging.path("scores", "part-00001.parquet"))
+    with pytest.raises(scoring.AccountingError, match="scores/part-00001.parquet"):
+        scoring.publish_partition(config, plan, model, results, "run-1")
+    assert not Location(config.store).exists("scores", f"dt={DAY}")
+
+
+def test_chunks_staged_from_a_file_rewritten_since_are_not_reused(champion):
+    """Same name, size and rows, other values: only its modification time tells."""
+    config, model = champion
+    plan, _ = _stage(config, model)
+    first = Path(config.source) / plan.files[0]
+    later = first.stat().st_mtime + 10
+    os.utime(first, (later, later))
+    again, results = _stage(config, model)
+    assert again.fingerprint != plan.fingerprint
+    assert not any(r.reused for r in results)
