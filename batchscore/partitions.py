@@ -102,6 +102,9 @@ class PartitionPlan:
     # Each of `files`' size in bytes, as listed when planning (`_SUCCESS` `file_sizes`: how
     # a later run sees that the partition's source changed, `source_changes`).
     file_sizes: tuple[int, ...] = ()
+    # The partition's rejected rows' schema when its files' schemas differ
+    # (`quarantine_schema`); None when they agree.
+    quarantine_schema: pa.Schema | None = None
 
     @property
     def held(self) -> bool:
@@ -335,7 +338,34 @@ def plan_partition(config: Config, partition: str, model: ModelRef) -> Partition
         tuple(ignored),
         round(time.perf_counter() - started, 3),
         tuple(sizes),
+        quarantine_schema([parquet.schema_arrow for _, parquet in readable]),
     )
+
+
+def quarantine_schema(schemas: list[pa.Schema]) -> pa.Schema | None:
+    """One schema for a partition's rejected rows, when its files' schemas differ: each
+    column with the type its files' types promote to (int64 and double: double; a
+    dictionary as its values), or as text where they promote to none (int64 and string),
+    null where a file lacks it. Rejected rows are kept whole, as read: with each file's own
+    types, the partition's quarantine folder could not be read as one table ("Float value
+    10000.5 was truncated converting to int64"). None when the files agree."""
+    if all(s.remove_metadata().equals(schemas[0].remove_metadata()) for s in schemas[1:]):
+        return None
+    types: dict[str, list[pa.DataType]] = {}
+    for schema in schemas:
+        for f in schema:
+            t = f.type.value_type if pa.types.is_dictionary(f.type) else f.type
+            types.setdefault(f.name, []).append(t)
+    fields = []
+    for name, seen in types.items():
+        try:
+            one = pa.unify_schemas(
+                [pa.schema([(name, t)]) for t in seen], promote_options="permissive"
+            ).field(name)
+        except (pa.ArrowTypeError, pa.ArrowInvalid):
+            one = pa.field(name, pa.large_string())
+        fields.append(one)
+    return pa.schema(fields)
 
 
 def unreadable(size: int, exc: Exception) -> str:
@@ -630,4 +660,6 @@ def _chunks(
 def plan_to_json(plan: PartitionPlan) -> dict:
     out = asdict(plan)
     out["duplicate_ids"] = sorted(map(str, plan.duplicate_ids))
+    if plan.quarantine_schema is not None:
+        out["quarantine_schema"] = {f.name: str(f.type) for f in plan.quarantine_schema}
     return out

@@ -218,7 +218,8 @@ def score_chunk(
             raise UnreadableFile(*unreadable)
         t0 = time.perf_counter()  # the file is finished as the block ends
     if rejected:
-        staging.write_parquet(_concat(rejected), "quarantine", f"{name}.parquet")
+        quarantine = _conform(_concat(rejected), plan.quarantine_schema, ds.id_columns)
+        staging.write_parquet(quarantine, "quarantine", f"{name}.parquet")
     timings["write"] += time.perf_counter() - t0
     result = ChunkResult(
         chunk.partition,
@@ -428,6 +429,42 @@ def _quarantined(
     at = pa.repeat(pa.scalar(now, pa.timestamp("us", tz="UTC")), n)
     out = out.append_column("quarantined_at", at)
     return out.append_column("run_id", pa.repeat(pa.scalar(run_id, pa.string()), n))
+
+
+def _conform(table: pa.Table, schema: pa.Schema | None, id_columns: list[str]) -> pa.Table:
+    """Rejected rows (`_quarantined`) in the partition's `quarantine_schema`, when its
+    files' schemas differ, so that every chunk's quarantine file has the same. The id
+    columns keep the type the partition's ids were given (`with_id_types`). A value that
+    cannot be cast to its column's promoted type (an int64 beyond 2**53 as a double) is
+    kept as its text; a column that cannot be text either (a nested type) leaves the rows
+    in their own file's types, as before."""
+    if schema is None:
+        return table
+    try:
+        return _conformed(table, schema, id_columns)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return table
+
+
+def _conformed(table: pa.Table, schema: pa.Schema, id_columns: list[str]) -> pa.Table:
+    names, columns = [], []
+    for f in schema:
+        name = f"input_{f.name}" if f.name in QUARANTINE_COLUMNS else f.name
+        at = table.schema.get_field_index(name)
+        if at < 0:
+            column = pa.nulls(table.num_rows, f.type)
+        elif f.name in id_columns or table.schema.field(at).type == f.type:
+            column = table.column(at)
+        else:
+            try:
+                column = table.column(at).cast(f.type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                column = table.column(at).cast(pa.large_string())
+        names.append(name)
+        columns.append(column)
+    names += QUARANTINE_COLUMNS
+    columns += [table.column(c) for c in QUARANTINE_COLUMNS]
+    return pa.Table.from_arrays(columns, names=names)
 
 
 def _concat(tables: list[pa.Table]) -> pa.Table:

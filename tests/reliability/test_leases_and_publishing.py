@@ -3,7 +3,8 @@
 A live holder on this machine keeps its lease past its expiry; a holder's lease is renewed
 while it runs; a run that lost its lease publishes nothing; a publishing stopped between its
 renames is done again by the next run, with every rejected row; chunks staged from a file
-since rewritten are not reused.
+since rewritten are not reused; a partition's rejected rows read as one table whatever
+its files' types.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 from helpers import write_config
@@ -223,3 +227,49 @@ def test_chunks_staged_from_a_file_rewritten_since_are_not_reused(champion):
     again, results = _stage(config, model)
     assert again.fingerprint != plan.fingerprint
     assert not any(r.reused for r in results)
+
+
+def test_a_partitions_rejected_rows_read_as_one_table_when_its_files_types_differ(champion):
+    """Files of one partition may write a feature as int64 in one and double in the other,
+    a category plain or dictionary-encoded, or an extra column as numbers or text: both are
+    scored, and every chunk's quarantine file gets the same schema."""
+    config, model = champion
+    folder = Path(config.source) / "incoming" / "dt=2026-11-01"
+    folder.mkdir(parents=True)
+    day = pq.read_table(Path(config.source) / "incoming" / "dt=2026-10-03")
+    a, b = day.slice(0, 10_000), day.slice(10_000)
+
+    def with_column(table, name, values):
+        at = table.schema.get_field_index(name)
+        return table.set_column(at, name, values) if at >= 0 else table.append_column(name, values)
+
+    months = a["tenure_months"].to_numpy().copy()
+    months[:3] = 10_000  # outside the validation band: rejected
+    a = with_column(a, "tenure_months", pa.array(months, pa.int64()))
+    a = with_column(a, "note", pa.array(["x"] * a.num_rows))
+    months = b["tenure_months"].to_numpy().astype("float64")
+    months[:2] = 10_000.5
+    b = with_column(b, "tenure_months", pa.array(months))
+    b = with_column(b, "plan", pc.dictionary_encode(b["plan"]))
+    b = with_column(b, "note", pa.array(range(b.num_rows)))
+    pq.write_table(a, folder / "a.parquet")
+    pq.write_table(b, folder / "b.parquet")
+
+    plan, results = _stage(config, model, "2026-11-01")
+    scoring.publish_partition(config, plan, model, results, "run-1")
+    quarantine = Path(config.store) / "quarantine" / "dt=2026-11-01"
+    assert len(list(quarantine.glob("part-*.parquet"))) >= 2  # rows from both files' chunks
+    table = pq.read_table(quarantine)
+    assert table.num_rows == sum(r.rows_quarantined for r in results) >= 5
+    assert table.schema.field("tenure_months").type == pa.float64()
+    assert sorted(v for v in table["tenure_months"].to_pylist() if v > 1_000) == [
+        10_000.0,
+        10_000.0,
+        10_000.0,
+        10_000.5,
+        10_000.5,
+    ]
+    assert set(table["note"].to_pylist()) >= {"x", "0"}  # numbers and text: as text
+    assert pads.dataset(quarantine.parent, partitioning="hive").to_table().num_rows == (
+        table.num_rows
+    )
