@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from batchscore.config import Config
 from batchscore.registry import ModelRef
-from batchscore.storage import Location, is_data_file, parse_partition_dir
+from batchscore.storage import Location, UnreadableJSON, is_data_file, parse_partition_dir
 from batchscore.validation import (
     FileProblem,
     check_schema,
@@ -145,6 +145,8 @@ def discover(config: Config) -> Discovery:
 
 
 def manifest(config: Config, partition: str) -> dict | None:
+    """The partition's `_SUCCESS`; None when it has none. `UnreadableJSON` when it cannot be
+    read (emptied or truncated after it was written)."""
     return Location(config.store).read_json_or_none("scores", f"dt={partition}", SUCCESS)
 
 
@@ -155,17 +157,28 @@ def pending(
     rescore: bool,
     changed: dict[str, str] | None = None,
     interrupted: dict[str, str] | None = None,
+    unreadable: dict[str, str] | None = None,
 ) -> list[str]:
     """Partitions with no complete output from the current champion, whose last attempt was
     held after one (`held_beside_output`), whose publishing was interrupted
     (`interrupted_publishing`, put in `interrupted` when given), or whose files changed
-    since their output (`source_changes`, put in `changed`); all of them on rescore."""
+    since their output (`source_changes`, put in `changed`); all of them on rescore.
+
+    A partition whose `_SUCCESS` cannot be read counts as not scored (why, in `unreadable`
+    when given): its output cannot be vouched for, and scoring it again replaces it, where
+    failing the run for it stopped every other partition."""
     if rescore:
         return list(partitions)
     out = []
     stopped = interrupted_publishing(config)
     for p in partitions:
-        done = manifest(config, p)
+        try:
+            done = manifest(config, p)
+        except UnreadableJSON as exc:
+            out.append(p)
+            if unreadable is not None:
+                unreadable[p] = str(exc)
+            continue
         if p in stopped:
             out.append(p)
             if interrupted is not None:

@@ -50,7 +50,7 @@ from batchscore.partitions import (
     with_id_types,
 )
 from batchscore.registry import LoadedModel, ModelRef, utc_now
-from batchscore.storage import Location, check_lease
+from batchscore.storage import Location, UnreadableJSON, check_lease
 from batchscore.validation import FileProblem, RowVerdict, validate_chunk, warm_up_validation
 from drift import (
     SCORE_FEATURE,
@@ -853,11 +853,18 @@ def hold_partition(
 
 def _earlier_output(store: Location, partition: str) -> dict | None:
     """The partition's complete output from an earlier run (its scores' `_SUCCESS`), in
-    brief; None when it has none."""
-    done = store.read_json_or_none("scores", f"dt={partition}", SUCCESS)
+    brief; None when it has none.
+
+    One whose `_SUCCESS` cannot be read is kept too, as it is: its scores are there, and
+    a hold replacing its quarantine folder would delete rows they may account for."""
+    keys = ("run_id", "model_version", "written_at", "status")
+    try:
+        done = store.read_json_or_none("scores", f"dt={partition}", SUCCESS)
+    except UnreadableJSON as exc:
+        return {**dict.fromkeys(keys), "unreadable": str(exc)}
     if done is None:
         return None
-    return {k: done.get(k) for k in ("run_id", "model_version", "written_at", "status")}
+    return {k: done.get(k) for k in keys}
 
 
 def _publish_hold(store: Location, hold: Location, partition: str, kept: dict | None) -> str:
@@ -881,8 +888,13 @@ def _publish_hold(store: Location, hold: Location, partition: str, kept: dict | 
 def _kept_note(kept: dict | None, where: str) -> tuple[str, ...]:
     if kept is None:
         return ()
+    if kept.get("unreadable"):
+        earlier = f"the earlier output, whose manifest is unreadable ({kept['unreadable']}),"
+    else:
+        earlier = (
+            f"the output of run {kept['run_id']} ({kept['model_version']}, {kept['written_at']})"
+        )
     return (
-        f"the output of run {kept['run_id']} ({kept['model_version']}, {kept['written_at']}) "
-        f"is kept as it was; this hold is in {where}, and the next run tries the partition "
-        "again",
+        f"{earlier} is kept as it was; this hold is in {where}, and the next run tries the "
+        "partition again",
     )

@@ -56,6 +56,20 @@ class StorageError(RuntimeError):
     """A storage operation that failed; the message names the path."""
 
 
+class UnreadableJSON(StorageError):
+    """A JSON file of the store (a manifest, a record, an alias) that is there but cannot be
+    read as a JSON object: empty, truncated, or edited by hand. Its readers decide what it
+    means (a partition not scored, a model refused); `path` and `problem` let them say so."""
+
+    def __init__(self, path: str, problem: str):
+        super().__init__(f"{path}: {problem}")
+        self.path = path
+        self.problem = problem
+
+
+_JSON_KINDS = {list: "array", str: "string", bool: "true/false", type(None): "null"}
+
+
 def parse_partition_dir(name: str) -> dt.date | None:
     """The date of a `dt=YYYY-MM-DD` folder name, or None for anything else."""
     match = PARTITION_RE.match(name)
@@ -120,10 +134,24 @@ class Location:
         with self.fs.open_input_stream(self.path(*parts)) as fh:
             return fh.read()
 
-    def read_json(self, *parts: str) -> Any:
-        return json.loads(self.read_bytes(*parts))
+    def read_json(self, *parts: str) -> dict[str, Any]:
+        """A JSON object; `UnreadableJSON` naming the file when it is not one. Every JSON
+        file the pipeline writes is an object, written whole (`write_json`), so this is a
+        file damaged or edited after it was written."""
+        data = self.read_bytes(*parts)
+        try:
+            obj = json.loads(data)
+        except ValueError as exc:  # JSONDecodeError, or bytes that are not UTF-8
+            raise UnreadableJSON(
+                self.path(*parts), f"not valid JSON ({len(data):,} bytes): {exc}"
+            ) from exc
+        if not isinstance(obj, dict):
+            kind = _JSON_KINDS.get(type(obj), "number")
+            raise UnreadableJSON(self.path(*parts), f"a JSON {kind}, not an object")
+        return obj
 
-    def read_json_or_none(self, *parts: str) -> Any:
+    def read_json_or_none(self, *parts: str) -> dict[str, Any] | None:
+        """`read_json`, or None when the file does not exist."""
         try:
             return self.read_json(*parts)
         except FileNotFoundError:

@@ -37,7 +37,23 @@ def find_partitions(
         candidates = [partition]
     changed: dict[str, str] = {}
     interrupted: dict[str, str] = {}
-    todo = partitions.pending(config, model, candidates, rescore, changed, interrupted)
+    unreadable: dict[str, str] = {}
+    todo = partitions.pending(
+        config,
+        model,
+        candidates,
+        rescore,
+        changed=changed,
+        interrupted=interrupted,
+        unreadable=unreadable,
+    )
+    for name, problem in unreadable.items():
+        logger.warning(
+            "partition %s: %s; scoring it again as not scored (its outputs are replaced "
+            "when it is published)",
+            name,
+            problem,
+        )
     for name, marker in interrupted.items():
         logger.warning(
             "partition %s: its last publishing was interrupted (%s is left), so its "

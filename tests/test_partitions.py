@@ -254,3 +254,38 @@ def test_pipeline_only_json_is_compact_and_reads_back_equal(tmp_path):
     assert json.loads(compact) == record
     assert "\n" not in compact and ", " not in compact
     assert (tmp_path / "_SUCCESS").read_text().startswith('{\n  "a": {')
+
+
+@pytest.mark.parametrize("text", ["", '{"status": "scored", "model_ver', "[]"])
+def test_a_partition_whose_manifest_cannot_be_read_is_pending_and_named(config, rows, text):
+    """An emptied or truncated `_SUCCESS` makes its partition not scored (scored again, its
+    outputs replaced on publishing), saying which file and why; the others are as before.
+    It stopped the whole run with a bare JSONDecodeError."""
+    from batchscore.partitions import pending
+    from batchscore.scoring import _earlier_output, _kept_note
+
+    model = ModelRef(config.store, "churn", "v0001", "0" * 64)
+    store = Location(config.store)
+    for day in ("2026-11-01", "2026-11-02"):
+        store.write_json(
+            {"model_name": "churn", "model_version": "v0001"}, "scores", f"dt={day}", "_SUCCESS"
+        )
+    bad = Path(config.store) / "scores" / "dt=2026-11-01" / "_SUCCESS"
+    bad.write_text(text)
+
+    unreadable: dict[str, str] = {}
+    todo = pending(config, model, ["2026-11-01", "2026-11-02"], False, unreadable=unreadable)
+
+    assert todo == ["2026-11-01"]
+    assert list(unreadable) == ["2026-11-01"]
+    assert unreadable["2026-11-01"].startswith(f"{bad}: ")
+    assert ("not valid JSON" if text != "[]" else "a JSON array, not an object") in unreadable[
+        "2026-11-01"
+    ]
+    assert pending(config, model, ["2026-11-01", "2026-11-02"], False) == ["2026-11-01"]
+    # A hold of the partition keeps that output as it is (beside it), naming the file.
+    kept = _earlier_output(store, "2026-11-01")
+    assert kept["unreadable"] == unreadable["2026-11-01"]
+    assert _kept_note(kept, "quarantine/dt=2026-11-01/_held/_HELD")[0].startswith(
+        f"the earlier output, whose manifest is unreadable ({bad}: "
+    )

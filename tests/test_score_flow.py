@@ -203,6 +203,39 @@ def test_a_file_arriving_late_in_a_scored_partition_is_scored_with_it(sample, pr
     assert again.is_completed() and again.name == "NothingToDo", again.message
 
 
+def test_an_emptied_manifest_scores_its_partition_again_and_the_others_still(
+    sample, prefect_api, caplog
+):
+    """A partition whose `_SUCCESS` was emptied is scored again, with a warning naming the
+    file, and the run goes on with the other partitions: the manifest's JSONDecodeError
+    failed the whole run before any was scored."""
+    import logging
+
+    config = load_config(sample)
+    store = Path(config.store)
+    train(config)
+    for folder in (Path(config.source) / "incoming").iterdir():
+        if folder.name not in ("dt=2026-10-05", "dt=2026-10-06"):
+            shutil.rmtree(folder)
+    assert score(config=str(sample), partition="2026-10-05", return_state=True).is_completed()
+    first = _manifest(store, "2026-10-05")
+    manifest = store / "scores" / "dt=2026-10-05" / "_SUCCESS"
+    manifest.write_text("")
+
+    with caplog.at_level(logging.WARNING):
+        state = score(config=str(sample), return_state=True)
+
+    assert state.is_completed() and state.name == "Completed", state.message
+    assert sorted(o["partition"] for o in state.result()) == ["2026-10-05", "2026-10-06"]
+    again = _manifest(store, "2026-10-05")
+    assert again["run_id"] != first["run_id"] and again["rows_scored"] == first["rows_scored"]
+    assert _scores(store, "2026-10-05").num_rows == first["rows_scored"]
+    assert (
+        f"partition 2026-10-05: {manifest}: not valid JSON (0 bytes): Expecting value: line 1 "
+        "column 1 (char 0); scoring it again as not scored"
+    ) in caplog.text
+
+
 def _unreadable(path: Path) -> None:
     path.write_bytes(b"not a parquet file")
 

@@ -189,7 +189,7 @@ def test_a_publishing_stopped_between_its_renames_is_done_again_with_every_rejec
     store = Path(config.store)
     assert (store / "quarantine" / f"dt={DAY}").exists() and not (store / "scores").exists()
     interrupted: dict[str, str] = {}
-    assert partitions.pending(config, model, [DAY], False, {}, interrupted) == [DAY]
+    assert partitions.pending(config, model, [DAY], False, interrupted=interrupted) == [DAY]
     assert interrupted[DAY].endswith(f"dt={DAY}.json")
 
     # The next run: the chunks whose rejected rows were moved with the quarantine are
