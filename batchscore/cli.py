@@ -193,10 +193,12 @@ def _train(config, reason: str, force: bool) -> int:
 
 def _models(config, args) -> int:
     from batchscore.registry import Registry, RegistryError
+    from batchscore.storage import UnreadableJSON
 
     registry = Registry(config.store, config.dataset.name)
     if args.action == "promote":
-        previous = registry.champion()
+        # An unreadable alias is what a promotion replaces: it does not stop one.
+        previous = "(unreadable alias)" if registry.champion_problem() else registry.champion()
         registry.promote(args.version, args.reason)
         print(f"champion of {config.dataset.name}: {previous} -> {args.version}")
         return 0
@@ -205,16 +207,25 @@ def _models(config, args) -> int:
         restored = registry.rollback(args.reason)
         print(f"champion of {config.dataset.name}: {previous} -> {restored} (rolled back)")
         return 0
-    champion = registry.champion()
+    # Listing is how to find what to promote, so a version or alias that cannot be read is
+    # said in its place, and the rest is listed.
+    problem = registry.champion_problem()
+    champion = None if problem else registry.champion()
     versions = registry.versions()
     if not versions:
         print(f"no versions of {config.dataset.name} under {registry.root.uri}")
-        return 0
     for version in versions:
         try:
             meta = registry.metadata(version)
-        except RegistryError:  # on S3: a registration that died between its claim and metadata
-            print(f"{version}  incomplete: no metadata.json (its registration did not finish)")
+        except RegistryError as exc:
+            mark = "champion  " if version == champion else ""
+            if isinstance(exc.__cause__, UnreadableJSON):
+                print(f"{version}  {mark}unreadable: {exc.__cause__}")
+            else:  # on S3: a registration that died between its claim and metadata
+                print(
+                    f"{version}  {mark}incomplete: no metadata.json (its registration did not "
+                    "finish, or the file was deleted)"
+                )
             continue
         metrics = " ".join(f"{k}={v:.4f}" for k, v in sorted(meta["metrics"].items()))
         window = meta["training_window"]
@@ -228,6 +239,8 @@ def _models(config, args) -> int:
             f"  {event['at']}  {event['action']}: {event['from'] or '-'} -> {event['to']}"
             f"  ({event['reason']})"
         )
+    if problem:
+        print(f"no champion: {problem}")
     return 0
 
 

@@ -22,12 +22,16 @@ from functools import cached_property, lru_cache
 from typing import TYPE_CHECKING, Any
 
 from batchscore.features import FeatureSchema, TrainingProfile
-from batchscore.storage import Location
+from batchscore.storage import Location, UnreadableJSON
 
 if TYPE_CHECKING:
     import lightgbm as lgb
 
 VERSION_RE = re.compile(r"^v(\d{4,})$")
+METADATA = "metadata.json"
+ALIAS = "champion.json"
+# What to do about a champion that cannot be used, as every message about one says it.
+PROMOTE = "`batchscore models promote VERSION --config F`"
 
 
 class RegistryError(RuntimeError):
@@ -35,7 +39,8 @@ class RegistryError(RuntimeError):
 
 
 class ModelIntegrityError(RegistryError):
-    """A stored model does not match its recorded sha256 or feature schema."""
+    """A stored model does not match its recorded sha256 or feature schema, or one of its
+    files is missing or unreadable."""
 
 
 @dataclass(frozen=True)
@@ -130,8 +135,20 @@ class Registry:
                 f"{version!r} is not a version of model {self.name!r}: versions are named "
                 f"vNNNN; known: {', '.join(self.versions()) or 'none'}"
             )
-        data = self.root.read_json_or_none(version, "metadata.json")
+        try:
+            data = self.root.read_json_or_none(version, METADATA)
+        except UnreadableJSON as exc:
+            raise ModelIntegrityError(
+                f"model {self.name} {version}: {exc}. Restore the file, or promote another "
+                f"version with {PROMOTE}."
+            ) from exc
         if data is None:
+            if self.root.exists(version):
+                raise ModelIntegrityError(
+                    f"model {self.name} {version}: {self.root.path(version, METADATA)} is "
+                    "missing: its registration did not finish, or the file was deleted. "
+                    f"Restore the file, or promote another version with {PROMOTE}."
+                )
             raise RegistryError(
                 f"model {self.name!r} has no version {version!r} under {self.root.uri}; "
                 f"known: {', '.join(self.versions()) or 'none'}"
@@ -163,14 +180,14 @@ class Registry:
                 "files": checksums,
                 "created_at": utc_now(),
             }
-            staging.write_json(meta, "metadata.json")
+            staging.write_json(meta, METADATA)
             if not self.root.is_local:
                 # No folder rename on object storage: claim the number with an exclusive
                 # create, then copy the files in, metadata.json (what makes it a version) last.
                 if not self.root.create_exclusive(b"", version, ".claim"):
                     continue
                 staging.write_bytes(b"", ".claim")  # publishing keeps the claim in place
-                self.root.publish_dir(staging, version, last=("metadata.json",))
+                self.root.publish_dir(staging, version, last=(METADATA,))
                 return version
             if self.root.exists(version):
                 continue  # another registration took this number between list and move
@@ -185,8 +202,42 @@ class Registry:
 
     # --- the champion alias --------------------------------------------------------------
     def champion(self) -> str | None:
-        alias = self.root.read_json_or_none("champion.json")
-        return alias["version"] if alias else None
+        """The version the alias names; None when there is no alias. A `RegistryError`
+        naming the file when it cannot be read (promoting a version replaces it)."""
+        try:
+            alias = self.root.read_json_or_none(ALIAS)
+        except UnreadableJSON as exc:
+            raise RegistryError(
+                f"model {self.name!r}: its champion alias {exc}. Promote a version to replace "
+                f"it: {PROMOTE}"
+            ) from exc
+        if alias is None:
+            return None
+        version = alias.get("version")
+        if not isinstance(version, str):
+            raise RegistryError(
+                f"model {self.name!r}: its champion alias {self.root.path(ALIAS)} names no "
+                f'version ("version" is {version!r}). Promote a version to replace it: {PROMOTE}'
+            )
+        return version
+
+    def champion_problem(self) -> str | None:
+        """Why the champion alias cannot be used (unreadable, or naming a version that is not
+        there); None when it can, or when there is none."""
+        try:
+            version = self.champion()
+        except RegistryError as exc:
+            return str(exc)
+        if version is not None and not self.root.exists(version):
+            return self._missing_champion(version)
+        return None
+
+    def _missing_champion(self, version: str) -> str:
+        return (
+            f"model {self.name!r}: its champion alias {self.root.path(ALIAS)} names {version}, "
+            f"which is not a version under {self.root.uri} (known: "
+            f"{', '.join(self.versions()) or 'none'}). Promote one with {PROMOTE}"
+        )
 
     def verify(self, ref: ModelRef) -> None:
         """Check a version's files against their recorded sha256 without loading them."""
@@ -196,7 +247,10 @@ class Registry:
             try:
                 actual = sha256_hex(root.read_bytes(name))
             except FileNotFoundError:
-                actual = "missing"
+                raise ModelIntegrityError(
+                    f"model {ref.name} {ref.version}: {root.path(name)} is missing; it was "
+                    "deleted after registration. Refusing to score with it."
+                ) from None
             if actual != expected:
                 raise ModelIntegrityError(
                     f"model {ref.name} {ref.version}: {root.path(name)} has sha256 {actual}, "
@@ -209,16 +263,20 @@ class Registry:
         if version is None:
             raise RegistryError(
                 f"model {self.name!r} has no champion under {self.root.uri}: train one with "
-                "`batchscore train --config F` or promote a version with "
-                "`batchscore models promote VERSION --config F`"
+                f"`batchscore train --config F` or promote a version with {PROMOTE}"
             )
+        if not self.root.exists(version):
+            raise RegistryError(self._missing_champion(version))
         return self.ref(version)
 
     def promote(
         self, version: str, reason: str, run_id: str | None = None, action: str = "promote"
     ) -> None:
-        self.metadata(version)  # fails clearly on an unknown version
-        previous = self.champion()
+        self.metadata(version)  # fails clearly on an unknown or unreadable version
+        try:
+            previous = self.champion()
+        except RegistryError:
+            previous = None  # an unreadable alias: this promotion is how to replace it
         event = {
             "action": action,
             "from": previous,
@@ -230,9 +288,7 @@ class Registry:
         # The audit record goes first: an alias never moves without a trace.
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
         self.root.write_json(event, "audit", f"{stamp}-{uuid.uuid4().hex[:8]}.json")
-        self.root.write_json(
-            {"version": version, "since": event["at"], "reason": reason}, "champion.json"
-        )
+        self.root.write_json({"version": version, "since": event["at"], "reason": reason}, ALIAS)
 
     def rollback(self, reason: str = "manual rollback", run_id: str | None = None) -> str:
         current = self.champion()
@@ -290,14 +346,21 @@ class Registry:
 def _load_reference(ref: ModelRef):
     from drift import ReferenceProfile
 
-    root = Registry(ref.store, ref.name).root.child(ref.version)
-    expected = root.read_json("metadata.json").get("files", {}).get("reference.json")
+    registry = Registry(ref.store, ref.name)
+    root = registry.root.child(ref.version)
+    expected = registry.metadata(ref.version).get("files", {}).get("reference.json")
     if expected is None:
         raise RegistryError(
             f"model {ref.name} {ref.version} has no drift reference profile "
             f"(reference.json); retrain it to measure drift"
         )
-    data = root.read_bytes("reference.json")
+    try:
+        data = root.read_bytes("reference.json")
+    except FileNotFoundError:
+        raise ModelIntegrityError(
+            f"model {ref.name} {ref.version}: {root.path('reference.json')} is missing; it "
+            "was deleted after registration. Refusing to use it."
+        ) from None
     if sha256_hex(data) != expected:
         raise ModelIntegrityError(
             f"model {ref.name} {ref.version}: {root.path('reference.json')} has sha256 "
@@ -309,9 +372,16 @@ def _load_reference(ref: ModelRef):
 @lru_cache(maxsize=4)
 def _load_cached(ref: ModelRef) -> LoadedModel:
     # Cached per process: a worker loads (and checks) each model once, not once per chunk.
-    root = Registry(ref.store, ref.name).root.child(ref.version)
-    data = root.read_bytes("model.txt")
-    metadata = root.read_json("metadata.json")
+    registry = Registry(ref.store, ref.name)
+    root = registry.root.child(ref.version)
+    try:
+        data = root.read_bytes("model.txt")
+    except FileNotFoundError:
+        raise ModelIntegrityError(
+            f"model {ref.name} {ref.version}: {root.path('model.txt')} is missing; it was "
+            "deleted after registration. Refusing to load it."
+        ) from None
+    metadata = registry.metadata(ref.version)
     actual = sha256_hex(data)
     if actual != metadata["sha256"] or actual != ref.sha256:
         raise ModelIntegrityError(

@@ -514,3 +514,59 @@ def test_a_changed_champion_is_replaced_by_train_force_not_by_train(trained: dic
     _, listing, _ = _run("models", "list", "--config", str(config))
     champions = [line[:5] for line in _version_lines(listing) if "champion" in line.split()]
     assert champions == ["v0002"]
+
+
+def test_models_list_names_an_unreadable_version_and_lists_the_others(
+    trained: dict, tmp_path: Path
+):
+    config, store = _config_for(trained, "after-two", tmp_path)
+    meta = store / "models" / "churn" / "v0002" / "metadata.json"
+    meta.write_text('{"name": "churn", ')
+
+    code, out, err = _run("models", "list", "--config", str(config))
+
+    assert (code, err) == (0, "")
+    versions = _version_lines(out)
+    assert _version_line("v0001", champion=True, parent="-").fullmatch(versions[0]), versions[0]
+    assert versions[1].startswith(f"v0002  unreadable: {meta}: not valid JSON (18 bytes): ")
+    assert len(_audit_lines(out)) == 1
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("garbage\n", "its champion alias {alias}: not valid JSON (8 bytes): Expecting value"),
+        ("v0009", "its champion alias {alias} names v0009, which is not a version under"),
+    ],
+)
+def test_models_list_says_why_there_is_no_champion(
+    trained: dict, tmp_path: Path, damage: str, message: str
+):
+    """An alias naming a version that is not there listed the versions as if none had ever
+    been promoted; an unreadable one was a traceback."""
+    config, store = _config_for(trained, "after-two", tmp_path)
+    alias = store / "models" / "churn" / "champion.json"
+    alias.write_text(alias.read_text().replace("v0001", damage) if damage == "v0009" else damage)
+
+    code, out, err = _run("models", "list", "--config", str(config))
+
+    assert (code, err) == (0, "")
+    assert len(_version_lines(out)) == 2 and "champion" not in "".join(_version_lines(out))
+    last = out.splitlines()[-1]
+    assert last.startswith(f"no champion: model 'churn': {message.format(alias=alias)}"), last
+    assert last.endswith("`batchscore models promote VERSION --config F`")
+
+
+@pytest.mark.parametrize("target", ["v0001/metadata.json", "champion.json"])
+def test_score_with_an_unreadable_metadata_or_alias_exits_2_naming_it(
+    trained: dict, tmp_path: Path, no_server, target: str
+):
+    config, store = _config_for(trained, "after-one", tmp_path)
+    damaged = store / "models" / "churn" / target
+    damaged.write_text(damaged.read_text()[:20])
+
+    code, out, err = _run("score", "--config", str(config))
+
+    assert (code, out) == (2, "")
+    assert err.startswith("batchscore: model ") and err.count("\n") == 1
+    assert f"{damaged}: not valid JSON (20 bytes): " in err

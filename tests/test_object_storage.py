@@ -280,7 +280,10 @@ def test_the_cli_lists_models_and_shows_drift_from_an_s3_store(runs, capsys):
     assert main(["models", "list", "--config", config]) == 0
     listed = capsys.readouterr().out
     assert "v0001  champion" in listed
-    assert "v0002  incomplete: no metadata.json (its registration did not finish)" in listed
+    assert (
+        "v0002  incomplete: no metadata.json (its registration did not finish, or the file "
+        "was deleted)"
+    ) in listed
     assert main(["drift", "show", "--config", config, "--partition", "2026-10-14"]) == 0
     out = capsys.readouterr().out
     assert "partition 2026-10-14" in out

@@ -299,3 +299,89 @@ def test_registrations_from_several_threads_at_once_get_distinct_versions(
         meta = registry.metadata(version)
         assert (meta["version"], meta["reason"]) == (version, str(i))
     assert [p for p in Path(registry.root.path()).rglob(".*")] == []
+
+
+def test_an_unreadable_or_missing_metadata_json_is_named_as_such(registry: Registry, trained: dict):
+    """A truncated metadata.json was a bare JSONDecodeError; a deleted one said the version
+    did not exist while listing it among the known ones."""
+    for _ in range(2):
+        registry.register(trained["text"], trained["metadata"])
+    meta = _model_dir(registry, "v0002") / "metadata.json"
+    meta.write_text('{"name": "churn", ')
+
+    with pytest.raises(ModelIntegrityError) as info:
+        registry.ref("v0002").load()
+    assert str(info.value).startswith(
+        f"model churn v0002: {meta}: not valid JSON (18 bytes): Expecting property name"
+    )
+    assert str(info.value).endswith(
+        "Restore the file, or promote another version with "
+        "`batchscore models promote VERSION --config F`."
+    )
+
+    meta.unlink()
+    with pytest.raises(ModelIntegrityError) as info:
+        registry.metadata("v0002")
+    assert str(info.value).startswith(
+        f"model churn v0002: {meta} is missing: its registration did not finish, or the "
+        "file was deleted."
+    )
+    assert registry.metadata("v0001")["version"] == "v0001"
+
+
+@pytest.mark.parametrize("name", ["model.txt", "reference.json"])
+def test_a_deleted_model_file_is_named_missing_not_changed(
+    registry: Registry, trained: dict, name: str
+):
+    version = registry.register(trained["text"], trained["metadata"], {"reference.json": b"{}"})
+    ref = registry.ref(version)
+    (_model_dir(registry, version) / name).unlink()
+
+    with pytest.raises(ModelIntegrityError) as info:
+        registry.verify(ref)
+    assert str(info.value) == (
+        f"model churn v0001: {_model_dir(registry, version) / name} is missing; it was deleted "
+        "after registration. Refusing to score with it."
+    )
+
+
+def test_an_unreadable_champion_alias_is_named_and_a_promotion_replaces_it(
+    registry: Registry, trained: dict
+):
+    registry.register(trained["text"], trained["metadata"])
+    registry.promote("v0001", "first model")
+    alias = Path(registry.root.path("champion.json"))
+    alias.write_text("garbage\n")
+
+    message = (
+        f"model 'churn': its champion alias {alias}: not valid JSON (8 bytes): Expecting "
+        "value: line 1 column 1 (char 0). Promote a version to replace it: "
+        "`batchscore models promote VERSION --config F`"
+    )
+    with pytest.raises(RegistryError) as info:
+        registry.champion_ref()
+    assert str(info.value) == message
+    assert registry.champion_problem() == message
+
+    registry.promote("v0001", "replace the alias")
+    assert registry.champion() == "v0001" and registry.champion_problem() is None
+    assert registry.audit()[-1]["from"] is None
+
+
+def test_a_champion_alias_naming_a_version_that_is_not_there_says_so(
+    registry: Registry, trained: dict
+):
+    registry.register(trained["text"], trained["metadata"])
+    registry.promote("v0001", "first model")
+    alias = Path(registry.root.path("champion.json"))
+    alias.write_text(alias.read_text().replace("v0001", "v0009"))
+
+    message = (
+        f"model 'churn': its champion alias {alias} names v0009, which is not a version under "
+        f"{registry.root.uri} (known: v0001). Promote one with "
+        "`batchscore models promote VERSION --config F`"
+    )
+    with pytest.raises(RegistryError) as info:
+        registry.champion_ref()
+    assert str(info.value) == message
+    assert registry.champion_problem() == message
