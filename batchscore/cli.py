@@ -234,11 +234,14 @@ def _models(config, args) -> int:
             f"{version}  {mark}  {meta['created_at']}  window {window['from']}..{window['to']}"
             f"  {metrics}  parent={meta.get('parent') or '-'}  reason={meta.get('reason')!r}"
         )
-    for event in registry.audit():
+    unreadable: list[str] = []
+    for event in registry.audit(unreadable):
         print(
             f"  {event['at']}  {event['action']}: {event['from'] or '-'} -> {event['to']}"
             f"  ({event['reason']})"
         )
+    for record in unreadable:
+        print(f"  unreadable audit record: {record}")
     if problem:
         print(f"no champion: {problem}")
     return 0
@@ -386,7 +389,7 @@ def _demo(config) -> int:
         code = _score(config, None, False)
     champion = registry.champion()
     # This run's retrains only: earlier ones are in `batchscore models list`.
-    retrains = [r for r in registry.retrains() if r.get("trigger") and r["at"] >= started]
+    retrains = [r for r in registry.retrains([]) if r.get("trigger") and r["at"] >= started]
     for r in retrains:
         print(f"retrained on drift: {r['version'] or '-'} ({r['status']}): {r['decision']}")
     print(f"champion of {config.dataset.name}: {champion}; `batchscore models list` shows why")

@@ -304,8 +304,15 @@ class Registry:
     def champion_history(self) -> list[str]:
         """Champions in the order they reigned, as a stack: a promotion of another version
         pushes it, a rollback pops the current one, so repeated rollbacks keep going back."""
+        try:
+            events = self.audit()
+        except RegistryError as exc:
+            raise RegistryError(
+                f"{exc}; without it the order of champions is not known, so there is no "
+                f"previous champion to roll back to. Promote the version you want: {PROMOTE}"
+            ) from exc
         stack: list[str] = []
-        for event in self.audit():
+        for event in events:
             if event["action"] == "rollback":
                 if stack:
                     stack.pop()
@@ -322,24 +329,35 @@ class Registry:
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
         self.root.write_json(record, "retrains", f"{stamp}-{uuid.uuid4().hex[:8]}.json")
 
-    def retrains(self) -> list[dict[str, Any]]:
-        return self._read_log("retrains")
+    def retrains(self, unreadable: list[str] | None = None) -> list[dict[str, Any]]:
+        return self._read_log("retrains", unreadable)
 
-    def last_retrain_at(self) -> dt.datetime | None:
+    def last_retrain_at(self, unreadable: list[str] | None = None) -> dt.datetime | None:
         """When a model was last retrained: trained while a champion existed (the first model
         is not a retrain, so it does not start the drift policy's cooldown)."""
-        done = [r for r in self.retrains() if r["status"] != "skipped" and r.get("parent")]
+        done = [
+            r for r in self.retrains(unreadable) if r["status"] != "skipped" and r.get("parent")
+        ]
         return dt.datetime.fromisoformat(done[-1]["at"]) if done else None
 
-    def _read_log(self, folder: str) -> list[dict[str, Any]]:
-        return [
-            self.root.read_json(folder, e.base_name)
-            for e in self.root.list(folder)
-            if e.base_name.endswith(".json") and not e.base_name.startswith(".")
-        ]
+    def _read_log(self, folder: str, unreadable: list[str] | None = None) -> list[dict[str, Any]]:
+        """The records of `audit/` or `retrains/`, oldest first. One that cannot be read is
+        left out and its reason put in `unreadable` when given, for readers to whom the
+        others are enough (a listing, the drift policy's cooldown); else it is an error."""
+        records = []
+        for e in self.root.list(folder):
+            if not e.base_name.endswith(".json") or e.base_name.startswith("."):
+                continue
+            try:
+                records.append(self.root.read_json(folder, e.base_name))
+            except UnreadableJSON as exc:
+                if unreadable is None:
+                    raise RegistryError(f"model {self.name!r}: its {folder} record {exc}") from exc
+                unreadable.append(str(exc))
+        return records
 
-    def audit(self) -> list[dict[str, Any]]:
-        return self._read_log("audit")
+    def audit(self, unreadable: list[str] | None = None) -> list[dict[str, Any]]:
+        return self._read_log("audit", unreadable)
 
 
 @lru_cache(maxsize=4)

@@ -73,10 +73,17 @@ def decide_retrain(config: Config, outcomes: list[PartitionOutcome]) -> RetrainD
     scored = [o for o in outcomes if o.status == "scored"]
     latest = max(scored, key=lambda o: o.partition) if scored else None
     registry = Registry(config.store, config.dataset.name)
+    unreadable: list[str] = []
+    last = registry.last_retrain_at(unreadable)
+    for problem in unreadable:
+        # Every partition is published by now: a damaged record must not fail the run.
+        get_run_logger().warning(
+            "ignored a retrain record: %s; the cooldown counts the other records", problem
+        )
     decision = should_retrain(
         latest.partition if latest else None,
         list(latest.drift) if latest else [],
-        registry.last_retrain_at(),
+        last,
         dt.datetime.now(dt.UTC),
         config.retrain,
     )

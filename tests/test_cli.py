@@ -570,3 +570,22 @@ def test_score_with_an_unreadable_metadata_or_alias_exits_2_naming_it(
     assert (code, out) == (2, "")
     assert err.startswith("batchscore: model ") and err.count("\n") == 1
     assert f"{damaged}: not valid JSON (20 bytes): " in err
+
+
+def test_models_list_and_rollback_name_an_unreadable_audit_record(trained: dict, tmp_path: Path):
+    config, store = _config_for(trained, "after-two", tmp_path)
+    record = sorted((store / "models" / "churn" / "audit").glob("*.json"))[0]
+    record.write_text("")
+
+    code, out, err = _run("models", "list", "--config", str(config))
+    assert (code, err) == (0, "")
+    assert len(_version_lines(out)) == 2
+    assert out.splitlines()[-1] == (
+        f"  unreadable audit record: {record}: not valid JSON (0 bytes): Expecting value: "
+        "line 1 column 1 (char 0)"
+    )
+
+    code, out, err = _run("models", "rollback", "--config", str(config))
+    assert (code, out) == (2, "")
+    assert err.startswith(f"batchscore: model 'churn': its audit record {record}: ")
+    assert err.count("\n") == 1

@@ -385,3 +385,39 @@ def test_a_champion_alias_naming_a_version_that_is_not_there_says_so(
         registry.champion_ref()
     assert str(info.value) == message
     assert registry.champion_problem() == message
+
+
+def test_an_unreadable_audit_or_retrain_record_is_named_and_left_out_where_that_is_safe(
+    registry: Registry, trained: dict
+):
+    """A truncated record under audit/ or retrains/ was a bare JSONDecodeError for `models
+    list`, rollback and the drift policy's cooldown (after every partition was published)."""
+    for _ in range(2):
+        registry.register(trained["text"], trained["metadata"])
+    registry.promote("v0001", "first model")
+    registry.promote("v0002", "second model")
+    registry.record_retrain({"status": "promoted", "parent": "v0001", "version": "v0002"})
+    registry.record_retrain({"status": "promoted", "parent": "v0002", "version": "v0003"})
+    root = Path(registry.root.path())
+    first_audit = sorted((root / "audit").glob("*.json"))[0]
+    last_retrain = sorted((root / "retrains").glob("*.json"))[-1]
+    kept_at = json.loads(sorted((root / "retrains").glob("*.json"))[0].read_text())["at"]
+    first_audit.write_text('{"action": "prom')
+    last_retrain.write_text("")
+
+    # Rollback needs every move: it refuses, naming the file and what to do instead.
+    with pytest.raises(RegistryError) as info:
+        registry.rollback()
+    assert str(info.value).startswith(
+        f"model 'churn': its audit record {first_audit}: not valid JSON (16 bytes): "
+    )
+    assert "no previous champion to roll back to. Promote the version you want" in str(info.value)
+    assert registry.champion() == "v0002"
+    # A listing and the cooldown do with the others.
+    unreadable: list[str] = []
+    assert [e["to"] for e in registry.audit(unreadable)] == ["v0002"]
+    assert len(unreadable) == 1
+    assert unreadable[0].startswith(f"{first_audit}: not valid JSON (16 bytes): Unterminated")
+    unreadable = []
+    assert registry.last_retrain_at(unreadable) == dt.datetime.fromisoformat(kept_at)
+    assert unreadable[0].startswith(f"{last_retrain}: not valid JSON (0 bytes): Expecting value")
