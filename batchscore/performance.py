@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from batchscore.config import Config
 from batchscore.metrics import metrics
 from batchscore.partitions import SUCCESS
-from batchscore.storage import Location
+from batchscore.storage import Location, UnreadableJSON
 from batchscore.training import labelled_partitions
 
 SCHEMA = pa.schema(
@@ -48,15 +48,30 @@ def _fingerprint(config: Config, partition: str) -> dict:
     }
 
 
-def pending(config: Config) -> list[str]:
-    """Labelled partitions with published scores whose performance is missing or stale."""
+def pending(config: Config, unreadable: list[str] | None = None) -> list[str]:
+    """Labelled partitions with published scores whose performance is missing or stale.
+
+    A `_SUCCESS` that cannot be read (why, in `unreadable` when given) is not a reason to
+    fail the run: the performance's is computed again; the scores' means the scores are not
+    vouched for (the score flow scores such a partition again), so it waits for them."""
     store = Location(config.store)
     out = []
     for partition in labelled_partitions(config):
         if not store.exists("scores", f"dt={partition}", SUCCESS):
             continue
-        done = store.read_json_or_none("performance", f"dt={partition}", SUCCESS)
-        if done is None or done.get("computed_from") != _fingerprint(config, partition):
+        try:
+            computed_from = _fingerprint(config, partition)
+        except UnreadableJSON as exc:
+            if unreadable is not None:
+                unreadable.append(f"{exc}; no realised performance until it is scored again")
+            continue
+        try:
+            done = store.read_json_or_none("performance", f"dt={partition}", SUCCESS)
+        except UnreadableJSON as exc:
+            if unreadable is not None:
+                unreadable.append(f"{exc}; computing the realised performance again")
+            done = None
+        if done is None or done.get("computed_from") != computed_from:
             out.append(partition)
     return out
 

@@ -12,8 +12,12 @@ from tasks.common import IO_RETRIES, TASK_DEFAULTS
 
 @task(name="find-labelled-partitions", **TASK_DEFAULTS, **IO_RETRIES)
 def find_labelled(config: Config) -> list[str]:
-    todo = performance.pending(config)
-    get_run_logger().info("%d labelled partition(s) need realised performance", len(todo))
+    logger = get_run_logger()
+    unreadable: list[str] = []
+    todo = performance.pending(config, unreadable)
+    for problem in unreadable:
+        logger.warning("%s", problem)
+    logger.info("%d labelled partition(s) need realised performance", len(todo))
     return todo
 
 
