@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from batchscore.storage import Location, parse_partition_dir
+from batchscore.storage import Location, UnreadableJSON, json_object, parse_partition_dir
 from drift import Counts, ReferenceProfile, counts_from_dict, merge_all
 from drift._encoding import dumps
 
@@ -85,23 +85,26 @@ def rolling_reference(
     A partition qualifies when its `_COUNTS.json` was made with `model_version` (so its bins
     are the profile's), holds counts for every profiled feature in those bins, and is not
     empty. Fewer than N qualifying partitions: as many as there are, with a warning; none:
-    the training profile itself (`training:<version>`), with a warning.
+    the training profile itself (`training:<version>`), with a warning. A `_COUNTS.json`
+    that cannot be read does not qualify, and the warning names it.
     """
     used: list[tuple[str, dict[str, Counts]]] = []
+    unreadable: list[str] = []
     for day in reversed([d for d in drift_partitions(store) if d < partition]):
-        counts = _qualifying_counts(store, day, profile, model_version)
+        counts = _qualifying_counts(store, day, profile, model_version, unreadable)
         if counts is not None:
             used.append((day, counts))
             if len(used) == window:
                 break
     name = f"rolling:{window}"
+    left_out = "".join(f"; left out {problem}" for problem in unreadable)
     if not used:
         return ReferenceWindow(
             profile,
             f"training:{model_version}",
             warning=(
                 f"{name}: no partition before {partition} has drift counts made with "
-                f"{model_version}; measured against the training reference instead"
+                f"{model_version}; measured against the training reference instead{left_out}"
             ),
         )
     merged = {
@@ -109,25 +112,35 @@ def rolling_reference(
         for feature in profile
     }
     days = tuple(sorted(day for day, _ in used))
-    warning = None
+    warning = f"{name}: {left_out[2:]}" if left_out else None
     if len(used) < window:
         warning = (
             f"{name}: only {len(used)} partition(s) before {partition} have drift counts "
             f"made with {model_version} ({', '.join(days)}); the reference merges those"
+            f"{left_out}"
         )
     return ReferenceWindow(ReferenceProfile(merged), name, days, warning)
 
 
 def _qualifying_counts(
-    store: Location, day: str, profile: ReferenceProfile, model_version: str
+    store: Location,
+    day: str,
+    profile: ReferenceProfile,
+    model_version: str,
+    unreadable: list[str],
 ) -> dict[str, Counts] | None:
     try:
         data = store.read_bytes(DRIFT_DIR, f"dt={day}", COUNTS_FILE)
     except FileNotFoundError:
         return None
-    if json.dumps(model_version).encode() not in data:
+    whole = data.rstrip().endswith(b"}")  # else truncated: named below, whoever made it
+    if whole and json.dumps(model_version).encode() not in data:
         return None  # another version's counts: skip without parsing a large document
-    document = json.loads(data)
+    try:
+        document = json_object(data, store.path(DRIFT_DIR, f"dt={day}", COUNTS_FILE))
+    except UnreadableJSON as exc:
+        unreadable.append(str(exc))
+        return None
     if document.get("format") != COUNTS_FORMAT or document.get("model_version") != model_version:
         return None
     stored = document.get("counts") or {}

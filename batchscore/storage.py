@@ -70,6 +70,19 @@ class UnreadableJSON(StorageError):
 _JSON_KINDS = {list: "array", str: "string", bool: "true/false", type(None): "null"}
 
 
+def json_object(data: bytes, path: str) -> dict[str, Any]:
+    """`data`, the content of the file at `path`, as a JSON object; `UnreadableJSON` when
+    it is not one."""
+    try:
+        obj = json.loads(data)
+    except ValueError as exc:  # JSONDecodeError, or bytes that are not UTF-8
+        raise UnreadableJSON(path, f"not valid JSON ({len(data):,} bytes): {exc}") from exc
+    if not isinstance(obj, dict):
+        kind = _JSON_KINDS.get(type(obj), "number")
+        raise UnreadableJSON(path, f"a JSON {kind}, not an object")
+    return obj
+
+
 def parse_partition_dir(name: str) -> dt.date | None:
     """The date of a `dt=YYYY-MM-DD` folder name, or None for anything else."""
     match = PARTITION_RE.match(name)
@@ -138,17 +151,7 @@ class Location:
         """A JSON object; `UnreadableJSON` naming the file when it is not one. Every JSON
         file the pipeline writes is an object, written whole (`write_json`), so this is a
         file damaged or edited after it was written."""
-        data = self.read_bytes(*parts)
-        try:
-            obj = json.loads(data)
-        except ValueError as exc:  # JSONDecodeError, or bytes that are not UTF-8
-            raise UnreadableJSON(
-                self.path(*parts), f"not valid JSON ({len(data):,} bytes): {exc}"
-            ) from exc
-        if not isinstance(obj, dict):
-            kind = _JSON_KINDS.get(type(obj), "number")
-            raise UnreadableJSON(self.path(*parts), f"a JSON {kind}, not an object")
-        return obj
+        return json_object(self.read_bytes(*parts), self.path(*parts))
 
     def read_json_or_none(self, *parts: str) -> dict[str, Any] | None:
         """`read_json`, or None when the file does not exist."""

@@ -27,6 +27,7 @@ from batchscore.drift_store import COUNTS_FILE, HTML_FILE, REPORT_FILE
 from batchscore.partitions import Chunk, PartitionPlan, Piece
 from batchscore.registry import Registry
 from batchscore.scoring import ChunkResult, publish_partition, staging_location
+from batchscore.storage import Location
 from drift import DRIFT_REPORT_SCHEMA, ReferenceProfile, evaluate, merge_all
 
 FEATURES = ["amount", "channel"]
@@ -165,6 +166,31 @@ def test_rolling_reference_merges_the_previous_partitions_counts(store, tmp_path
     stored = json.loads((root / "drift" / f"dt={DAYS[3]}" / COUNTS_FILE).read_text())
     assert stored["model_version"] == model.version and stored["rows"] == 4_000
     assert stored["counts"]["amount"] == merged[DAYS[3]]["amount"].to_dict()
+
+
+@pytest.mark.parametrize("keep", [0.0, 0.5])
+def test_a_truncated_counts_file_is_left_out_of_the_rolling_reference_and_named(store, keep):
+    """A `_COUNTS.json` truncated after its model version failed the publishing of every
+    later partition with a bare JSONDecodeError, and one truncated before it was left out
+    without a word; neither qualifies now, and the report's warning names it."""
+    from batchscore.drift_store import rolling_reference
+
+    config = load_config(
+        write_config(store["config_path"], CONFIG, drift={"reference": "rolling:2"})
+    )
+    profile, model = store["profile"], store["model"]
+    for i, day in enumerate(DAYS[:3]):
+        _publish(config, model, day, _day_counts(profile, i))
+    counts = Path(config.store) / "drift" / f"dt={DAYS[2]}" / COUNTS_FILE
+    data = counts.read_bytes()
+    counts.write_bytes(data[: int(len(data) * keep)])
+
+    window = rolling_reference(Location(config.store), DAYS[3], profile, model.version, 2)
+
+    assert window.name == "rolling:2" and window.partitions == (DAYS[0], DAYS[1])
+    assert window.warning.startswith(f"rolling:2: left out {counts}: not valid JSON ")
+    outcome = _publish(config, model, DAYS[3], _day_counts(profile, 3))
+    assert any(str(counts) in w for w in outcome.drift_warnings)
 
 
 @pytest.fixture
