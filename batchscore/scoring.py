@@ -148,7 +148,12 @@ def score_chunk(
     """
     staging = staging_location(config, plan, model)
     name = f"part-{chunk.index:05d}"
-    done = staging.read_json_or_none("chunks", f"{name}.json")
+    try:
+        done = staging.read_json_or_none("chunks", f"{name}.json")
+    except UnreadableJSON:
+        # Damaged after it was written whole (a disk, a hand): the chunk is scored again,
+        # which rewrites it, as if it had never finished.
+        done = None
     if done is not None and all(staging.exists(*f) for f in _chunk_files(name, done)):
         return ChunkResult(**{**done, "reused": True})
 

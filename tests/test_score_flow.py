@@ -421,6 +421,36 @@ def test_every_undecodable_file_of_a_chunk_of_small_files_is_named(sample, tmp_p
     assert all("not a readable Parquet file" in p.reason for p in raised.value.problems)
 
 
+def test_a_damaged_record_of_a_staged_chunk_scores_the_chunk_again(sample):
+    """A chunk's record (`_staging/.../chunks/part-N.json`) is how a resumed run knows the
+    chunk finished; an emptied one failed the chunk, and so the partition, with a bare
+    JSONDecodeError. The chunk is scored again instead, and its record rewritten."""
+    from batchscore import partitions, scoring
+    from batchscore.registry import Registry
+
+    write_config(sample, sample.read_text(), retrain={"lightgbm": {"max_rounds": 20}})
+    config = load_config(sample)
+    train(config)
+    model = Registry(config.store, config.dataset.name).champion_ref()
+    plan = partitions.plan_partition(config, "2026-10-11", model)
+    chunk = plan.chunks[0]
+    first = scoring.score_chunk(config, chunk, model, plan, "run-1")
+    record = Path(scoring.staging_location(config, plan, model).path("chunks", "part-00000.json"))
+    assert scoring.score_chunk(config, chunk, model, plan, "run-2").reused
+    record.write_text("")
+
+    again = scoring.score_chunk(config, chunk, model, plan, "run-3")
+
+    assert not again.reused
+    assert (again.rows_in, again.rows_scored, again.rows_quarantined) == (
+        first.rows_in,
+        first.rows_scored,
+        first.rows_quarantined,
+    )
+    assert again.drift_counts == first.drift_counts
+    assert scoring.score_chunk(config, chunk, model, plan, "run-4").reused
+
+
 def test_chunks_staged_by_a_run_with_other_workers_are_not_reused_and_are_deleted(
     sample, prefect_api, tmp_path
 ):
