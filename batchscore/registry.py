@@ -419,10 +419,11 @@ def _load_cached(ref: ModelRef) -> LoadedModel:
 
 def _feature_names(model_text: str) -> list[str]:
     """The `feature_names=` line of LightGBM's text format (what Booster.feature_name()
-    returns), read without LightGBM."""
-    for line in model_text.splitlines():
+    returns), read without LightGBM: names separated by single spaces, as LightGBM splits
+    them (a tab or a no-break space is part of a name; `str.split()` cut names there)."""
+    for line in model_text.split("\n"):
         if line.startswith("feature_names="):
-            return line.removeprefix("feature_names=").split()
+            return line.removeprefix("feature_names=").rstrip("\r").split(" ")
         if line.startswith("Tree="):
             break
     return []

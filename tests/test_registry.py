@@ -421,3 +421,24 @@ def test_an_unreadable_audit_or_retrain_record_is_named_and_left_out_where_that_
     unreadable = []
     assert registry.last_retrain_at(unreadable) == dt.datetime.fromisoformat(kept_at)
     assert unreadable[0].startswith(f"{last_retrain}: not valid JSON (0 bytes): Expecting value")
+
+
+def test_feature_names_are_read_from_the_model_as_lightgbm_reads_them(registry: Registry):
+    """LightGBM keeps a tab, a form feed or a no-break space in a feature name and splits its
+    `feature_names=` line on single spaces; `str.split()` (and `splitlines`) cut such names
+    apart, and the model's check refused a model LightGBM itself reads well."""
+    from batchscore.registry import _feature_names
+
+    names = ["tenure\tmonths", "a\x0cb", "plan\u00a0type", "em\u2003space", "月额.b", "<b>"]
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(200, len(names)))
+    y = (X[:, 0] + X[:, 5] > 0).astype(float)
+    params = {"objective": "binary", "num_leaves": 4, "verbose": -1, "num_threads": 1}
+    booster = lgb.train(params, lgb.Dataset(X, y, feature_name=names), num_boost_round=3)
+    text = booster.model_to_string()
+    assert lgb.Booster(model_str=text).feature_name() == names
+
+    assert _feature_names(text) == names
+    schema = {"features": names, "vocabularies": {}}
+    version = registry.register(text, {"task": "binary", "schema": schema})
+    assert registry.ref(version).load().metadata["schema"]["features"] == names
