@@ -20,6 +20,33 @@ Name = Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_\-][A-Za-z0-9_.\
 ColumnName = Annotated[str, Field(min_length=1)]
 
 
+# Characters LightGBM 4.x cannot keep in a feature name (its Dataset::set_feature_names and
+# Common::CheckAllowedJSON; tried with lightgbm 4.7), and what it does with them. It refuses
+# the JSON ones and line breaks only when training starts, after all the data was read; it
+# saves a space as "_", so the model's features never match the config's and every chunk
+# fails the registry's check; C strings end at NUL. Anything else (Unicode, ".", "<b>", tabs)
+# is kept as written.
+_REFUSED = "LightGBM refuses in a feature name: training would fail, after reading all its data"
+LIGHTGBM_NAME_CHARACTERS = {
+    **{c: f"(a JSON special character) {_REFUSED}" for c in '",:[]{}'},
+    "\n": f"(a line break) {_REFUSED}",
+    "\r": f"(a line break) {_REFUSED}",
+    " ": (
+        "(a space) LightGBM saves as '_' in the model, whose features then never match these: "
+        "it could not score"
+    ),
+    "\x00": "(NUL) ends the name for LightGBM, whose model then names another: it could not score",
+}
+
+
+def lightgbm_name_problem(name: str) -> str | None:
+    """What LightGBM would do wrong with `name` as a feature name; None when nothing."""
+    for char in name:
+        if char in LIGHTGBM_NAME_CHARACTERS:
+            return f"{name!r}: its {char!r} {LIGHTGBM_NAME_CHARACTERS[char]}"
+    return None
+
+
 # The config a command or flow reads when none is named: in the working folder.
 DEFAULT_CONFIG = "batchscore.toml"
 
@@ -42,6 +69,16 @@ class DatasetConfig(_Table):
     categorical: list[ColumnName] = []
     label: ColumnName
     task: Literal["binary", "regression"]
+
+    @model_validator(mode="after")
+    def _features_lightgbm_can_name(self) -> DatasetConfig:
+        problems = [p for p in map(lightgbm_name_problem, self.features) if p]
+        if problems:
+            raise ValueError(
+                f"features lists {'; '.join(problems)}. Rename the column upstream (and in "
+                "[dataset])"
+            )
+        return self
 
     @model_validator(mode="after")
     def _columns_are_consistent(self) -> DatasetConfig:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -336,3 +337,104 @@ def test_a_top_level_path_key_is_refused(tmp_path: Path):
     path.write_text('path = "/elsewhere"\n' + MINIMAL)
 
     assert _error(path) == f"{path}: unknown top-level key 'path'"
+
+
+def _with_features(tmp_path: Path, *features: str) -> Path:
+    """MINIMAL with these features, written with TOML's escapes (a line break or NUL
+    cannot be written in a TOML string as it is; JSON's escapes are TOML's)."""
+    path = tmp_path / "c.toml"
+    listed = ", ".join(json.dumps(f) for f in features)
+    path.write_text(MINIMAL.replace('features = ["a", "b"]', f"features = [{listed}]"))
+    return path
+
+
+def _features_error(tmp_path: Path, feature: str) -> str:
+    path = _with_features(tmp_path, "a", feature)
+    return _error(path).removeprefix(_invalid(path))
+
+
+@pytest.mark.parametrize("char", list('",:[]{}'))
+def test_a_feature_name_with_a_character_lightgbm_refuses_is_named_at_load(
+    tmp_path: Path, char: str
+):
+    """LightGBM refused it only after every row of the training window was read, with
+    "Do not support special JSON characters in feature name." and no name."""
+    name = f"rate{char}pct"
+    assert _features_error(tmp_path, name) == (
+        f"[dataset]: features lists {name!r}: its {char!r} (a JSON special character) LightGBM "
+        "refuses in a feature name: training would fail, after reading all its data. Rename "
+        "the column upstream (and in [dataset])"
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "said"),
+    [
+        (
+            "tenure months",
+            "its ' ' (a space) LightGBM saves as '_' in the model, whose features then never "
+            "match these: it could not score",
+        ),
+        ("tenure\nmonths", "its '\\n' (a line break) LightGBM refuses in a feature name"),
+        ("tenure\rmonths", "its '\\r' (a line break) LightGBM refuses in a feature name"),
+        ("tenure\x00months", "its '\\x00' (NUL) ends the name for LightGBM"),
+    ],
+)
+def test_a_feature_name_lightgbm_would_rewrite_or_cut_is_named_at_load(
+    tmp_path: Path, name: str, said: str
+):
+    """A space made a champion that could never score: LightGBM saved 'tenure_months', and
+    every chunk failed the check of the model's features against its metadata."""
+    error = _features_error(tmp_path, name)
+    assert error.startswith(f"[dataset]: features lists {name!r}: {said}"), error
+    assert error.endswith(". Rename the column upstream (and in [dataset])")
+
+
+def test_every_feature_name_problem_is_in_one_line(tmp_path: Path):
+    error = _features_error(tmp_path, "a b").removesuffix(
+        ". Rename the column upstream (and in [dataset])"
+    )
+    path = _with_features(tmp_path, "x:y", "ok", "a b")
+    assert _error(path).count("\n") == 1
+    assert "'x:y': its ':'" in _error(path) and "; 'a b': its ' '" in _error(path)
+    assert error.startswith("[dataset]: features lists 'a b': its ' '")
+
+
+@pytest.mark.parametrize(
+    "name", ["tenure_é_月", "charges.eur", "<b>", "a=b", "tab\there", "no\u00a0break", "(x)"]
+)
+def test_feature_names_lightgbm_keeps_as_written_load(tmp_path: Path, name: str):
+    assert load_config(_with_features(tmp_path, "a", name)).dataset.features == ["a", name]
+
+
+def test_the_refused_characters_are_exactly_those_lightgbm_refuses_or_changes():
+    """Pins what the config refuses to what the installed LightGBM does: every ASCII
+    character and a few others in a feature name, trained, saved and read back (by LightGBM
+    and by the registry's check). A LightGBM that changes this fails here, not in a run."""
+    import warnings
+
+    import lightgbm as lgb
+    import numpy as np
+
+    from batchscore.config import LIGHTGBM_NAME_CHARACTERS
+    from batchscore.registry import _feature_names
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(100, 2))
+    y = (X[:, 0] > 0).astype(float)
+    params = {"objective": "binary", "verbose": -1, "num_threads": 1, "min_data_in_leaf": 5}
+    changed = set()
+    for char in [*map(chr, range(128)), "é", "月", "\u00a0", "\u2028", "\U0001f600"]:
+        names = [f"a{char}b", "other"]
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                booster = lgb.train(params, lgb.Dataset(X, y, feature_name=names), 1)
+        except lgb.basic.LightGBMError:
+            changed.add(char)
+            continue
+        text = booster.model_to_string()
+        read = (booster.feature_name(), lgb.Booster(model_str=text).feature_name())
+        if read != (names, names) or _feature_names(text) != names:
+            changed.add(char)
+    assert changed == set(LIGHTGBM_NAME_CHARACTERS)
