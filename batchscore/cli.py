@@ -171,6 +171,8 @@ def _train(config, reason: str, force: bool) -> int:
     if not isinstance(result, dict):
         print(f"batchscore: retrain ended {state.name}: {state.message}", file=sys.stderr)
         return 1
+    for warning in result.get("warnings") or ():
+        print(f"warning: {warning}", file=sys.stderr)
     if result["status"] == "skipped":
         print(f"batchscore: {result['decision']}", file=sys.stderr)
         return 2

@@ -3,7 +3,9 @@
 Joins `<store>/scores/dt=D/` with `<source>/labels/dt=D/` by the id columns and writes one
 row per partition x model version x metric to `<store>/performance/dt=D/`, published whole
 with a `_SUCCESS` that records what it was computed from, so it is recomputed only when the
-scores or the labels change.
+scores or the labels change. Labels are read as training reads them (`batchscore.labels`):
+a row repeated counts once, ids with conflicting labels are left out, and the measurement's
+`notes` say so.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -18,6 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from batchscore.config import Config
+from batchscore.labels import read_labels
 from batchscore.metrics import metrics
 from batchscore.partitions import SUCCESS
 from batchscore.storage import Location, UnreadableJSON
@@ -84,14 +88,23 @@ def _read(location: Location, folder: str, columns: list[str]) -> pa.Table:
     return pa.concat_tables(tables, promote_options="permissive")
 
 
-def measure(config: Config, partition: str, run_id: str) -> list[dict]:
-    """Compute and publish one partition's realised metrics; returns its rows."""
+@dataclass(frozen=True)
+class Measurement:
+    """One partition's published rows, and what was left out of its labels (for warnings)."""
+
+    partition: str
+    rows: list[dict]
+    notes: tuple[str, ...]
+
+
+def measure(config: Config, partition: str, run_id: str) -> Measurement:
+    """Compute and publish one partition's realised metrics."""
     ds = config.dataset
-    store, source = Location(config.store), Location(config.source)
+    store = Location(config.store)
     computed_from = _fingerprint(config, partition)
     scores = _read(store, f"scores/dt={partition}", [*ds.id_columns, "score", "model_version"])
-    labels = _read(source, f"labels/dt={partition}", [*ds.id_columns, ds.label])
-    labels = labels.filter(pc.is_valid(labels.column(ds.label)))
+    read = read_labels(config, partition)
+    labels = read.table
     joined = scores.join(labels, keys=ds.id_columns, join_type="inner")
     now = dt.datetime.now(dt.UTC)
     rows = []
@@ -126,9 +139,16 @@ def measure(config: Config, partition: str, run_id: str) -> list[dict]:
             "computed_from": computed_from,
             "run_id": run_id,
             "rows": len(rows),
+            "labels": {
+                "rows_read": read.rows_read,
+                "used": labels.num_rows,
+                "repeated": read.repeated,
+                "conflicting_ids": read.conflicting,
+            },
+            "notes": list(read.notes),
             "written_at": now.isoformat(),
         },
         SUCCESS,
     )
     store.publish_dir(staging, "performance", f"dt={partition}")
-    return json.loads(json.dumps(rows, default=str))
+    return Measurement(partition, json.loads(json.dumps(rows, default=str)), read.notes)

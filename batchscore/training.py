@@ -1,9 +1,11 @@
 """Training: labelled partitions -> a LightGBM model registered with its schema and profile.
 
-Labels (`<source>/labels/dt=D/`) are joined to the same day's incoming rows by the id
-columns. The newest `[retrain] validation_days` labelled days are held out (a time-based
-split): early stopping watches them and the recorded metrics are measured on them.
-Rows that validation would reject as impossible (null or duplicate ids) are left out.
+Labels (`<source>/labels/dt=D/`, read by `batchscore.labels`) are joined to the same day's
+incoming rows by the id columns. The newest `[retrain] validation_days` labelled days are
+held out (a time-based split): early stopping watches them and the recorded metrics are
+measured on them. Rows that validation would reject as impossible (null or duplicate ids)
+are left out; a day left with no labelled rows is left out of the window, and a warning
+(`TrainResult.warnings`) says why.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import pyarrow.parquet as pq
 
 from batchscore.config import HIGHER_IS_BETTER, Config
 from batchscore.features import FeatureSchema, TrainingProfile, feature_columns
+from batchscore.labels import LabelError, read_labels
 from batchscore.metrics import metrics
 from batchscore.registry import ModelIntegrityError, Registry
 from batchscore.storage import Location, lease, parse_partition_dir
@@ -45,6 +48,7 @@ class TrainResult:
     champion_metrics: dict[str, float] = field(default_factory=dict)
     rows: dict[str, int] = field(default_factory=dict)
     window: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # labels or days left out, and why
 
     @property
     def promoted(self) -> bool:
@@ -68,16 +72,18 @@ def _read_folder(location: Location, folder: str, columns: list[str] | None) -> 
     return pa.concat_tables(tables, promote_options="permissive")
 
 
-def labelled_rows(config: Config, partition: str) -> pa.Table:
-    """One day's incoming rows with their label, rows with null or duplicate ids left out."""
+def labelled_rows(config: Config, partition: str) -> tuple[pa.Table, list[str]]:
+    """One day's incoming rows with their label, rows with null or duplicate ids left out,
+    and warnings saying what else was left out (an empty table: the whole day, and why)."""
     ds = config.dataset
     source = Location(config.source)
     rows = _read_folder(source, f"incoming/dt={partition}", [*ds.id_columns, *ds.features])
-    labels = _read_folder(source, f"labels/dt={partition}", [*ds.id_columns, ds.label])
+    try:
+        labels = read_labels(config, partition)
+    except LabelError as exc:
+        raise TrainingError(str(exc)) from exc
     rows = _drop_duplicate_ids(rows.filter(_ids_valid(rows, ds.id_columns)), ds.id_columns)
-    labels = _drop_duplicate_ids(labels.filter(_ids_valid(labels, ds.id_columns)), ds.id_columns)
-    joined = rows.join(labels, keys=ds.id_columns, join_type="inner")
-    joined = joined.filter(pc.is_valid(joined.column(ds.label)))
+    joined = rows.join(labels.table, keys=ds.id_columns, join_type="inner")
     if ds.task == "binary":
         values = pc.unique(joined.column(ds.label)).to_pylist()
         bad = [v for v in values if v not in (0, 1, True, False)]
@@ -86,7 +92,14 @@ def labelled_rows(config: Config, partition: str) -> pa.Table:
                 f"labels/dt={partition}: label column {ds.label!r} holds "
                 f"{bad[:5]}; task = 'binary' needs 0/1"
             )
-    return joined.append_column("__partition__", pa.array([partition] * joined.num_rows))
+    notes = list(labels.notes)
+    if joined.num_rows == 0:
+        notes.append(
+            f"dt={partition}: no labelled rows ({labels.table.num_rows:,} usable label(s) of "
+            f"{labels.rows_read:,} read, {rows.num_rows:,} incoming row(s), none in both); "
+            "left out of training"
+        )
+    return joined.append_column("__partition__", pa.array([partition] * joined.num_rows)), notes
 
 
 def _ids_valid(table: pa.Table, id_columns: list[str]) -> pa.Array:
@@ -141,19 +154,28 @@ def train(
     # The champion this run competes with is the one in place when it starts: a champion
     # promoted while it trains (by a racing retrain) makes its comparison stale.
     parent = registry.champion()
-    days = labelled_partitions(config)[-rt.window_days :]
+    window = labelled_partitions(config)[-rt.window_days :]
     needed = rt.validation_days + rt.holdout_days + 1
+    tables, days, warnings = [], [], []
+    for day in window:
+        table, notes = labelled_rows(config, day)
+        warnings += notes
+        if table.num_rows:
+            tables.append(table)
+            days.append(day)
+    left_out = [d for d in window if d not in days]
 
     def skip(why: str) -> TrainResult:
-        return _skipped(config, registry, reason, run_id, trigger, why)
+        return _skipped(config, registry, reason, run_id, trigger, why, warnings)
 
     if len(days) < needed:
         return skip(
             f"{len(days)} labelled partition(s) under "
-            f"{Location(config.source).path('labels')}; training needs at least "
-            f"{needed} (validation_days + holdout_days + 1)",
+            f"{Location(config.source).path('labels')}"
+            + (f" ({len(left_out)} more left out: {', '.join(left_out)})" if left_out else "")
+            + f"; training needs at least {needed} (validation_days + holdout_days + 1)",
         )
-    data = pa.concat_tables([labelled_rows(config, d) for d in days], promote_options="permissive")
+    data = pa.concat_tables(tables, promote_options="permissive")
     if data.num_rows < rt.min_labelled_rows:
         return skip(
             f"{data.num_rows} labelled rows in {days[0]}..{days[-1]}; "
@@ -205,6 +227,7 @@ def train(
             "validation": int(in_valid.sum()),
             "holdout": int(in_holdout.sum()),
         },
+        "warnings": warnings,
         "metrics": challenger_metrics,
         "metrics_on": f"holdout days {', '.join(holdout_days)}",
         "champion_metrics": {"version": parent, **champion_metrics} if parent else None,
@@ -255,6 +278,7 @@ def train(
         champion_metrics,
         metadata["rows"],
         {"from": days[0], "to": days[-1]},
+        warnings,
     )
     registry.record_retrain(_record(result, reason, run_id, trigger, parent))
     return result
@@ -286,8 +310,16 @@ def _skipped(
     run_id: str | None,
     trigger: dict | None,
     why: str,
+    warnings: list[str],
 ) -> TrainResult:
-    result = TrainResult("skipped", None, registry.champion(), f"no training: {why}", config.metric)
+    result = TrainResult(
+        "skipped",
+        None,
+        registry.champion(),
+        f"no training: {why}",
+        config.metric,
+        warnings=warnings,
+    )
     registry.record_retrain(_record(result, reason, run_id, trigger, registry.champion()))
     return result
 
@@ -307,6 +339,7 @@ def _record(
         "metric": result.metric,
         "challenger_metrics": result.challenger_metrics,
         "champion_metrics": result.champion_metrics,
+        "warnings": result.warnings,
     }
 
 

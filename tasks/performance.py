@@ -28,7 +28,10 @@ def find_labelled(config: Config) -> list[str]:
     **IO_RETRIES,
 )
 def measure_performance(config: Config, partition: str, run_id: str) -> list[dict]:
-    return performance.measure(config, partition, run_id)
+    measured = performance.measure(config, partition, run_id)
+    for note in measured.notes:
+        get_run_logger().warning("%s", note)
+    return measured.rows
 
 
 @task(name="report-performance", **TASK_DEFAULTS)

@@ -25,6 +25,8 @@ def train_challenger(
 ) -> TrainResult:
     result = training.train(config, reason=reason, force=force, run_id=run_id, trigger=trigger)
     logger = get_run_logger()
+    for warning in result.warnings:
+        logger.warning("%s", warning)
     (logger.info if result.status != "skipped" else logger.warning)(
         "%s: %s", result.status, result.decision
     )
@@ -44,6 +46,7 @@ def report_retrain(config: Config, result: TrainResult, reason: str) -> str:
         lines.append(
             f"- window: {result.window['from']} .. {result.window['to']}, rows {result.rows}"
         )
+    lines += [f"- warning: {w}" for w in result.warnings]
     if result.challenger_metrics:
         names = sorted(result.challenger_metrics)
         lines += ["", "| model | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]

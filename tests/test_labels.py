@@ -1,0 +1,134 @@
+"""Labels as delivered, not as hoped: files delivered twice, conflicting labels, and the
+rule that training, its holdout and realised performance count the same rows."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from helpers import SAMPLE, copy_sample, write_config
+
+from batchscore import partitions, performance, scoring
+from batchscore.config import load_config
+from batchscore.registry import Registry
+from batchscore.training import train
+
+DAYS = ["2026-10-01", "2026-10-02", "2026-10-03", "2026-10-04"]  # fit, fit, validation, holdout
+
+
+@pytest.fixture
+def four_days(tmp_path: Path):
+    """The sample's first four labelled days, trained fast: the labels are under test."""
+    copy_sample(tmp_path / "source", DAYS)
+    path = write_config(
+        tmp_path / "batchscore.toml",
+        (SAMPLE.parent.parent / "batchscore.toml").read_text(),
+        storage={"source": "source", "store": "store"},
+        retrain={"lightgbm": {"max_rounds": 30}, "on_drift": "off"},
+    )
+    return load_config(path)
+
+
+def _labels(config, day: str) -> Path:
+    return Path(config.source) / "labels" / f"dt={day}"
+
+
+def _deliver_twice(config, day: str, flip: int = 0) -> pa.Table:
+    """A second copy of the day's labels file, its first `flip` labels turned over."""
+    original = pq.read_table(_labels(config, day) / "part-0.parquet")
+    label = config.dataset.label
+    values = original.column(label)
+    flipped = pa.concat_arrays(
+        [pc.subtract(pa.scalar(1, values.type), values.slice(0, flip)).combine_chunks()]
+        + [values.slice(flip).combine_chunks()]
+    )
+    copy = original.set_column(original.schema.get_field_index(label), label, flipped)
+    pq.write_table(copy, _labels(config, day) / "part-0-again.parquet")
+    return original
+
+
+def _score(config, day: str) -> None:
+    """Score and publish one day in this process, as the flow's tasks do."""
+    ref = Registry(config.store, config.dataset.name).champion_ref()
+    plan = partitions.plan_partition(config, day, ref)
+    results = [scoring.score_chunk(config, c, ref, plan, "run") for c in plan.chunks]
+    scoring.publish_partition(config, plan, ref, results, "run")
+
+
+def test_a_labels_file_delivered_twice_counts_once_in_training_holdout_and_performance(
+    four_days,
+):
+    config = four_days
+    clean = train(config, reason="clean labels")
+    assert clean.promoted and not clean.warnings
+    _score(config, DAYS[1])
+    before = performance.measure(config, DAYS[1], "run").rows
+
+    for day in (DAYS[1], DAYS[-1]):  # a fit day and the holdout day
+        _deliver_twice(config, day)
+    again = train(config, reason="labels delivered twice")
+    # The same rows, so the same model: nothing dropped, nothing counted twice.
+    assert again.rows == clean.rows
+    assert again.challenger_metrics == pytest.approx(clean.challenger_metrics, rel=1e-12)
+    assert again.window == {"from": DAYS[0], "to": DAYS[-1]}
+    assert [w.split(":")[0] for w in again.warnings] == [f"labels/dt={d}" for d in DAYS[1::2]]
+    assert "repeat an earlier row's id and label" in again.warnings[0]
+    meta = Registry(config.store, config.dataset.name).metadata(again.version)
+    assert meta["warnings"] == again.warnings
+
+    measured = performance.measure(config, DAYS[1], "run")
+    assert [(r["metric"], r["n_labelled"], r["n_joined"]) for r in measured.rows] == [
+        (r["metric"], r["n_labelled"], r["n_joined"]) for r in before
+    ]
+    assert [r["value"] for r in measured.rows] == pytest.approx([r["value"] for r in before])
+    assert measured.notes and "count once" in measured.notes[0]
+
+
+def test_ids_with_conflicting_labels_are_left_out_counted_and_named(four_days):
+    config = four_days
+    clean = train(config, reason="clean labels")
+    _score(config, DAYS[0])
+    before = performance.measure(config, DAYS[0], "run").rows[0]
+    original = _deliver_twice(config, DAYS[0], flip=3)
+
+    result = train(config, reason="three conflicting labels")
+    assert result.rows["fit"] == clean.rows["fit"] - 3
+    ids = original.column("customer_id").slice(0, 3).to_pylist()
+    repeated, warning = result.warnings
+    rows = original.num_rows
+    assert repeated == (
+        f"labels/dt={DAYS[0]}: {rows - 3:,} row(s) repeat an earlier row's id and label "
+        "(a file delivered twice?) and count once"
+    )
+    assert warning == (
+        f"labels/dt={DAYS[0]}: 3 id(s) have conflicting labels in column 'churned' and are "
+        f"left out: customer_id {', '.join(map(str, sorted(ids)))}"
+    )
+
+    measured = performance.measure(config, DAYS[0], "run")
+    row = measured.rows[0]
+    assert row["n_labelled"] == before["n_labelled"] - 3
+    assert row["n_joined"] == before["n_joined"] - 3
+    assert measured.notes[-1] == warning
+
+
+def test_a_day_whose_every_label_conflicts_is_left_out_with_the_reason(four_days):
+    config = four_days
+    _deliver_twice(config, DAYS[1], flip=10**9)  # every label turned over
+    result = train(config, reason="one day unusable")
+    window = Registry(config.store, config.dataset.name).metadata(result.version)
+    assert window["training_window"]["partitions"] == [DAYS[0], *DAYS[2:]]
+    assert result.warnings[0].startswith(f"labels/dt={DAYS[1]}: ")
+    assert "have conflicting labels" in result.warnings[0]
+    assert result.warnings[1].startswith(f"dt={DAYS[1]}: no labelled rows (0 usable label(s)")
+    assert result.warnings[1].endswith("left out of training")
+
+    shutil.rmtree(_labels(config, DAYS[0]))  # now too few days: nothing trained, and why
+    skipped = train(config, reason="too few days")
+    assert skipped.status == "skipped"
+    assert "2 labelled partition(s)" in skipped.decision
+    assert f"(1 more left out: {DAYS[1]})" in skipped.decision
