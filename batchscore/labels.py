@@ -9,6 +9,7 @@ rows.
   true cannot be told. The note names some of them.
 
 Nothing else drops labels; what was left out is in `Labels.notes`, for the caller to warn.
+A file without an id column or the label is an error naming the file and the columns it has.
 """
 
 from __future__ import annotations
@@ -47,15 +48,23 @@ def read_labels(config: Config, partition: str) -> Labels:
     ds = config.dataset
     source = Location(config.source)
     folder = f"labels/dt={partition}"
+    wanted = {c: "[dataset] id_columns" for c in ds.id_columns} | {ds.label: "[dataset] label"}
     tables = []
     for entry in source.data_files(folder):
+        name = f"{folder}/{entry.base_name}"
         try:
-            table = pq.read_table(
-                source.fs.open_input_file(entry.path), columns=[*ds.id_columns, ds.label]
-            )
+            with source.fs.open_input_file(entry.path) as fh:
+                file = pq.ParquetFile(fh)
+                has = file.schema_arrow.names
+                missing = [f"{c!r} ({role})" for c, role in wanted.items() if c not in has]
+                if missing:
+                    raise LabelError(
+                        f"{name} has no column {', no column '.join(missing)}; "
+                        f"it has: {', '.join(has) or 'no columns'}"
+                    )
+                tables.append(file.read(columns=list(wanted)))
         except (pa.ArrowInvalid, KeyError) as exc:
-            raise LabelError(f"cannot read {folder}/{entry.base_name}: {exc}") from exc
-        tables.append(table)
+            raise LabelError(f"cannot read {name}: {exc}") from exc
     if not tables:
         raise LabelError(f"no Parquet files under {source.path(folder)}")
     table = pa.concat_tables(tables, promote_options="permissive")

@@ -14,8 +14,9 @@ from helpers import SAMPLE, copy_sample, write_config
 
 from batchscore import partitions, performance, scoring
 from batchscore.config import load_config
+from batchscore.labels import LabelError
 from batchscore.registry import Registry
-from batchscore.training import train
+from batchscore.training import TrainingError, train
 
 DAYS = ["2026-10-01", "2026-10-02", "2026-10-03", "2026-10-04"]  # fit, fit, validation, holdout
 
@@ -132,3 +133,25 @@ def test_a_day_whose_every_label_conflicts_is_left_out_with_the_reason(four_days
     assert skipped.status == "skipped"
     assert "2 labelled partition(s)" in skipped.decision
     assert f"(1 more left out: {DAYS[1]})" in skipped.decision
+
+
+def test_a_labels_file_without_the_label_column_is_named_with_the_columns_it_has(four_days):
+    config = four_days
+    train(config, reason="clean labels")
+    _score(config, DAYS[2])
+    path = _labels(config, DAYS[2]) / "part-0.parquet"
+    pq.write_table(pq.read_table(path).rename_columns(["customer_id", "label"]), path)
+    message = (
+        f"labels/dt={DAYS[2]}/part-0.parquet has no column 'churned' ([dataset] label); "
+        "it has: customer_id, label"
+    )
+    with pytest.raises(TrainingError) as trained:
+        train(config, reason="renamed label")
+    assert str(trained.value) == message
+    with pytest.raises(LabelError) as measured:
+        performance.measure(config, DAYS[2], "run")
+    assert str(measured.value) == message
+
+    pq.write_table(pa.table({"id": [1], "y": [0]}), path)
+    with pytest.raises(LabelError, match="has no column 'customer_id' .* no column 'churned'"):
+        performance.measure(config, DAYS[2], "run")
