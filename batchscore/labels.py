@@ -9,7 +9,9 @@ rows.
   true cannot be told. The note names some of them.
 
 Nothing else drops labels; what was left out is in `Labels.notes`, for the caller to warn.
-A file without an id column or the label is an error naming the file and the columns it has.
+A file without an id column or the label is an error naming the file and the columns it has;
+so is one whose ids are of another kind than the rows' (strings beside integers), which no
+label could match.
 """
 
 from __future__ import annotations
@@ -43,8 +45,23 @@ class Labels:
     notes: tuple[str, ...]
 
 
-def read_labels(config: Config, partition: str) -> Labels:
-    """The labels of `partition`, with the rule of the module docstring applied."""
+def with_join_types(table: pa.Table, id_columns: list[str]) -> pa.Table:
+    """`table` with its id columns cast to the type their kind is joined by: integers as
+    int64 (uint64 kept), strings of any encoding as large_string, dates as date64. Arrow
+    joins only identical key types (int32 beside int64 ids raised)."""
+    for c in id_columns:
+        at = table.schema.get_field_index(c)
+        t = table.schema.field(at).type
+        target = _JOIN_TYPES.get(_kind(t), t) if t != pa.uint64() else t
+        if target != t:
+            table = table.set_column(at, c, table.column(at).cast(target))
+    return table
+
+
+def read_labels(config: Config, partition: str, rows: pa.Schema, rows_name: str) -> Labels:
+    """The labels of `partition`, with the rule of the module docstring applied, their id
+    columns cast to the types of the `rows` they will be joined to (`with_join_types`);
+    `rows_name` names those rows in an error (`scores/dt=D`)."""
     ds = config.dataset
     source = Location(config.source)
     folder = f"labels/dt={partition}"
@@ -62,9 +79,10 @@ def read_labels(config: Config, partition: str) -> Labels:
                         f"{name} has no column {', no column '.join(missing)}; "
                         f"it has: {', '.join(has) or 'no columns'}"
                     )
-                tables.append(file.read(columns=list(wanted)))
+                table = file.read(columns=list(wanted))
         except (pa.ArrowInvalid, KeyError) as exc:
             raise LabelError(f"cannot read {name}: {exc}") from exc
+        tables.append(_cast_ids(table, rows, ds.id_columns, name, rows_name))
     if not tables:
         raise LabelError(f"no Parquet files under {source.path(folder)}")
     table = pa.concat_tables(tables, promote_options="permissive")
@@ -107,6 +125,48 @@ def read_labels(config: Config, partition: str) -> Labels:
         conflicts.num_rows,
         tuple(notes),
     )
+
+
+# The type each kind of id is joined by (`_kind`); other types are joined as they are.
+_JOIN_TYPES = {"integer": pa.int64(), "string": pa.large_string(), "date": pa.date64()}
+
+
+def _kind(t: pa.DataType) -> str:
+    """What an id's values are, whatever their encoding: integer, string, date, or the
+    type's own name (a float id is none of them)."""
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    if pa.types.is_integer(t):
+        return "integer"
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
+        return "string"
+    return "date" if pa.types.is_date(t) else str(t)
+
+
+def _cast_ids(
+    table: pa.Table, rows: pa.Schema, id_columns: list[str], name: str, rows_name: str
+) -> pa.Table:
+    """One labels file's ids cast to the rows' types; ids of another kind never compare
+    equal (`"17"` is not `17`), so not one label would match: an error naming both types."""
+    for c in id_columns:
+        at = table.schema.get_field_index(c)
+        have, want = table.schema.field(at).type, rows.field(c).type
+        if have == want or pa.types.is_null(have) or pa.types.is_null(want):
+            continue
+        if _kind(have) != _kind(want):
+            raise LabelError(
+                f"{name}: id column {c!r} has type {have}, but {rows_name} has {want}: "
+                f"{' and '.join(sorted({_kind(have), _kind(want)}))} ids never compare "
+                "equal, so no label would match a row; fix the labels' export"
+            )
+        try:
+            table = table.set_column(at, c, table.column(at).cast(want))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise LabelError(
+                f"{name}: id column {c!r} of type {have} cannot be cast to {want}, the type "
+                f"of {rows_name}: {exc}"
+            ) from exc
+    return table
 
 
 def _ids_text(ids: pa.Table, id_columns: list[str]) -> str:

@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from batchscore.config import Config
-from batchscore.labels import read_labels
+from batchscore.labels import read_labels, with_join_types
 from batchscore.metrics import metrics
 from batchscore.partitions import SUCCESS
 from batchscore.storage import Location, UnreadableJSON
@@ -103,7 +103,8 @@ def measure(config: Config, partition: str, run_id: str) -> Measurement:
     store = Location(config.store)
     computed_from = _fingerprint(config, partition)
     scores = _read(store, f"scores/dt={partition}", [*ds.id_columns, "score", "model_version"])
-    read = read_labels(config, partition)
+    scores = with_join_types(scores, ds.id_columns)
+    read = read_labels(config, partition, scores.schema, f"scores/dt={partition}")
     labels = read.table
     joined = scores.join(labels, keys=ds.id_columns, join_type="inner")
     now = dt.datetime.now(dt.UTC)

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from batchscore.config import HIGHER_IS_BETTER, Config
 from batchscore.features import FeatureSchema, TrainingProfile, feature_columns
-from batchscore.labels import LabelError, read_labels
+from batchscore.labels import LabelError, read_labels, with_join_types
 from batchscore.metrics import metrics
 from batchscore.registry import ModelIntegrityError, Registry
 from batchscore.storage import Location, lease, parse_partition_dir
@@ -78,8 +78,9 @@ def labelled_rows(config: Config, partition: str) -> tuple[pa.Table, list[str]]:
     ds = config.dataset
     source = Location(config.source)
     rows = _read_folder(source, f"incoming/dt={partition}", [*ds.id_columns, *ds.features])
+    rows = with_join_types(rows, ds.id_columns)
     try:
-        labels = read_labels(config, partition)
+        labels = read_labels(config, partition, rows.schema, f"incoming/dt={partition}")
     except LabelError as exc:
         raise TrainingError(str(exc)) from exc
     rows = _drop_duplicate_ids(rows.filter(_ids_valid(rows, ds.id_columns)), ds.id_columns)

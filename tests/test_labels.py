@@ -155,3 +155,37 @@ def test_a_labels_file_without_the_label_column_is_named_with_the_columns_it_has
     pq.write_table(pa.table({"id": [1], "y": [0]}), path)
     with pytest.raises(LabelError, match="has no column 'customer_id' .* no column 'churned'"):
         performance.measure(config, DAYS[2], "run")
+
+
+def test_label_ids_of_another_integer_type_join_and_string_ids_are_named_with_both_types(
+    four_days,
+):
+    config = four_days
+    clean = train(config, reason="clean labels")
+    _score(config, DAYS[2])
+    before = performance.measure(config, DAYS[2], "run").rows[0]
+    path = _labels(config, DAYS[2]) / "part-0.parquet"
+    labels = pq.read_table(path)
+    ids = labels.column("customer_id")
+
+    # int32 ids are the same ids as the rows' int64 (Arrow joins identical types only).
+    pq.write_table(labels.set_column(0, "customer_id", ids.cast(pa.int32())), path)
+    assert performance.measure(config, DAYS[2], "run").rows[0]["n_joined"] == before["n_joined"]
+    assert train(config, reason="int32 label ids").rows == clean.rows
+
+    as_text = pa.array([str(i) for i in ids.to_pylist()])
+    pq.write_table(labels.set_column(0, "customer_id", as_text), path)
+    problem = (
+        "id column 'customer_id' has type string, but {} has int64: integer and string ids "
+        "never compare equal, so no label would match a row; fix the labels' export"
+    )
+    with pytest.raises(TrainingError) as trained:
+        train(config, reason="string label ids")
+    assert str(trained.value) == (
+        f"labels/dt={DAYS[2]}/part-0.parquet: " + problem.format(f"incoming/dt={DAYS[2]}")
+    )
+    with pytest.raises(LabelError) as measured:
+        performance.measure(config, DAYS[2], "run")
+    assert str(measured.value) == (
+        f"labels/dt={DAYS[2]}/part-0.parquet: " + problem.format(f"scores/dt={DAYS[2]}")
+    )
