@@ -77,7 +77,7 @@ def score(config: str = DEFAULT_CONFIG, partition: str | None = None, rescore: b
         with LeaseKeeper(leases):  # renewed while the run lasts, however long
             leased = dict(zip(todo, leases, strict=True))
             outcomes, failures = score_partitions(runner, cfg, model, leased, run_id)
-        performance = measure_all(runner, cfg, run_id)
+        performance, not_measured = measure_all(runner, cfg, run_id)
     except BaseException:
         workers.__exit__(*sys.exc_info())  # an interrupt stops them at once
         raise
@@ -88,22 +88,33 @@ def score(config: str = DEFAULT_CONFIG, partition: str | None = None, rescore: b
     closing = threading.Thread(target=workers.close, name="stop-workers")
     closing.start()
     try:
-        return _finish(cfg, model, started, pending, todo, outcomes, failures, performance)
+        return _finish(
+            cfg, model, started, pending, todo, outcomes, failures, performance, not_measured
+        )
     finally:
         closing.join()
 
 
-def _finish(cfg, model, started, pending, todo, outcomes, failures, performance):
+def _finish(cfg, model, started, pending, todo, outcomes, failures, performance, not_measured):
     """Report the run, act on drift, and name the flow run's final state."""
     report_run(cfg, model, outcomes, failures, time.time() - started)
-    report_performance(cfg, performance)
+    report_performance(cfg, performance, not_measured)
+    # A partition's scores stand whatever its labels are: a measurement that failed is told
+    # in the run's message, and fails no run.
+    also = (
+        f"; realised performance not measured for {len(not_measured)} partition(s): "
+        + " | ".join(not_measured)
+        if not_measured
+        else ""
+    )
     if not todo:
         busy = len(pending) - len(todo)
         return Completed(
             name="NothingToDo",
             data=[],
             message=f"nothing to do: every partition is scored by {model.version}"
-            + (f" or being scored by another run ({busy})" if busy else ""),
+            + (f" or being scored by another run ({busy})" if busy else "")
+            + also,
         )
     decision = decide_retrain(cfg, outcomes)
     if decision.retrain and cfg.retrain.on_drift != "off":
@@ -112,15 +123,16 @@ def _finish(cfg, model, started, pending, todo, outcomes, failures, performance)
     held = [o.partition for o in outcomes if o.status == "held"]
     if failures:
         return Failed(
-            data=data, message=f"{len(failures)} partition(s) failed: " + " | ".join(failures)
+            data=data,
+            message=f"{len(failures)} partition(s) failed: " + " | ".join(failures) + also,
         )
     if held:
         return Completed(
             name="CompletedWithHeld",
             data=data,
-            message=f"{len(held)} partition(s) held: {', '.join(held)}",
+            message=f"{len(held)} partition(s) held: {', '.join(held)}{also}",
         )
-    return Completed(data=data, message=f"{len(outcomes)} partition(s) scored")
+    return Completed(data=data, message=f"{len(outcomes)} partition(s) scored{also}")
 
 
 def task_runner(cfg: Config):
@@ -532,13 +544,28 @@ class Progress:
         return result
 
 
-def measure_all(runner: TaskRunner, cfg: Config, run_id: str) -> list[dict]:
-    """Realised performance of scored partitions whose labels arrived (or changed)."""
+def measure_all(runner: TaskRunner, cfg: Config, run_id: str) -> tuple[list[dict], list[str]]:
+    """Realised performance of scored partitions whose labels arrived (or changed): its
+    rows, and `partition: reason` for each partition it could not be measured for (its
+    `measure-performance` task ends Failed; the labels are the source's, the scores stand)."""
+    logger = get_run_logger()
+    try:
+        labelled = find_labelled(cfg)
+    except Exception as exc:  # noqa: BLE001 - told, never the scoring run's failure
+        logger.warning("realised performance not measured: %s", exc)
+        return [], [f"labelled partitions not found: {exc}"]
     measured = [
-        runner.submit(measure_performance, {"config": cfg, "partition": p, "run_id": run_id})
-        for p in find_labelled(cfg)
+        (p, runner.submit(measure_performance, {"config": cfg, "partition": p, "run_id": run_id}))
+        for p in labelled
     ]
-    return [row for f in measured for row in f.result()]
+    rows, not_measured = [], []
+    for partition, future in measured:
+        try:
+            rows += future.result()
+        except Exception as exc:  # noqa: BLE001 - as above; the task run has the traceback
+            logger.warning("realised performance of %s not measured: %s", partition, exc)
+            not_measured.append(f"{partition}: {exc}")
+    return rows, not_measured
 
 
 def act_on_drift(cfg: Config, model: ModelRef, decision: RetrainDecision) -> None:

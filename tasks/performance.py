@@ -35,8 +35,8 @@ def measure_performance(config: Config, partition: str, run_id: str) -> list[dic
 
 
 @task(name="report-performance", **TASK_DEFAULTS)
-def report_performance(config: Config, rows: list[dict]) -> str | None:
-    if not rows:
+def report_performance(config: Config, rows: list[dict], not_measured: list[str]) -> str | None:
+    if not rows and not not_measured:
         return None
     metrics = sorted({r["metric"] for r in rows})
     by_key: dict[tuple[str, str], dict] = {}
@@ -53,6 +53,8 @@ def report_performance(config: Config, rows: list[dict]) -> str | None:
     for (partition, version), values in sorted(by_key.items()):
         cells = " | ".join("-" if values.get(m) is None else f"{values[m]:.4f}" for m in metrics)
         lines.append(f"| {partition} | {version} | {values['n']:,} | {cells} |")
+    if not_measured:
+        lines += ["", *[f"- not measured: {problem}" for problem in not_measured]]
     lines += ["", f"Table: `{config.store}/performance/dt=*/`"]
     markdown = "\n".join(lines)
     create_markdown_artifact(

@@ -17,6 +17,7 @@ from batchscore.config import load_config
 from batchscore.labels import LabelError
 from batchscore.registry import Registry
 from batchscore.training import TrainingError, train
+from flows.score import score
 
 DAYS = ["2026-10-01", "2026-10-02", "2026-10-03", "2026-10-04"]  # fit, fit, validation, holdout
 
@@ -189,3 +190,25 @@ def test_label_ids_of_another_integer_type_join_and_string_ids_are_named_with_bo
     assert str(measured.value) == (
         f"labels/dt={DAYS[2]}/part-0.parquet: " + problem.format(f"scores/dt={DAYS[2]}")
     )
+
+
+def test_labels_that_cannot_be_measured_do_not_fail_the_score_run(four_days, prefect_api):
+    config = four_days
+    store = Path(config.store)
+    train(config, reason="first")
+    path = _labels(config, DAYS[1]) / "part-0.parquet"
+    labels = pq.read_table(path)
+    as_text = pa.array([str(i) for i in labels.column("customer_id").to_pylist()])
+    pq.write_table(labels.set_column(0, "customer_id", as_text), path)
+
+    state = score(config=config.path, return_state=True)
+    assert state.is_completed(), state.message
+    assert sorted(o["partition"] for o in state.result() if o["status"] == "scored") == DAYS
+    assert all((store / "scores" / f"dt={d}" / "_SUCCESS").exists() for d in DAYS)
+    assert state.message.startswith(
+        f"4 partition(s) scored; realised performance not measured for 1 partition(s): "
+        f"{DAYS[1]}: labels/dt={DAYS[1]}/part-0.parquet: id column 'customer_id' has type "
+        f"string, but scores/dt={DAYS[1]} has int64"
+    )
+    measured = sorted(p.name for p in (store / "performance").iterdir())
+    assert measured == [f"dt={d}" for d in DAYS if d != DAYS[1]]
