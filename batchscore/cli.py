@@ -177,8 +177,12 @@ def _train(config, reason: str, force: bool) -> int:
         print(f"batchscore: {result['decision']}", file=sys.stderr)
         return 2
     rows = result["rows"]
-    metrics = ", ".join(f"{k}={v:.4f}" for k, v in sorted(result["challenger_metrics"].items()))
+    metrics = ", ".join(
+        f"{k}={_metric(v)}" for k, v in sorted(result["challenger_metrics"].items())
+    )
     print(f"{result['status']}: {result['decision']}")
+    for name, why in sorted((result.get("undefined_metrics") or {}).items()):
+        print(f"{name} undefined on the holdout: {why}")
     print(
         f"{config.dataset.name} {result['version']} trained on {result['window']['from']}.."
         f"{result['window']['to']} in {time.time() - started:.1f} s ({rows['fit']:,} fit, "
@@ -191,6 +195,10 @@ def _train(config, reason: str, force: bool) -> int:
             " or train with --force)"
         )
     return 0
+
+
+def _metric(value: float | None) -> str:
+    return "undefined" if value is None else f"{value:.4f}"
 
 
 def _models(config, args) -> int:
@@ -229,7 +237,7 @@ def _models(config, args) -> int:
                     "finish, or the file was deleted)"
                 )
             continue
-        metrics = " ".join(f"{k}={v:.4f}" for k, v in sorted(meta["metrics"].items()))
+        metrics = " ".join(f"{k}={_metric(v)}" for k, v in sorted(meta["metrics"].items()))
         window = meta["training_window"]
         mark = "champion" if version == champion else "        "
         print(

@@ -7,8 +7,11 @@ included), and these five need NumPy only.
 - binary: `log_loss` (natural log, predictions clipped to [1e-15, 1 - 1e-15]), `brier`
   (mean squared error of the probability), `auc` (area under the ROC curve: the
   probability that a random positive scores above a random negative, ties counting one
-  half; NaN when the labels hold one class only);
+  half; undefined when the labels hold one class only);
 - regression: `rmse`, `mae`.
+
+A metric the labels leave undefined is None in `metrics`' answer, never NaN (which is not
+JSON, and compares false with everything, a gate included); `undefined` says why.
 
 `auc` is exact: the Mann-Whitney statistic from tied ranks is summed in integers and
 divided once, so the value is the true AUC correctly rounded (scikit-learn's trapezoids
@@ -22,8 +25,9 @@ import math
 import numpy as np
 
 
-def metrics(task: str, y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
-    """The task's metrics of predictions `pred` against labels `y` (same length, no NaN)."""
+def metrics(task: str, y: np.ndarray, pred: np.ndarray) -> dict[str, float | None]:
+    """The task's metrics of predictions `pred` against labels `y` (same length, no NaN);
+    None for a metric these labels leave undefined (`undefined`)."""
     y = np.asarray(y, dtype=np.float64)
     pred = np.asarray(pred, dtype=np.float64)
     if y.shape != pred.shape or y.ndim != 1:
@@ -35,9 +39,22 @@ def metrics(task: str, y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     if task == "binary":
         if not np.isin(y, (0.0, 1.0)).all():
             raise ValueError(f"binary labels must be 0 or 1; found {sorted(set(y.tolist()))[:5]}")
-        return {"log_loss": log_loss(y, pred), "brier": brier(y, pred), "auc": auc(y, pred)}
+        area = auc(y, pred)
+        return {
+            "log_loss": log_loss(y, pred),
+            "brier": brier(y, pred),
+            "auc": None if math.isnan(area) else area,
+        }
     mae = float(np.mean(np.abs(pred - y)))
     return {"rmse": math.sqrt(_mean_squared_error(y, pred)), "mae": mae}
+
+
+def undefined(task: str, y: np.ndarray) -> dict[str, str]:
+    """Why each metric that `metrics` leaves None on labels `y` is undefined."""
+    classes = np.unique(np.asarray(y, dtype=np.float64))
+    if task == "binary" and len(classes) == 1:
+        return {"auc": f"the labels hold one class only ({classes[0]:g}); AUC needs both"}
+    return {}
 
 
 def log_loss(y: np.ndarray, pred: np.ndarray) -> float:

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from batchscore.config import Config
 from batchscore.labels import read_labels, with_join_types
-from batchscore.metrics import metrics
+from batchscore.metrics import metrics, undefined
 from batchscore.partitions import SUCCESS
 from batchscore.storage import Location, UnreadableJSON
 from batchscore.training import labelled_partitions
@@ -108,7 +108,7 @@ def measure(config: Config, partition: str, run_id: str) -> Measurement:
     labels = read.table
     joined = scores.join(labels, keys=ds.id_columns, join_type="inner")
     now = dt.datetime.now(dt.UTC)
-    rows = []
+    rows, notes, not_defined = [], list(read.notes), {}
     for version in sorted(set(joined.column("model_version").to_pylist())):
         part = joined.filter(pc.equal(joined.column("model_version"), version))
         y = part.column(ds.label).to_numpy(zero_copy_only=False).astype(np.float64)
@@ -118,13 +118,18 @@ def measure(config: Config, partition: str, run_id: str) -> Measurement:
             raise ValueError(
                 f"{config.source}/labels/dt={partition}, column {ds.label!r}: {exc}"
             ) from exc
+        not_defined[version] = undefined(ds.task, y)
+        notes += [
+            f"dt={partition}, scores of {version}: {name} undefined: {why}"
+            for name, why in not_defined[version].items()
+        ]
         for name, value in sorted(values.items()):
             rows.append(
                 {
                     "partition": dt.date.fromisoformat(partition),
                     "model_version": version,
                     "metric": name,
-                    "value": None if np.isnan(value) else value,
+                    "value": value,  # None where undefined
                     "n_scored": scores.num_rows,
                     "n_labelled": labels.num_rows,
                     "n_joined": part.num_rows,
@@ -146,10 +151,11 @@ def measure(config: Config, partition: str, run_id: str) -> Measurement:
                 "repeated": read.repeated,
                 "conflicting_ids": read.conflicting,
             },
-            "notes": list(read.notes),
+            "notes": notes,
+            "undefined_metrics": {v: why for v, why in not_defined.items() if why},
             "written_at": now.isoformat(),
         },
         SUCCESS,
     )
     store.publish_dir(staging, "performance", f"dt={partition}")
-    return Measurement(partition, json.loads(json.dumps(rows, default=str)), read.notes)
+    return Measurement(partition, json.loads(json.dumps(rows, default=str)), tuple(notes))

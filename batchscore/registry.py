@@ -180,7 +180,7 @@ class Registry:
                 "files": checksums,
                 "created_at": utc_now(),
             }
-            staging.write_json(meta, METADATA)
+            staging.write_json(meta, METADATA, allow_nan=False)
             if not self.root.is_local:
                 # No folder rename on object storage: claim the number with an exclusive
                 # create, then copy the files in, metadata.json (what makes it a version) last.
@@ -327,7 +327,9 @@ class Registry:
         audit of why each version exists (or why none was trained)."""
         record = {**record, "at": utc_now()}
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
-        self.root.write_json(record, "retrains", f"{stamp}-{uuid.uuid4().hex[:8]}.json")
+        self.root.write_json(
+            record, "retrains", f"{stamp}-{uuid.uuid4().hex[:8]}.json", allow_nan=False
+        )
 
     def retrains(self, unreadable: list[str] | None = None) -> list[dict[str, Any]]:
         return self._read_log("retrains", unreadable)

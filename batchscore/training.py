@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from batchscore.config import HIGHER_IS_BETTER, Config
 from batchscore.features import FeatureSchema, TrainingProfile, feature_columns
 from batchscore.labels import LabelError, read_labels, with_join_types
-from batchscore.metrics import metrics
+from batchscore.metrics import metrics, undefined
 from batchscore.registry import ModelIntegrityError, Registry
 from batchscore.storage import Location, lease, parse_partition_dir
 from drift import ReferenceProfile
@@ -44,11 +44,13 @@ class TrainResult:
     champion: str | None
     decision: str  # why it was (not) promoted, or why nothing was trained
     metric: str
-    challenger_metrics: dict[str, float] = field(default_factory=dict)
-    champion_metrics: dict[str, float] = field(default_factory=dict)
+    # None for a metric undefined on the holdout (AUC of one class), and why in undefined_metrics
+    challenger_metrics: dict[str, float | None] = field(default_factory=dict)
+    champion_metrics: dict[str, float | None] = field(default_factory=dict)
     rows: dict[str, int] = field(default_factory=dict)
     window: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)  # labels or days left out, and why
+    undefined_metrics: dict[str, str] = field(default_factory=dict)
 
     @property
     def promoted(self) -> bool:
@@ -200,8 +202,9 @@ def train(
     challenger_metrics = metrics(
         ds.task, y[in_holdout], booster.predict(X[in_holdout], num_iteration=best)
     )
+    not_defined = undefined(ds.task, y[in_holdout])
 
-    champion_metrics: dict[str, float] = {}
+    champion_metrics: dict[str, float | None] = {}
     champion, not_compared = champion_to_compare(registry, parent, force)
     if champion is not None:
         holdout = data.filter(pa.array(in_holdout))
@@ -231,6 +234,7 @@ def train(
         "warnings": warnings,
         "metrics": challenger_metrics,
         "metrics_on": f"holdout days {', '.join(holdout_days)}",
+        "undefined_metrics": not_defined,
         "champion_metrics": {"version": parent, **champion_metrics} if parent else None,
         "best_iteration": booster.best_iteration,
         "params": rt.lightgbm.model_dump(),
@@ -264,7 +268,13 @@ def train(
             status, decision = "promoted", f"forced: {reason}{not_compared}"
         else:
             ok, decision = gate(
-                metric, challenger_metrics, champion_metrics, rt.min_improvement, version, parent
+                metric,
+                challenger_metrics,
+                champion_metrics,
+                rt.min_improvement,
+                version,
+                parent,
+                f"undefined on the holdout {', '.join(holdout_days)}: {not_defined.get(metric)}",
             )
             status = "promoted" if ok else "registered"
         if status == "promoted":
@@ -280,6 +290,7 @@ def train(
         metadata["rows"],
         {"from": days[0], "to": days[-1]},
         warnings,
+        not_defined,
     )
     registry.record_retrain(_record(result, reason, run_id, trigger, parent))
     return result
@@ -287,14 +298,22 @@ def train(
 
 def gate(
     metric: str,
-    challenger: dict[str, float],
-    champion: dict[str, float],
+    challenger: dict[str, float | None],
+    champion: dict[str, float | None],
     min_improvement: float,
     version: str,
     parent: str,
+    undefined_why: str = "undefined",
 ) -> tuple[bool, str]:
-    """Promote when the challenger beats the champion by at least `min_improvement`."""
-    new, old = challenger[metric], champion[metric]
+    """Promote when the challenger beats the champion by at least `min_improvement`; a
+    metric undefined for either (None, `undefined_why`) compares nothing: not promoted."""
+    new, old = challenger.get(metric), champion.get(metric)
+    if new is None or old is None:
+        return False, (
+            f"{metric}: {undefined_why}. {version} not promoted: it cannot be compared with "
+            f"champion {parent} (train with --force to promote it, or set [retrain] metric "
+            "to one the holdout defines)"
+        )
     improvement = (new - old) if metric in HIGHER_IS_BETTER else (old - new)
     verdict = improvement >= min_improvement
     return verdict, (
@@ -340,6 +359,7 @@ def _record(
         "metric": result.metric,
         "challenger_metrics": result.challenger_metrics,
         "champion_metrics": result.champion_metrics,
+        "undefined_metrics": result.undefined_metrics,
         "warnings": result.warnings,
     }
 

@@ -52,15 +52,16 @@ def report_retrain(config: Config, result: TrainResult, reason: str) -> str:
         lines += ["", "| model | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
         lines.append(
             f"| challenger {result.version} | "
-            + " | ".join(f"{result.challenger_metrics[n]:.5f}" for n in names)
+            + " | ".join(_cell(result.challenger_metrics[n]) for n in names)
             + " |"
         )
         if result.champion_metrics:
             lines.append(
                 "| previous champion | "
-                + " | ".join(f"{result.champion_metrics[n]:.5f}" for n in names)
+                + " | ".join(_cell(result.champion_metrics.get(n)) for n in names)
                 + " |"
             )
+    lines += [f"- {n} undefined: {why}" for n, why in sorted(result.undefined_metrics.items())]
     markdown = "\n".join(lines)
     create_markdown_artifact(
         markdown=markdown,
@@ -68,6 +69,10 @@ def report_retrain(config: Config, result: TrainResult, reason: str) -> str:
         description=f"{config.dataset.name}: what this retrain did",
     )
     return markdown
+
+
+def _cell(value: float | None) -> str:
+    return "undefined" if value is None else f"{value:.5f}"
 
 
 @task(name="decide-retrain", **TASK_DEFAULTS)

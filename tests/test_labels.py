@@ -3,6 +3,7 @@ rule that training, its holdout and realised performance count the same rows."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -212,3 +213,52 @@ def test_labels_that_cannot_be_measured_do_not_fail_the_score_run(four_days, pre
     )
     measured = sorted(p.name for p in (store / "performance").iterdir())
     assert measured == [f"dt={d}" for d in DAYS if d != DAYS[1]]
+
+
+def _strict_json(path: Path) -> dict:
+    """A JSON file as any parser reads it: NaN and Infinity are not JSON."""
+
+    def refuse(constant: str):
+        raise ValueError(f"{path}: {constant} is not JSON")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_a_holdout_of_one_class_records_auc_as_null_with_the_reason_and_the_gate_says_why(
+    four_days,
+):
+    config = four_days
+    train(config, reason="first")
+    _score(config, DAYS[-1])
+    path = _labels(config, DAYS[-1]) / "part-0.parquet"
+    labels = pq.read_table(path)
+    no_churn = pa.array([0] * labels.num_rows, labels.column("churned").type)
+    pq.write_table(labels.set_column(1, "churned", no_churn), path)
+    why = "the labels hold one class only (0); AUC needs both"
+
+    result = train(config, reason="holdout of one class")
+    assert result.status == "registered"
+    assert result.challenger_metrics["auc"] is None and result.champion_metrics["auc"] is None
+    assert result.undefined_metrics == {"auc": why}
+    assert result.decision == (
+        f"auc: undefined on the holdout {DAYS[-1]}: {why}. v0002 not promoted: it cannot be "
+        "compared with champion v0001 (train with --force to promote it, or set [retrain] "
+        "metric to one the holdout defines)"
+    )
+    models = Path(config.store) / "models" / "churn"
+    meta = _strict_json(models / "v0002" / "metadata.json")
+    assert meta["metrics"]["auc"] is None and meta["champion_metrics"]["auc"] is None
+    assert meta["undefined_metrics"] == {"auc": why}
+    assert meta["metrics"]["brier"] > 0
+    records = [_strict_json(p) for p in sorted((models / "retrains").glob("*.json"))]
+    assert records[-1]["challenger_metrics"]["auc"] is None
+    assert records[-1]["undefined_metrics"] == {"auc": why}
+
+    forced = train(config, reason="on purpose", force=True)
+    assert forced.promoted and forced.decision == "forced: on purpose"
+
+    measured = performance.measure(config, DAYS[-1], "run")
+    assert {r["metric"]: r["value"] for r in measured.rows}["auc"] is None
+    assert f"dt={DAYS[-1]}, scores of v0001: auc undefined: {why}" in measured.notes
+    done = _strict_json(Path(config.store) / "performance" / f"dt={DAYS[-1]}" / "_SUCCESS")
+    assert done["undefined_metrics"] == {"v0001": {"auc": why}}

@@ -8,7 +8,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from batchscore.metrics import auc, metrics
+from batchscore.metrics import auc, metrics, undefined
 
 
 def _auc_by_pairs(y, score) -> Fraction:
@@ -34,7 +34,16 @@ def test_auc_of_a_textbook_example_and_of_one_class():
     assert auc(y, np.array([0.1, 0.4, 0.35, 0.8])) == 0.75
     assert auc(y, np.array([0.5, 0.5, 0.5, 0.5])) == 0.5
     assert auc(y, np.array([0.9, 0.8, 0.1, 0.2])) == 0.0
-    assert math.isnan(metrics("binary", np.ones(3), np.array([0.2, 0.4, 0.9]))["auc"])
+    assert math.isnan(auc(np.ones(3), np.array([0.2, 0.4, 0.9])))
+
+
+def test_a_metric_undefined_on_the_labels_is_none_with_its_reason():
+    y, pred = np.zeros(3), np.array([0.2, 0.4, 0.9])
+    got = metrics("binary", y, pred)
+    assert got["auc"] is None and got["brier"] == pytest.approx((0.04 + 0.16 + 0.81) / 3)
+    assert undefined("binary", y) == {"auc": "the labels hold one class only (0); AUC needs both"}
+    assert undefined("binary", np.array([0.0, 1.0])) == {}
+    assert undefined("regression", np.ones(3)) == {}
 
 
 def test_binary_metrics_follow_their_definitions():
