@@ -62,16 +62,15 @@ def labelled_partitions(config: Config) -> list[str]:
     return sorted(d.isoformat() for d in days if d is not None)
 
 
-def _read_folder(location: Location, folder: str, columns: list[str] | None) -> pa.Table:
+def _read_folder(location: Location, folder: str, columns: list[str] | None) -> pa.Table | None:
+    """The folder's data files as one table; None when it has none (or does not exist)."""
     tables = []
     for entry in location.data_files(folder):
         try:
             tables.append(pq.read_table(location.fs.open_input_file(entry.path), columns=columns))
         except (pa.ArrowInvalid, OSError, KeyError) as exc:
             raise TrainingError(f"cannot read {entry.path}: {exc}") from exc
-    if not tables:
-        raise TrainingError(f"no Parquet files under {location.path(folder)}")
-    return pa.concat_tables(tables, promote_options="permissive")
+    return pa.concat_tables(tables, promote_options="permissive") if tables else None
 
 
 def labelled_rows(config: Config, partition: str) -> tuple[pa.Table, list[str]]:
@@ -79,10 +78,16 @@ def labelled_rows(config: Config, partition: str) -> tuple[pa.Table, list[str]]:
     and warnings saying what else was left out (an empty table: the whole day, and why)."""
     ds = config.dataset
     source = Location(config.source)
-    rows = _read_folder(source, f"incoming/dt={partition}", [*ds.id_columns, *ds.features])
+    incoming = f"incoming/dt={partition}"
+    rows = _read_folder(source, incoming, [*ds.id_columns, *ds.features])
+    if rows is None:  # removed, or not delivered: the labels have nothing to label
+        return pa.table({}), [
+            f"dt={partition}: labels, but no incoming rows (no Parquet files under "
+            f"{source.path(incoming)}); left out of training"
+        ]
     rows = with_join_types(rows, ds.id_columns)
     try:
-        labels = read_labels(config, partition, rows.schema, f"incoming/dt={partition}")
+        labels = read_labels(config, partition, rows.schema, incoming)
     except LabelError as exc:
         raise TrainingError(str(exc)) from exc
     rows = _drop_duplicate_ids(rows.filter(_ids_valid(rows, ds.id_columns)), ds.id_columns)

@@ -262,3 +262,15 @@ def test_a_holdout_of_one_class_records_auc_as_null_with_the_reason_and_the_gate
     assert f"dt={DAYS[-1]}, scores of v0001: auc undefined: {why}" in measured.notes
     done = _strict_json(Path(config.store) / "performance" / f"dt={DAYS[-1]}" / "_SUCCESS")
     assert done["undefined_metrics"] == {"v0001": {"auc": why}}
+
+
+def test_labels_of_a_day_without_incoming_rows_are_left_out_with_a_warning(four_days):
+    config = four_days
+    incoming = Path(config.source) / "incoming" / f"dt={DAYS[0]}"
+    shutil.rmtree(incoming)
+    result = train(config, reason="a day's rows removed")
+    assert result.promoted and result.window == {"from": DAYS[1], "to": DAYS[-1]}
+    assert result.warnings == [
+        f"dt={DAYS[0]}: labels, but no incoming rows (no Parquet files under {incoming}); "
+        "left out of training"
+    ]
