@@ -101,12 +101,14 @@ def _finish(cfg, model, started, pending, todo, outcomes, failures, performance,
     report_performance(cfg, performance, not_measured)
     # A partition's scores stand whatever its labels are: a measurement that failed is told
     # in the run's message, and fails no run.
-    also = (
-        f"; realised performance not measured for {len(not_measured)} partition(s): "
-        + " | ".join(not_measured)
-        if not_measured
-        else ""
-    )
+    also = ""
+    if not_measured:  # the first reason: the others are often the same, and in their tasks
+        first, why = next(iter(not_measured.items()))
+        others = " (the others' reasons: their performance tasks)" if len(not_measured) > 1 else ""
+        also = (
+            f"; realised performance not measured for {len(not_measured)} partition(s) "
+            f"({', '.join(not_measured)}): {first}: {why}{others}"
+        )
     if not todo:
         busy = len(pending) - len(todo)
         return Completed(
@@ -544,27 +546,27 @@ class Progress:
         return result
 
 
-def measure_all(runner: TaskRunner, cfg: Config, run_id: str) -> tuple[list[dict], list[str]]:
+def measure_all(runner: TaskRunner, cfg: Config, run_id: str) -> tuple[list[dict], dict[str, str]]:
     """Realised performance of scored partitions whose labels arrived (or changed): its
-    rows, and `partition: reason` for each partition it could not be measured for (its
+    rows, and the reason for each partition it could not be measured for (its
     `measure-performance` task ends Failed; the labels are the source's, the scores stand)."""
     logger = get_run_logger()
     try:
         labelled = find_labelled(cfg)
     except Exception as exc:  # noqa: BLE001 - told, never the scoring run's failure
         logger.warning("realised performance not measured: %s", exc)
-        return [], [f"labelled partitions not found: {exc}"]
+        return [], {"labelled partitions": str(exc)}
     measured = [
         (p, runner.submit(measure_performance, {"config": cfg, "partition": p, "run_id": run_id}))
         for p in labelled
     ]
-    rows, not_measured = [], []
+    rows, not_measured = [], {}
     for partition, future in measured:
         try:
             rows += future.result()
         except Exception as exc:  # noqa: BLE001 - as above; the task run has the traceback
             logger.warning("realised performance of %s not measured: %s", partition, exc)
-            not_measured.append(f"{partition}: {exc}")
+            not_measured[partition] = str(exc)
     return rows, not_measured
 
 

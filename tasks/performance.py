@@ -35,7 +35,9 @@ def measure_performance(config: Config, partition: str, run_id: str) -> list[dic
 
 
 @task(name="report-performance", **TASK_DEFAULTS)
-def report_performance(config: Config, rows: list[dict], not_measured: list[str]) -> str | None:
+def report_performance(
+    config: Config, rows: list[dict], not_measured: dict[str, str]
+) -> str | None:
     if not rows and not not_measured:
         return None
     metrics = sorted({r["metric"] for r in rows})
@@ -54,7 +56,7 @@ def report_performance(config: Config, rows: list[dict], not_measured: list[str]
         cells = " | ".join("-" if values.get(m) is None else f"{values[m]:.4f}" for m in metrics)
         lines.append(f"| {partition} | {version} | {values['n']:,} | {cells} |")
     if not_measured:
-        lines += ["", *[f"- not measured: {problem}" for problem in not_measured]]
+        lines += ["", *[f"- {p} not measured: {why}" for p, why in not_measured.items()]]
     lines += ["", f"Table: `{config.store}/performance/dt=*/`"]
     markdown = "\n".join(lines)
     create_markdown_artifact(

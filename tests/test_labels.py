@@ -207,9 +207,9 @@ def test_labels_that_cannot_be_measured_do_not_fail_the_score_run(four_days, pre
     assert sorted(o["partition"] for o in state.result() if o["status"] == "scored") == DAYS
     assert all((store / "scores" / f"dt={d}" / "_SUCCESS").exists() for d in DAYS)
     assert state.message.startswith(
-        f"4 partition(s) scored; realised performance not measured for 1 partition(s): "
-        f"{DAYS[1]}: labels/dt={DAYS[1]}/part-0.parquet: id column 'customer_id' has type "
-        f"string, but scores/dt={DAYS[1]} has int64"
+        f"4 partition(s) scored; realised performance not measured for 1 partition(s) "
+        f"({DAYS[1]}): {DAYS[1]}: labels/dt={DAYS[1]}/part-0.parquet: id column 'customer_id' "
+        f"has type string, but scores/dt={DAYS[1]} has int64"
     )
     measured = sorted(p.name for p in (store / "performance").iterdir())
     assert measured == [f"dt={d}" for d in DAYS if d != DAYS[1]]
