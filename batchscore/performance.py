@@ -69,6 +69,8 @@ def pending(config: Config, unreadable: list[str] | None = None) -> list[str]:
             if unreadable is not None:
                 unreadable.append(f"{exc}; no realised performance until it is scored again")
             continue
+        if not computed_from["labels"]:  # an empty labels folder: nothing to measure yet
+            continue
         try:
             done = store.read_json_or_none("performance", f"dt={partition}", SUCCESS)
         except UnreadableJSON as exc:

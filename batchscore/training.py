@@ -79,6 +79,11 @@ def labelled_rows(config: Config, partition: str) -> tuple[pa.Table, list[str]]:
     ds = config.dataset
     source = Location(config.source)
     incoming = f"incoming/dt={partition}"
+    if not source.data_files(f"labels/dt={partition}"):  # a folder made before its files
+        return pa.table({}), [
+            f"dt={partition}: no labels (no Parquet files under "
+            f"{source.path(f'labels/dt={partition}')}); left out of training"
+        ]
     rows = _read_folder(source, incoming, [*ds.id_columns, *ds.features])
     if rows is None:  # removed, or not delivered: the labels have nothing to label
         return pa.table({}), [
@@ -279,7 +284,8 @@ def train(
                 rt.min_improvement,
                 version,
                 parent,
-                f"undefined on the holdout {', '.join(holdout_days)}: {not_defined.get(metric)}",
+                f"undefined on the holdout {', '.join(holdout_days)}: "
+                + not_defined.get(metric, "no value"),
             )
             status = "promoted" if ok else "registered"
         if status == "promoted":

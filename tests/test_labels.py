@@ -264,7 +264,7 @@ def test_a_holdout_of_one_class_records_auc_as_null_with_the_reason_and_the_gate
     assert done["undefined_metrics"] == {"v0001": {"auc": why}}
 
 
-def test_labels_of_a_day_without_incoming_rows_are_left_out_with_a_warning(four_days):
+def test_a_day_without_incoming_rows_or_without_label_files_is_left_out_with_a_warning(four_days):
     config = four_days
     incoming = Path(config.source) / "incoming" / f"dt={DAYS[0]}"
     shutil.rmtree(incoming)
@@ -274,3 +274,16 @@ def test_labels_of_a_day_without_incoming_rows_are_left_out_with_a_warning(four_
         f"dt={DAYS[0]}: labels, but no incoming rows (no Parquet files under {incoming}); "
         "left out of training"
     ]
+
+    # A labels folder without files yet (made before its files were copied in): the same.
+    _score(config, DAYS[1])
+    for path in _labels(config, DAYS[1]).iterdir():
+        path.unlink()
+    assert DAYS[1] not in performance.pending(config)
+    skipped = train(config, reason="two days left out")
+    assert skipped.status == "skipped"
+    assert f"(2 more left out: {DAYS[0]}, {DAYS[1]})" in skipped.decision
+    assert skipped.warnings[1] == (
+        f"dt={DAYS[1]}: no labels (no Parquet files under {_labels(config, DAYS[1])}); "
+        "left out of training"
+    )
