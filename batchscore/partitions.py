@@ -29,6 +29,7 @@ from batchscore.registry import ModelRef
 from batchscore.storage import Location, UnreadableJSON, is_data_file, parse_partition_dir
 from batchscore.validation import (
     FileProblem,
+    check_category_kinds,
     check_schema,
     find_duplicate_ids,
     find_duplicate_int_ids,
@@ -300,6 +301,13 @@ def plan_partition(config: Config, partition: str, model: ModelRef) -> Partition
             problems.append(FileProblem(rel, unreadable(entry.size, exc)))
             continue
         file_problems, file_extra = check_schema(schema, rel, config)
+        file_problems += check_category_kinds(
+            schema,
+            rel,
+            config.dataset.categorical,
+            lambda: model.load().schema.vocabularies,
+            f"{model.name} {model.version}",
+        )
         problems.extend(file_problems)
         extra.update(file_extra)
         if file_problems:

@@ -186,6 +186,59 @@ def check_schema(
     return problems, extra
 
 
+def check_category_kinds(
+    schema: pa.Schema,
+    file: str,
+    categorical: list[str],
+    vocabularies: Callable[[], dict[str, tuple[str, ...]]],
+    model: str,
+) -> list[FileProblem]:
+    """Categorical features a file writes as numbers (or booleans) while the model's
+    categories for them (`vocabularies()`, asked only then) are all text: categories are
+    matched by their text ("3" is 3), so not one value could match, and every row would be
+    scored as an unseen category (the partition scored, its scores meaningless: a
+    categorical column exported as its codes). Such a file holds the partition."""
+    problems = []
+    for name in categorical:
+        at = schema.get_field_index(name)
+        if at < 0:
+            continue
+        t = schema.field(at).type
+        t = t.value_type if pa.types.is_dictionary(t) else t
+        if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t):
+            continue
+        vocabulary = vocabularies().get(name) or ()
+        if not vocabulary:
+            continue
+        if pa.types.is_boolean(t):
+            matchable = {"true", "false"} & set(vocabulary)
+        elif pa.types.is_integer(t) or pa.types.is_floating(t):
+            matchable = [v for v in vocabulary if _is_number(v)]
+        else:
+            continue
+        if not matchable:
+            shown = ", ".join(repr(v) for v in vocabulary[:4])
+            more = ", ..." if len(vocabulary) > 4 else ""
+            problems.append(
+                FileProblem(
+                    file,
+                    f"column {name!r} has type {t}, but {model} was trained on text "
+                    f"categories for it ({shown}{more}): no value could match one, and every "
+                    "row would be scored as an unseen category (a column exported as its "
+                    "codes?)",
+                )
+            )
+    return problems
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 # --- row level -----------------------------------------------------------------------------
 
 # The Great Expectations expectation types the suite is made of (their GX names, which are

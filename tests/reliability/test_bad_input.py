@@ -39,6 +39,7 @@ FILE_CASES = {
     "2026-11-05": "uncastable-type",
     "2026-11-10": "corrupt-page",  # beside a good file, whose chunks are scored first
     "2026-11-11": "duplicate-column",
+    "2026-11-12": "categories-as-codes",
 }
 ROWS = "2026-11-06"  # row-level problems, few enough to be quarantined
 TOO_BAD = "2026-11-07"  # 10% bad rows: held whole
@@ -113,6 +114,11 @@ def broken_run(request, tmp_path_factory, prefect_api):
     _write(
         source, "2026-11-11", clean.append_column("tenure_months", pa.array([1] * clean.num_rows))
     )
+    # A categorical feature exported as its codes: no code could match a category ("basic").
+    plans = pc.unique(clean.column("plan")).sort()
+    codes = pc.index_in(clean.column("plan"), value_set=plans).cast(pa.int64())
+    i = clean.schema.get_field_index("plan")
+    _write(source, "2026-11-12", clean.set_column(i, "plan", codes))
     # Row level: one row per kind of problem, plus an unseen category and an extra column.
     rows = clean
     ids = rows.column("customer_id").to_pylist()
@@ -229,6 +235,12 @@ def test_other_partitions_are_scored(broken_run):
             "2026-11-11",
             "part-0.parquet",
             "column 'tenure_months' appears 2 times; column names must be unique",
+        ),
+        (
+            "2026-11-12",
+            "part-0.parquet",
+            "column 'plan' has type int64, but churn v0001 was trained on text categories for "
+            "it ('",
         ),
     ],
 )
