@@ -12,9 +12,11 @@ from __future__ import annotations
 import contextvars
 import multiprocessing
 import os
+import signal
 import sys
 import threading
 import time
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import ExitStack, suppress
 from dataclasses import replace
 from functools import partial
@@ -233,6 +235,15 @@ class ForkedProcessPool(ProcessPoolTaskRunner):
                 cancelled=cancelling(),
             )
 
+    def lost_workers(self) -> str:
+        """Which workers ended while the pool was in use, and how, as a sentence; "" when
+        none did. The pool stops the others once one is gone (SIGTERM): those are named
+        only when no other is."""
+        processes = getattr(self._executor, "_processes", None) or {}
+        ended = {pid: p.exitcode for pid, p in processes.items() if p.exitcode not in (None, 0)}
+        first = {pid: code for pid, code in ended.items() if code != -signal.SIGTERM} or ended
+        return "; ".join(_ended(pid, code) for pid, code in sorted(first.items()))
+
     def _terminate_workers(self) -> None:
         """Terminate the workers, then undo what a terminated worker leaves for the executor
         to wait on for ever.
@@ -272,6 +283,19 @@ class ForkedProcessPool(ProcessPoolTaskRunner):
             messages.close()  # Prefect's stop message then raises ValueError, which it expects
             with suppress(OSError):
                 messages._writer.close()
+
+
+def _ended(pid: int, code: int) -> str:
+    if code >= 0:
+        return f"worker process {pid} exited with status {code}"
+    name = signal.Signals(-code).name if -code in signal.valid_signals() else f"signal {-code}"
+    oom = (
+        " (what the kernel's out-of-memory killer sends: see `dmesg`; fewer [scoring] "
+        "workers, or a smaller chunk_rows, need less memory)"
+        if code == -signal.SIGKILL
+        else ""
+    )
+    return f"worker process {pid} was killed by {name}{oom}"
 
 
 # The state types a task run ends in (Prefect's `StateType` values).
@@ -433,8 +457,9 @@ def score_partitions(
         try:
             plan = future.result()
         except Exception as exc:  # an unplannable partition must not stop the others
-            get_run_logger().error("partition %s FAILED while planning: %s", p, exc)
-            failures.append(f"{p}: {exc}")
+            why = _with_lost_workers(runner, exc)
+            get_run_logger().error("partition %s FAILED while planning: %s", p, why)
+            failures.append(f"{p}: {why}")
             continue
         # The largest chunks first, so that a partition's smallest (the rest of its last row
         # group) end the run: the workers then finish together, not one a large chunk after
@@ -483,12 +508,26 @@ def score_partitions(
         except PartitionHeld as held:  # its task ended Failed with the reason; the run goes on
             outcomes.append(held.outcome)
         except Exception as exc:  # one partition's failure must not hide the others'
-            get_run_logger().error("partition %s FAILED: %s", plan.partition, exc)
-            failures.append(f"{plan.partition}: {exc}")
+            why = _with_lost_workers(runner, exc)
+            get_run_logger().error("partition %s FAILED: %s", plan.partition, why)
+            failures.append(f"{plan.partition}: {why}")
     for future in warming:
         with suppress(Exception):  # a worker that failed to warm fails its chunks, with reasons
             future.result()
     return outcomes, failures
+
+
+def _with_lost_workers(runner: TaskRunner, exc: Exception) -> str:
+    """`exc` as a partition's reason, with which worker ended and how when the process pool
+    broke (Python says only "A process in the process pool was terminated abruptly")."""
+    lost = getattr(runner, "lost_workers", None)
+    broken = isinstance(exc, BrokenProcessPool) or "terminated abruptly" in str(exc)
+    if not broken or lost is None or not (said := lost()):
+        return str(exc)
+    return (
+        f"{said}; the pool of workers is lost with it, so every partition still being scored "
+        "in this run failed. Run again: the chunks already finished are reused"
+    )
 
 
 def _chunk_results(chunks: list, progress: Progress) -> tuple[list, tuple[FileProblem, ...]]:

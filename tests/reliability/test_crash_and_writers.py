@@ -203,3 +203,25 @@ def test_two_writers_never_score_the_same_partition_twice(stores):
     for day in DAYS:
         table = pq.read_table(store / "scores" / f"dt={day}")
         assert len(set(table.column("customer_id").to_pylist())) == table.num_rows
+
+
+@pytest.mark.parametrize("stores", ["local"], indirect=True)
+def test_a_worker_killed_while_scoring_is_named_with_its_signal(stores):
+    """A worker killed by the kernel (SIGKILL: what its out-of-memory killer sends) breaks
+    the process pool; Python says only "A process in the process pool was terminated
+    abruptly". The run's reasons name the worker, the signal and what to do."""
+    proc = start_score(stores["configs"]["victim"])
+    deadline = time.time() + 180
+    while not _finished_chunks(stores) and time.time() < deadline:
+        time.sleep(0.05)
+    # The command's fork server's children are the workers (the fork server is the child
+    # whose own children exist).
+    workers = [w for child in _children(proc.pid) for w in _children(child)]
+    assert workers, "no worker process found"
+    os.kill(workers[0], signal.SIGKILL)
+    output, _ = proc.communicate(timeout=300)
+    if "FAILED" not in output:
+        pytest.skip("the run finished before the kill reached a worker")  # too fast to catch
+    assert proc.returncode != 0, output
+    assert f"worker process {workers[0]} was killed by SIGKILL" in output, output
+    assert "out-of-memory killer" in output and "Run again" in output, output
