@@ -372,21 +372,30 @@ def _new_lease(path: str, ttl_seconds: float, **extra: str) -> dict:
 
 
 def _process_identity(pid: int) -> str | None:
-    """Who process `pid` is, on Linux: the boot, the pid namespace, the pid and the start
-    time. A lease's holder is alive exactly when a process of that identity exists: a pid
-    alone may have been reused by another process, and another container of this host (its
-    own pid namespace) or the machine before a reboot has pids this process cannot see.
-    None elsewhere, or when `pid` does not exist."""
+    """Who process `pid` (this one, `_new_lease`) is, on Linux: the boot, the pid
+    namespace, the pid and the start time. A lease's holder is alive exactly when a process
+    of that identity exists (`_holder_alive`): a pid alone may have been reused by another
+    process, and another container of this host (its own pid namespace) or the machine
+    before a reboot has pids this process cannot see. None elsewhere."""
     try:
         with open("/proc/sys/kernel/random/boot_id") as fh:
             boot = fh.read().strip()
         namespace = os.readlink(f"/proc/{pid}/ns/pid")
+    except OSError:
+        return None
+    started = _start_time(pid)
+    return None if started is None else f"{boot}/{namespace}/{pid}/{started}"
+
+
+def _start_time(pid: int) -> str | None:
+    """When process `pid` started (clock ticks since boot, /proc/PID/stat's field 22);
+    None when there is no such process."""
+    try:
         with open(f"/proc/{pid}/stat") as fh:
             stat = fh.read()
     except OSError:
         return None
-    started = stat[stat.rindex(")") + 2 :].split()[19]  # field 22, in clock ticks since boot
-    return f"{boot}/{namespace}/{pid}/{started}"
+    return stat[stat.rindex(")") + 2 :].split()[19]
 
 
 def check_lease(lease: dict) -> None:
@@ -513,9 +522,13 @@ def _holder_alive(holder: dict) -> bool | None:
         return None
     recorded, ours = holder.get("process"), _process_identity(os.getpid())
     if recorded and ours:
-        if recorded.rsplit("/", 2)[0] != ours.rsplit("/", 2)[0]:
+        where, _, started = recorded.rsplit("/", 2)
+        if where != ours.rsplit("/", 2)[0]:
             return None  # another boot, or another container's pid namespace
-        return _process_identity(pid) == recorded
+        now = _start_time(pid)
+        if now is not None:
+            return now == started  # another start time: the pid was reused
+        # No /proc entry: gone, unless /proc hides other users' processes (hidepid).
     try:  # a lease without an identity (elsewhere than Linux, or an older batchscore)
         os.kill(pid, 0)
     except ProcessLookupError:
