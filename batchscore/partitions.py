@@ -26,7 +26,13 @@ import pyarrow.parquet as pq
 
 from batchscore.config import Config
 from batchscore.registry import ModelRef
-from batchscore.storage import Location, UnreadableJSON, is_data_file, parse_partition_dir
+from batchscore.storage import (
+    Location,
+    UnreadableJSON,
+    holder_alive,
+    is_data_file,
+    parse_partition_dir,
+)
 from batchscore.validation import (
     FileProblem,
     check_category_kinds,
@@ -229,13 +235,20 @@ def interrupted_publishing(config: Config) -> dict[str, str]:
     """The partitions whose last publishing stopped part way, each with its marker
     (`publishing_marker`, left behind): its quarantine and drift report may be the newer
     attempt's while its scores and `_SUCCESS` are still the earlier output's. Publishing
-    the partition again makes them one run's. One listing of `_staging/`."""
+    the partition again makes them one run's. One listing of `_staging/`; a marker whose
+    run is publishing now (a live process of this machine) is not one left behind."""
     staging = Location(config.store).child("_staging")
     found = {}
     for entry in staging.list():
         name = entry.base_name
         day = parse_partition_dir(name.removeprefix(PUBLISHING).removesuffix(".json"))
-        if name.startswith(PUBLISHING) and day is not None:
+        if not name.startswith(PUBLISHING) or day is None:
+            continue
+        try:
+            marker = staging.read_json_or_none(name) or {}
+        except UnreadableJSON:
+            marker = {}
+        if holder_alive(marker) is not True:
             found[day.isoformat()] = staging.path(name)
     return found
 

@@ -13,6 +13,7 @@ partition's scores whole, with their manifest, or not at all.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
 import uuid
 from dataclasses import dataclass, field, replace
@@ -50,7 +51,7 @@ from batchscore.partitions import (
     with_id_types,
 )
 from batchscore.registry import LoadedModel, ModelRef, utc_now
-from batchscore.storage import Location, UnreadableJSON, check_lease
+from batchscore.storage import Location, UnreadableJSON, check_lease, this_process
 from batchscore.validation import FileProblem, RowVerdict, validate_chunk, warm_up_validation
 from drift import (
     SCORE_FEATURE,
@@ -441,8 +442,8 @@ def _conform(table: pa.Table, schema: pa.Schema | None, id_columns: list[str]) -
     files' schemas differ, so that every chunk's quarantine file has the same. The id
     columns keep the type the partition's ids were given (`with_id_types`). A value that
     cannot be cast to its column's promoted type (an int64 beyond 2**53 as a double) is
-    kept as its text; a column that cannot be text either (a nested type) leaves the rows
-    in their own file's types, as before."""
+    kept as its text (JSON for a nested value, `_as_text`); should anything still fail,
+    the rows keep their own file's types, as before, and the chunk goes on."""
     if schema is None:
         return table
     try:
@@ -464,12 +465,23 @@ def _conformed(table: pa.Table, schema: pa.Schema, id_columns: list[str]) -> pa.
             try:
                 column = table.column(at).cast(f.type)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                column = table.column(at).cast(pa.large_string())
+                column = _as_text(table.column(at))
         names.append(name)
         columns.append(column)
     names += QUARANTINE_COLUMNS
     columns += [table.column(c) for c in QUARANTINE_COLUMNS]
     return pa.Table.from_arrays(columns, names=names)
+
+
+def _as_text(column: pa.ChunkedArray) -> pa.ChunkedArray | pa.Array:
+    """A column as text: Arrow's cast, or JSON for what Arrow cannot cast (lists, structs,
+    maps: `[1, 2]`, `{"a": 1}`)."""
+    try:
+        return column.cast(pa.large_string())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        values = column.to_pylist()
+        text = [None if v is None else json.dumps(v, default=str) for v in values]
+        return pa.array(text, pa.large_string())
 
 
 def _concat(tables: list[pa.Table]) -> pa.Table:
@@ -573,12 +585,21 @@ def publish_partition(
 ) -> PartitionOutcome:
     """Check the accounting and the staged files, then make the partition's outputs visible
     in one rename each: quarantine, drift report, then scores with `_SUCCESS`, the mark of a
-    complete partition. A marker (`publishing_marker`) stands from before the first rename to after
-    the last, so that a publishing interrupted between them is done again by the next run.
-    With `lease` (the run's on the partition), nothing is published once it was lost."""
+    complete partition. A marker (`publishing_marker`) stands from before the first rename
+    to after the last, so that a publishing interrupted between them is done again by the
+    next run. With `lease` (the run's on the partition), checked before each rename,
+    nothing more is published once it was lost; and the scores are renamed into place only
+    while every chunk's staged scores file is there (another run that took the lease over
+    and published the partition moved them: `_SUCCESS` alone must never replace them)."""
     started = time.perf_counter()
     store = Location(config.store)
     staging = staging_location(config, plan, model)
+
+    def still_ours() -> None:
+        if lease is not None:
+            check_lease(lease)
+
+    still_ours()
     results = sorted(results, key=lambda r: r.index)
     scored = sum(r.rows_scored for r in results)
     quarantined = sum(r.rows_quarantined for r in results)
@@ -677,10 +698,12 @@ def publish_partition(
             (reason, *_kept_note(kept, where)),
         )
     status = "scored" if plan.rows_in else "empty"
-    if lease is not None:
-        check_lease(lease)
+    still_ours()
     marker = publishing_marker(plan.partition)
-    store.write_json({"run_id": run_id, "started_at": utc_now(), "staging": staging.uri}, *marker)
+    store.write_json(
+        {"run_id": run_id, "started_at": utc_now(), "staging": staging.uri, **this_process()},
+        *marker,
+    )
     if quarantined:
         staging.write_json(
             {**base, "status": status, "rows_quarantined": quarantined}, "quarantine", "_MANIFEST"
@@ -701,6 +724,7 @@ def publish_partition(
         COUNTS_FILE,
     )
     staging.write_bytes(measured.html(plan.partition).encode(), DRIFT_DIR, HTML_FILE)
+    still_ours()
     store.publish_dir(staging.child(DRIFT_DIR), DRIFT_DIR, f"dt={plan.partition}")
     drifted = sorted({r["feature"] for r in drift.to_pylist() if r["drifted"]})
     staging.makedirs("scores")
@@ -716,6 +740,16 @@ def publish_partition(
         "scores",
         SUCCESS,
     )
+    still_ours()
+    staged = set(staging.files("scores"))
+    gone = [f"part-{r.index:05d}.parquet" for r in results]
+    gone = [f for f in gone if f not in staged]
+    if gone:
+        raise AccountingError(
+            f"partition {plan.partition}: the staged scores of {len(gone)} chunk(s) are gone "
+            f"from {staging.uri} ({', '.join(gone[:3])}{', ...' if len(gone) > 3 else ''}): "
+            "another run published the partition meanwhile; its scores are not replaced"
+        )
     store.publish_dir(staging.child("scores"), "scores", f"dt={plan.partition}")
     store.delete_file(*marker)
     _delete_staging(store, plan.partition)

@@ -345,10 +345,13 @@ def try_lease(location: Location, name: str, ttl_seconds: float) -> tuple[dict |
                 continue  # released between our open and our read
             if not _stale(holder, now):
                 return None, holder
-            aside = f"{path}.stale-{uuid.uuid4().hex}"
-            with suppress(FileNotFoundError):
-                os.rename(path, aside)
-                os.remove(aside)
+            with _takeovers(folder):  # one contender at a time judges and moves it
+                current = _read_lease(path)
+                if current == holder and _stale(current, time.time()):
+                    aside = f"{path}.stale-{uuid.uuid4().hex}"
+                    with suppress(FileNotFoundError):
+                        os.rename(path, aside)
+                        os.remove(aside)
             continue
         with os.fdopen(fd, "w") as fh:
             json.dump(body, fh)
@@ -356,13 +359,45 @@ def try_lease(location: Location, name: str, ttl_seconds: float) -> tuple[dict |
     raise LeaseBusy(f"{path}: could not take the lease after 10 attempts")
 
 
+@contextmanager
+def _takeovers(folder: str) -> Iterator[None]:
+    """Hold the lock of a local lease folder's takeovers (`flock` on `.takeover.lock`).
+
+    Without it, two contenders that had both read a lease as stale each moved aside what
+    was then at its path, and the second moved the first's new lease: both held the lease
+    (76 of 200 races). Under the lock a contender reads the lease again and moves it only
+    if it is still the stale one it read."""
+    import fcntl
+
+    fd = os.open(os.path.join(folder, ".takeover.lock"), os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def this_process() -> dict:
+    """Who this process is, as a lease (or a publishing marker) records its holder
+    (`holder_alive`)."""
+    return {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "process": _process_identity(os.getpid()),
+    }
+
+
+def holder_alive(record: dict) -> bool | None:
+    """Whether the process a record names (`this_process`) still exists: True or False on
+    this machine, None when that cannot be seen from here (another machine or container)."""
+    return _holder_alive(record)
+
+
 def _new_lease(path: str, ttl_seconds: float, **extra: str) -> dict:
     now = time.time()
     return {
         "token": uuid.uuid4().hex,
-        "pid": os.getpid(),
-        "host": socket.gethostname(),
-        "process": _process_identity(os.getpid()),
+        **this_process(),
         "acquired_at": now,
         "expires_at": now + ttl_seconds,
         "ttl_seconds": ttl_seconds,
@@ -671,6 +706,8 @@ class _S3Conditional:
             raise
         try:
             body = json.loads(got["Body"].read())
+            if not isinstance(body, dict):
+                raise ValueError(f"a JSON {type(body).__name__}, not an object")
         except ValueError:  # as `_read_lease`: held for a minute after it was written
             written = got["LastModified"].timestamp()
             body = {"expires_at": written + UNWRITTEN_LEASE_SECONDS, "unreadable": True}
@@ -712,7 +749,10 @@ def _split_query(uri: str) -> tuple[str, str]:
 def _read_lease(path: str) -> dict | None:
     try:
         with open(path) as fh:
-            return json.load(fh)
+            body = json.load(fh)
+        if not isinstance(body, dict):  # `null`, `[]`: not a lease any holder wrote
+            raise ValueError(f"a JSON {type(body).__name__}, not an object")
+        return body
     except FileNotFoundError:
         return None
     except ValueError:

@@ -156,12 +156,21 @@ def claim_partitions(
     for partition in todo:
         ours, holder = try_lease(leases_at, f"dt={partition}.lease", ttl)
         if ours is None:
-            logger.warning(
-                "partition %s is being scored by pid %s on %s; skipped",
-                partition,
-                holder.get("pid"),
-                holder.get("host"),
-            )
+            if holder.get("unreadable"):
+                logger.warning(
+                    "partition %s: its lease %s cannot be read; it counts as being written "
+                    "by its holder until a minute after it last changed, then is taken over; "
+                    "skipped",
+                    partition,
+                    leases_at.path(f"dt={partition}.lease"),
+                )
+            else:
+                logger.warning(
+                    "partition %s is being scored by pid %s on %s; skipped",
+                    partition,
+                    holder.get("pid"),
+                    holder.get("host"),
+                )
             continue
         if rescore or partitions.pending(config, model, [partition], False):
             claimed.append(partition)

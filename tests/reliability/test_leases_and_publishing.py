@@ -13,7 +13,9 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pyarrow as pa
@@ -101,13 +103,37 @@ def test_a_lease_is_judged_by_its_holder_process_not_its_pid_alone(tmp_path):
     assert try_lease(leases, NAME, ttl_seconds=3600)[0] is not None
 
 
-def test_an_empty_lease_file_is_held_for_a_minute_then_taken_over(tmp_path):
+def test_a_stale_lease_is_taken_over_by_one_contender_only(tmp_path):
+    """Contenders that all read the lease as stale: one holds it after."""
+    leases = Location(str(tmp_path / "_leases"))
+    path = tmp_path / "_leases" / NAME
+    doubles = 0
+    for _ in range(60):
+        stale, _ = try_lease(leases, NAME, ttl_seconds=60)
+        _rewrite(path, host="elsewhere", expires_at=time.time() - 1)
+        start = threading.Barrier(6)
+
+        def contend(start=start):
+            start.wait()
+            return try_lease(leases, NAME, ttl_seconds=60)[0]
+
+        with ThreadPoolExecutor(6) as pool:
+            won = [lease for lease in pool.map(lambda _: contend(), range(6)) if lease]
+        assert won and json.loads(path.read_text())["token"] in {w["token"] for w in won}
+        doubles += len(won) > 1
+        path.unlink()
+    assert doubles == 0
+
+
+@pytest.mark.parametrize("text", ["", '{"token": "ab', "null", "[]", "42"])
+def test_an_empty_lease_file_is_held_for_a_minute_then_taken_over(tmp_path, text):
     """Its holder was killed between creating the file and writing it (or ran out of
-    disk): the partition must not be skipped for ever."""
+    disk), or the file was edited: the partition must not be skipped for ever, nor the run
+    fail."""
     leases = Location(str(tmp_path / "_leases"))
     path = tmp_path / "_leases" / NAME
     path.parent.mkdir()
-    path.write_text("")
+    path.write_text(text)
     ours, holder = try_lease(leases, NAME, ttl_seconds=60)
     assert ours is None and holder["unreadable"]
     past = time.time() - UNWRITTEN_LEASE_SECONDS - 1
@@ -166,6 +192,52 @@ def test_a_run_that_lost_its_lease_publishes_nothing_of_the_partition(champion, 
     assert not store.exists(*partitions.publishing_marker(DAY))
 
 
+def test_a_run_that_loses_its_lease_while_it_publishes_stops_before_the_next_rename(
+    champion, monkeypatch
+):
+    """Stalled between two renames longer than its lease (from another machine), a run may
+    find the partition taken over: it renames nothing more."""
+    config, model = champion
+    plan, results = _stage(config, model)
+    ours, _ = try_lease(Location(config.store).child("_leases"), NAME, ttl_seconds=60)
+    measure = scoring.measure_drift
+
+    def taken_over_meanwhile(*args, **kwargs):
+        _rewrite(Path(config.store) / "_leases" / NAME, token="another run's")
+        return measure(*args, **kwargs)
+
+    monkeypatch.setattr(scoring, "measure_drift", taken_over_meanwhile)
+    with pytest.raises(LeaseLost):
+        scoring.publish_partition(config, plan, model, results, "run-1", ours)
+    store = Location(config.store)
+    assert store.exists("quarantine", f"dt={DAY}")  # renamed before the lease was lost
+    assert not store.exists("drift", f"dt={DAY}") and not store.exists("scores", f"dt={DAY}")
+
+
+def test_scores_are_never_replaced_by_a_staging_folder_another_run_emptied(champion, monkeypatch):
+    """Another run that published the partition meanwhile moved the staged scores away:
+    `_SUCCESS` alone must not replace its scores."""
+    config, model = champion
+    plan, results = _stage(config, model)
+    scoring.publish_partition(config, plan, model, results, "run-1")
+    scores = Path(config.store) / "scores" / f"dt={DAY}"
+    before = sorted(p.name for p in scores.iterdir())
+    plan, results = _stage(config, model)
+    staging = scoring.staging_location(config, plan, model)
+    measure = scoring.measure_drift
+
+    def published_by_another_run(*args, **kwargs):
+        for name in os.listdir(staging.path("scores")):
+            os.remove(staging.path("scores", name))
+        return measure(*args, **kwargs)
+
+    monkeypatch.setattr(scoring, "measure_drift", published_by_another_run)
+    with pytest.raises(scoring.AccountingError, match="another run published the partition"):
+        scoring.publish_partition(config, plan, model, results, "run-2")
+    assert sorted(p.name for p in scores.iterdir()) == before
+    assert json.loads((scores / "_SUCCESS").read_text())["run_id"] == "run-1"
+
+
 def test_a_publishing_stopped_between_its_renames_is_done_again_with_every_rejected_row(
     champion, monkeypatch
 ):
@@ -188,9 +260,14 @@ def test_a_publishing_stopped_between_its_renames_is_done_again_with_every_rejec
     monkeypatch.setattr(Location, "publish_dir", real)
     store = Path(config.store)
     assert (store / "quarantine" / f"dt={DAY}").exists() and not (store / "scores").exists()
+    # While the process that wrote the marker lives, it is publishing: not interrupted.
+    assert partitions.interrupted_publishing(config) == {}
+    marker = store.joinpath(*partitions.publishing_marker(DAY))
+    boot, namespace, pid, started = json.loads(marker.read_text())["process"].rsplit("/", 3)
+    _rewrite(marker, process=f"{boot}/{namespace}/{pid}/{int(started) - 1}")  # it died
     interrupted: dict[str, str] = {}
     assert partitions.pending(config, model, [DAY], False, interrupted=interrupted) == [DAY]
-    assert interrupted[DAY].endswith(f"dt={DAY}.json")
+    assert interrupted[DAY] == str(marker)
 
     # The next run: the chunks whose rejected rows were moved with the quarantine are
     # computed again (reusing their records alone would publish a quarantine without
@@ -247,11 +324,13 @@ def test_a_partitions_rejected_rows_read_as_one_table_when_its_files_types_diffe
     months[:3] = 10_000  # outside the validation band: rejected
     a = with_column(a, "tenure_months", pa.array(months, pa.int64()))
     a = with_column(a, "note", pa.array(["x"] * a.num_rows))
+    a = with_column(a, "tags", pa.array([[1, 2]] * a.num_rows))
     months = b["tenure_months"].to_numpy().astype("float64")
     months[:2] = 10_000.5
     b = with_column(b, "tenure_months", pa.array(months))
     b = with_column(b, "plan", pc.dictionary_encode(b["plan"]))
     b = with_column(b, "note", pa.array(range(b.num_rows)))
+    b = with_column(b, "tags", pa.array(["t"] * b.num_rows))
     pq.write_table(a, folder / "a.parquet")
     pq.write_table(b, folder / "b.parquet")
 
@@ -270,6 +349,7 @@ def test_a_partitions_rejected_rows_read_as_one_table_when_its_files_types_diffe
         10_000.5,
     ]
     assert set(table["note"].to_pylist()) >= {"x", "0"}  # numbers and text: as text
+    assert set(table["tags"].to_pylist()) == {"[1, 2]", "t"}  # a list and text: JSON text
     assert pads.dataset(quarantine.parent, partitioning="hive").to_table().num_rows == (
         table.num_rows
     )
