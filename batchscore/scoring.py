@@ -255,6 +255,20 @@ def _chunk_files(name: str, result: dict) -> list[tuple[str, str]]:
     return files
 
 
+def _missing_staged(
+    staging: Location, results: list[ChunkResult], folders: tuple[str, ...]
+) -> list[str]:
+    """The finished chunks' staged files (`_chunk_files`) in `folders` that are not there,
+    as paths under `staging`: one listing."""
+    staged = set(staging.files())
+    return [
+        f"{folder}/{name}"
+        for r in results
+        for folder, name in _chunk_files(f"part-{r.index:05d}", vars(r))
+        if folder in folders and f"{folder}/{name}" not in staged
+    ]
+
+
 def prepare_worker(config: Config, model: ModelRef) -> None:
     """Load what every chunk needs once per process: the predictor (the compiled library,
     checked on its probe) and, with `[validation] engine = "great_expectations"`, GX (its
@@ -594,12 +608,7 @@ def publish_partition(
     started = time.perf_counter()
     store = Location(config.store)
     staging = staging_location(config, plan, model)
-
-    def still_ours() -> None:
-        if lease is not None:
-            check_lease(lease)
-
-    still_ours()
+    check_lease(lease)
     results = sorted(results, key=lambda r: r.index)
     scored = sum(r.rows_scored for r in results)
     quarantined = sum(r.rows_quarantined for r in results)
@@ -615,13 +624,7 @@ def publish_partition(
             f"scored {scored} + quarantined {quarantined} = {scored + quarantined}; "
             "nothing was published"
         )
-    staged = set(staging.files())
-    missing = [
-        "/".join(f)
-        for r in results
-        for f in _chunk_files(f"part-{r.index:05d}", vars(r))
-        if "/".join(f) not in staged
-    ]
+    missing = _missing_staged(staging, results, ("scores", "quarantine"))
     if missing:
         raise AccountingError(
             f"partition {plan.partition}: {len(missing)} staged file(s) of its finished chunks "
@@ -668,8 +671,7 @@ def publish_partition(
             f"failed validation, more than [validation] max_bad_row_fraction = {limit}"
         )
         staging.delete_dir("scores")
-        if lease is not None:
-            check_lease(lease)
+        check_lease(lease)
         kept = _earlier_output(store, plan.partition)
         staging.write_json(
             {
@@ -698,7 +700,7 @@ def publish_partition(
             (reason, *_kept_note(kept, where)),
         )
     status = "scored" if plan.rows_in else "empty"
-    still_ours()
+    check_lease(lease)
     marker = publishing_marker(plan.partition)
     store.write_json(
         {"run_id": run_id, "started_at": utc_now(), "staging": staging.uri, **this_process()},
@@ -724,7 +726,7 @@ def publish_partition(
         COUNTS_FILE,
     )
     staging.write_bytes(measured.html(plan.partition).encode(), DRIFT_DIR, HTML_FILE)
-    still_ours()
+    check_lease(lease)
     store.publish_dir(staging.child(DRIFT_DIR), DRIFT_DIR, f"dt={plan.partition}")
     drifted = sorted({r["feature"] for r in drift.to_pylist() if r["drifted"]})
     staging.makedirs("scores")
@@ -740,10 +742,8 @@ def publish_partition(
         "scores",
         SUCCESS,
     )
-    still_ours()
-    staged = set(staging.files("scores"))
-    gone = [f"part-{r.index:05d}.parquet" for r in results]
-    gone = [f for f in gone if f not in staged]
+    check_lease(lease)
+    gone = _missing_staged(staging, results, ("scores",))
     if gone:
         raise AccountingError(
             f"partition {plan.partition}: the staged scores of {len(gone)} chunk(s) are gone "
@@ -879,8 +879,7 @@ def hold_partition(
         },
         HELD,
     )
-    if lease is not None:
-        check_lease(lease)
+    check_lease(lease)
     where = _publish_hold(store, staging, plan.partition, kept)
     # Nothing staged for the partition is published: chunks scored before another chunk
     # met an undecodable file, or what an earlier attempt left.

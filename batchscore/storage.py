@@ -387,12 +387,6 @@ def this_process() -> dict:
     }
 
 
-def holder_alive(record: dict) -> bool | None:
-    """Whether the process a record names (`this_process`) still exists: True or False on
-    this machine, None when that cannot be seen from here (another machine or container)."""
-    return _holder_alive(record)
-
-
 def _new_lease(path: str, ttl_seconds: float, **extra: str) -> dict:
     now = time.time()
     return {
@@ -409,7 +403,7 @@ def _new_lease(path: str, ttl_seconds: float, **extra: str) -> dict:
 def _process_identity(pid: int) -> str | None:
     """Who process `pid` (this one, `_new_lease`) is, on Linux: the boot, the pid
     namespace, the pid and the start time. A lease's holder is alive exactly when a process
-    of that identity exists (`_holder_alive`): a pid alone may have been reused by another
+    of that identity exists (`holder_alive`): a pid alone may have been reused by another
     process, and another container of this host (its own pid namespace) or the machine
     before a reboot has pids this process cannot see. None elsewhere."""
     try:
@@ -433,10 +427,13 @@ def _start_time(pid: int) -> str | None:
     return stat[stat.rindex(")") + 2 :].split()[19]
 
 
-def check_lease(lease: dict) -> None:
+def check_lease(lease: dict | None) -> None:
     """Raise `LeaseLost` unless `lease` is still its holder's, as publishing needs: a run
     stalled beyond its lease's expiry (from another machine) may have lost its partitions to
-    another run, which then publishes them."""
+    another run, which then publishes them. No lease (a caller that took none): nothing to
+    check."""
+    if lease is None:
+        return
     if "uri" in lease:
         current, _ = _S3Conditional(Location(lease["uri"])).read_lease(lease["name"])
     else:
@@ -544,14 +541,16 @@ def _stale(holder: dict, now: float) -> bool:
     longer exists, whatever its expiry (a live holder keeps it, however long its run); from
     another machine, whose processes cannot be seen from here, once it has expired (its
     holder renews it while it runs)."""
-    alive = _holder_alive(holder)
+    alive = holder_alive(holder)
     if alive is not None:
         return not alive
     return holder.get("expires_at", 0) < now
 
 
-def _holder_alive(holder: dict) -> bool | None:
-    """Whether the lease's holder process exists; None when that cannot be seen from here."""
+def holder_alive(holder: dict) -> bool | None:
+    """Whether the process a lease (or a publishing marker) names (`this_process`) still
+    exists: True or False on this machine, None when that cannot be seen from here (another
+    machine or container)."""
     pid = holder.get("pid")
     if holder.get("host") != socket.gethostname() or not isinstance(pid, int):
         return None
@@ -704,13 +703,9 @@ class _S3Conditional:
             if _not_found(exc):
                 return None, None
             raise
-        try:
-            body = json.loads(got["Body"].read())
-            if not isinstance(body, dict):
-                raise ValueError(f"a JSON {type(body).__name__}, not an object")
-        except ValueError:  # as `_read_lease`: held for a minute after it was written
-            written = got["LastModified"].timestamp()
-            body = {"expires_at": written + UNWRITTEN_LEASE_SECONDS, "unreadable": True}
+        body = _lease_body(
+            got["Body"].read(), f"s3://{self.bucket}/{key}", got["LastModified"].timestamp()
+        )
         return body, got["ETag"]
 
 
@@ -748,21 +743,23 @@ def _split_query(uri: str) -> tuple[str, str]:
 
 def _read_lease(path: str) -> dict | None:
     try:
-        with open(path) as fh:
-            body = json.load(fh)
-        if not isinstance(body, dict):  # `null`, `[]`: not a lease any holder wrote
-            raise ValueError(f"a JSON {type(body).__name__}, not an object")
-        return body
+        with open(path, "rb") as fh:
+            data = fh.read()
+            changed = os.fstat(fh.fileno()).st_mtime
     except FileNotFoundError:
         return None
-    except ValueError:
-        # Created but not yet written by its holder (it writes right after its exclusive
-        # create): live for a minute after the file was last changed. After that, a holder
-        # killed (or out of disk) between the create and the write left it: stale.
-        try:
-            changed = os.stat(path).st_mtime
-        except FileNotFoundError:
-            return None
+    return _lease_body(data, path, changed)
+
+
+def _lease_body(data: bytes, path: str, changed: float) -> dict:
+    """A lease file's content (`changed`: when it was last written). One that is not a JSON
+    object (`json_object`) was created but not yet written by its holder (it writes right
+    after its exclusive create), or was edited: live for a minute after it last changed.
+    After that, a holder killed (or out of disk) between the create and the write left it:
+    stale."""
+    try:
+        return json_object(data, path)
+    except UnreadableJSON:
         return {"expires_at": changed + UNWRITTEN_LEASE_SECONDS, "unreadable": True}
 
 
