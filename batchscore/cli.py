@@ -173,7 +173,7 @@ def _train(config, reason: str, force: bool) -> int:
         return 1
     for warning in result.get("warnings") or ():
         print(f"warning: {warning}", file=sys.stderr)
-    if result["status"] == "skipped":
+    if result["status"] in ("skipped", "failed"):
         print(f"batchscore: {result['decision']}", file=sys.stderr)
         return 2
     rows = result["rows"]

@@ -338,7 +338,9 @@ class Registry:
         """When a model was last retrained: trained while a champion existed (the first model
         is not a retrain, so it does not start the drift policy's cooldown)."""
         done = [
-            r for r in self.retrains(unreadable) if r["status"] != "skipped" and r.get("parent")
+            r
+            for r in self.retrains(unreadable)
+            if r["status"] in ("promoted", "registered") and r.get("parent")
         ]
         return dt.datetime.fromisoformat(done[-1]["at"]) if done else None
 

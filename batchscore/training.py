@@ -37,7 +37,8 @@ class TrainingError(RuntimeError):
 
 @dataclass(frozen=True)
 class TrainResult:
-    """What a (re)training run did: `status` is promoted, registered or skipped."""
+    """What a (re)training run did: `status` is promoted, registered, skipped or failed
+    (`not_trained`)."""
 
     status: str
     version: str | None
@@ -179,7 +180,7 @@ def train(
     left_out = [d for d in window if d not in days]
 
     def skip(why: str) -> TrainResult:
-        return _skipped(config, registry, reason, run_id, trigger, why, warnings)
+        return not_trained(config, "skipped", why, reason, run_id, trigger, warnings)
 
     if len(days) < needed:
         return skip(
@@ -334,24 +335,25 @@ def gate(
     )
 
 
-def _skipped(
+def not_trained(
     config: Config,
-    registry: Registry,
+    status: str,
+    why: str,
     reason: str,
     run_id: str | None,
     trigger: dict | None,
-    why: str,
-    warnings: list[str],
+    warnings: list[str] | None = None,
 ) -> TrainResult:
+    """A retrain that trained nothing, recorded in `retrains/` with why: `skipped` (too few
+    labelled days or rows, as the policy allows) or `failed` (labels it cannot use: a
+    `TrainingError`, which the retrain flow turns into this so that its run ends Failed
+    with the one-line reason instead of two tracebacks)."""
+    registry = Registry(config.store, config.dataset.name)
+    champion = registry.champion()
     result = TrainResult(
-        "skipped",
-        None,
-        registry.champion(),
-        f"no training: {why}",
-        config.metric,
-        warnings=warnings,
+        status, None, champion, f"no training: {why}", config.metric, warnings=warnings or []
     )
-    registry.record_retrain(_record(result, reason, run_id, trigger, registry.champion()))
+    registry.record_retrain(_record(result, reason, run_id, trigger, champion))
     return result
 
 

@@ -11,7 +11,7 @@ from dataclasses import asdict
 
 from prefect import flow
 from prefect.runtime import flow_run
-from prefect.states import Completed
+from prefect.states import Completed, Failed
 
 from batchscore.config import DEFAULT_CONFIG, load_config
 from tasks.retrain import DRIFT_EVENT, report_retrain, train_challenger
@@ -32,5 +32,7 @@ def retrain(
     )
     result = train_challenger(cfg, reason, force, flow_run.get_id(), trigger)
     report_retrain(cfg, result, reason)
+    if result.status == "failed":
+        return Failed(data=asdict(result), message=result.decision)
     name = {"promoted": "Promoted", "registered": "NotPromoted", "skipped": "NotTrained"}
     return Completed(name=name[result.status], data=asdict(result), message=result.decision)

@@ -23,8 +23,13 @@ DRIFT_EVENT = "batchscore.drift.detected"
 def train_challenger(
     config: Config, reason: str, force: bool, run_id: str | None, trigger: dict | None
 ) -> TrainResult:
-    result = training.train(config, reason=reason, force=force, run_id=run_id, trigger=trigger)
     logger = get_run_logger()
+    try:
+        result = training.train(config, reason, force, run_id, trigger)
+    except training.TrainingError as exc:  # labels it cannot use: the message says which
+        result = training.not_trained(config, "failed", str(exc), reason, run_id, trigger)
+        logger.error("%s", result.decision)
+        return result
     for warning in result.warnings:
         logger.warning("%s", warning)
     (logger.info if result.status != "skipped" else logger.warning)(

@@ -516,6 +516,43 @@ def test_a_changed_champion_is_replaced_by_train_force_not_by_train(trained: dic
     assert champions == ["v0002"]
 
 
+def test_labels_train_cannot_use_end_the_run_failed_with_one_line_not_a_traceback(
+    trained: dict, tmp_path: Path
+):
+    """A user's data error in the retrain flow (here a renamed label column) is its run's
+    one-line Failed message and `train`'s exit 2, recorded as a failed attempt; it printed
+    the task's and the flow's tracebacks (~90 lines) above it and exited 1."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from batchscore.registry import Registry
+
+    config, store = _config_for(trained, "after-one", tmp_path)
+    source = tmp_path / "source"
+    shutil.copytree(trained["source"], source)
+    write_config(config, config.read_text(), storage={"source": str(source), "store": str(store)})
+    path = source / "labels" / "dt=2026-10-09" / "part-0.parquet"
+    pq.write_table(pq.read_table(path).rename_columns(["customer_id", "label"]), path)
+
+    code, out, err = _run("train", "--reason", "renamed", "--config", str(config))
+
+    why = (
+        "no training: labels/dt=2026-10-09/part-0.parquet has no column 'churned' "
+        "([dataset] label); it has: customer_id, label"
+    )
+    assert (code, out) == (2, "")
+    assert err.splitlines()[-1] == f"batchscore: {why}"
+    assert "Traceback" not in err
+    records = sorted((store / "models" / "churn" / "retrains").iterdir())
+    last = json.loads(records[-1].read_text())
+    assert (last["status"], last["decision"], last["reason"]) == ("failed", why, "renamed")
+    assert (last["version"], last["champion"]) == (None, "v0001")
+    assert last["run_id"]  # the retrain flow's run, which ended Failed with this message
+    # Nothing was trained: the drift policy's cooldown has not started.
+    assert Registry(str(store), "churn").last_retrain_at() is None
+
+
 def test_models_list_names_an_unreadable_version_and_lists_the_others(
     trained: dict, tmp_path: Path
 ):
