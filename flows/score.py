@@ -128,7 +128,7 @@ def _finish(cfg, model, started, pending, todo, outcomes, failures, performance,
     if failures:
         return Failed(
             data=data,
-            message=f"{len(failures)} partition(s) failed: " + " | ".join(failures) + also,
+            message=failed_message(failures) + also,
         )
     if held:
         return Completed(
@@ -452,14 +452,14 @@ def score_partitions(
         ]
     )
     work = []
-    failures: list[str] = []
+    failures: list[tuple[str, str]] = []  # (partition, why)
     for p, future in zip(todo, planned, strict=True):
         try:
             plan = future.result()
         except Exception as exc:  # an unplannable partition must not stop the others
             why = _with_lost_workers(runner, exc)
             get_run_logger().error("partition %s FAILED while planning: %s", p, why)
-            failures.append(f"{p}: {why}")
+            failures.append((p, why))
             continue
         # The largest chunks first, so that a partition's smallest (the rest of its last row
         # group) end the run: the workers then finish together, not one a large chunk after
@@ -510,11 +510,22 @@ def score_partitions(
         except Exception as exc:  # one partition's failure must not hide the others'
             why = _with_lost_workers(runner, exc)
             get_run_logger().error("partition %s FAILED: %s", plan.partition, why)
-            failures.append(f"{plan.partition}: {why}")
+            failures.append((plan.partition, why))
     for future in warming:
         with suppress(Exception):  # a worker that failed to warm fails its chunks, with reasons
             future.result()
     return outcomes, failures
+
+
+def failed_message(failures: list[tuple[str, str]]) -> str:
+    """The run's Failed message: each reason once, after the partitions it failed (a lost
+    worker fails every partition still being scored with the same long reason)."""
+    partitions: dict[str, list[str]] = {}
+    for partition, why in failures:
+        partitions.setdefault(why, []).append(partition)
+    return f"{len(failures)} partition(s) failed: " + " | ".join(
+        f"{', '.join(ps)}: {why}" for why, ps in partitions.items()
+    )
 
 
 def _with_lost_workers(runner: TaskRunner, exc: Exception) -> str:

@@ -18,7 +18,7 @@ def report_run(
     config: Config,
     model: ModelRef,
     outcomes: list[PartitionOutcome],
-    failures: list[str],
+    failures: list[tuple[str, str]],  # (partition, why)
     seconds: float,
 ) -> str:
     rows = sum(o.rows_in for o in outcomes)
@@ -43,7 +43,7 @@ def report_run(
     if held or failures:
         lines += ["", "## Needs attention", ""]
         lines += [f"- **{o.partition} held**: {'; '.join(o.reasons)}" for o in held]
-        lines += [f"- **failed** {f}" for f in failures]
+        lines += [f"- **{p} failed**: {why}" for p, why in failures]
     lines += [
         "",
         "## Outputs",

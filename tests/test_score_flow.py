@@ -17,7 +17,7 @@ from helpers import corrupt_a_data_page, dictionary_encoded, write_config
 from batchscore.config import load_config
 from batchscore.training import train
 from drift import DRIFT_REPORT_SCHEMA
-from flows.score import score
+from flows.score import failed_message, score
 
 SAMPLE_DAYS = [f"2026-10-{d:02d}" for d in range(1, 15)]
 
@@ -592,3 +592,13 @@ def test_partitions_are_published_as_their_chunks_finish_and_the_last_in_a_worke
         manifest = _manifest(Path(cfg.store), day)
         assert manifest["status"] == "scored"
         assert (Path(cfg.store) / "drift" / f"dt={day}").is_dir()
+
+
+def test_a_reason_shared_by_failed_partitions_is_said_once_in_the_runs_message():
+    """A lost worker fails every partition still being scored, each with the same reason of
+    three lines: the run's message said it once per partition."""
+    lost = "worker process 7 was killed by SIGKILL (...). Run again"
+    failures = [("2026-10-01", lost), ("2026-10-02", "cannot read x.parquet"), ("2026-10-03", lost)]
+    assert failed_message(failures) == (
+        f"3 partition(s) failed: 2026-10-01, 2026-10-03: {lost} | 2026-10-02: cannot read x.parquet"
+    )

@@ -225,3 +225,5 @@ def test_a_worker_killed_while_scoring_is_named_with_its_signal(stores):
     assert proc.returncode != 0, output
     assert f"worker process {workers[0]} was killed by SIGKILL" in output, output
     assert "out-of-memory killer" in output and "Run again" in output, output
+    final = next(line for line in output.splitlines() if line.startswith("run Failed"))
+    assert final.count("was killed by SIGKILL") == 1, final  # once, however many partitions
