@@ -45,6 +45,9 @@ def compare(source_dir: Path, models: Path, base: Path) -> dict[str, dict]:
         processes=True,
         host="127.0.0.1",
         dashboard_address=None,
+        # The workers' task-run logs still go to the API; not to this terminal, where they
+        # came between the benchmark's lines (the process pool's go to its command's log).
+        env={"PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING"},
     ) as cluster:
         for runner, label in RUNS:
             d = base / f"runner-{label}"
