@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 from batchscore.config import Config
 from batchscore.registry import ModelRef
 from batchscore.storage import (
+    HOLDER_SHAPE,
     Location,
     UnreadableJSON,
     holder_alive,
@@ -245,7 +246,7 @@ def interrupted_publishing(config: Config) -> dict[str, str]:
         if not name.startswith(PUBLISHING) or day is None:
             continue
         try:
-            marker = staging.read_json_or_none(name) or {}
+            marker = staging.read_json_or_none(name, shape=HOLDER_SHAPE) or {}
         except UnreadableJSON:
             marker = {}
         if holder_alive(marker) is not True:

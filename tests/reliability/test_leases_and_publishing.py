@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -36,6 +37,7 @@ from batchscore.storage import (
     check_lease,
     release_lease,
     renew_lease,
+    this_process,
     try_lease,
 )
 from batchscore.training import train
@@ -125,11 +127,32 @@ def test_a_stale_lease_is_taken_over_by_one_contender_only(tmp_path):
     assert doubles == 0
 
 
-@pytest.mark.parametrize("text", ["", '{"token": "ab', "null", "[]", "42"])
+def _lease_text(**changes) -> str:
+    """A lease of this process (a live holder), with `changes`."""
+    body = {"token": "ab", "pid": os.getpid(), "host": socket.gethostname(), "expires_at": 0}
+    return json.dumps({**body, **changes})
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        '{"token": "ab',
+        "null",
+        "[]",
+        "42",
+        "{}",
+        _lease_text(host="elsewhere", expires_at="x"),
+        _lease_text(process=5),
+        _lease_text(pid=None),
+    ],
+)
 def test_an_empty_lease_file_is_held_for_a_minute_then_taken_over(tmp_path, text):
     """Its holder was killed between creating the file and writing it (or ran out of
     disk), or the file was edited: the partition must not be skipped for ever, nor the run
-    fail."""
+    fail. So is one without a lease's keys, or with other types there: `{}` was taken over
+    at once, an expiry in text and a process in numbers were TypeErrors that failed the
+    run."""
     leases = Location(str(tmp_path / "_leases"))
     path = tmp_path / "_leases" / NAME
     path.parent.mkdir()
@@ -141,6 +164,17 @@ def test_an_empty_lease_file_is_held_for_a_minute_then_taken_over(tmp_path, text
     ours, holder = try_lease(leases, NAME, ttl_seconds=60)
     assert ours is not None and holder is None
     assert json.loads(path.read_text())["token"] == ours["token"]
+
+
+def test_a_publishing_marker_without_its_holder_is_one_left_behind(sample):
+    """A marker whose holder cannot be read is left behind, as an unreadable one is: its
+    partition is published again. A number for its process was an AttributeError that
+    failed the run's find-partitions step."""
+    config = load_config(sample)
+    store, marker = Location(config.store), partitions.publishing_marker(DAY)
+    store.write_json({"run_id": "r", **this_process(), "process": 5}, *marker)
+
+    assert partitions.interrupted_publishing(config) == {DAY: store.path(*marker)}
 
 
 def test_a_keeper_renews_its_leases_and_a_lease_taken_over_is_lost(tmp_path):
