@@ -202,7 +202,7 @@ def _metric(value: float | None) -> str:
 
 
 def _models(config, args) -> int:
-    from batchscore.registry import Registry, RegistryError
+    from batchscore.registry import LISTED, Registry, RegistryError
     from batchscore.storage import UnreadableJSON
 
     registry = Registry(config.store, config.dataset.name)
@@ -226,7 +226,7 @@ def _models(config, args) -> int:
         print(f"no versions of {config.dataset.name} under {registry.root.uri}")
     for version in versions:
         try:
-            meta = registry.metadata(version)
+            meta = registry.metadata(version, LISTED)
         except RegistryError as exc:
             mark = "champion  " if version == champion else ""
             if isinstance(exc.__cause__, UnreadableJSON):

@@ -22,7 +22,7 @@ from functools import cached_property, lru_cache
 from typing import TYPE_CHECKING, Any
 
 from batchscore.features import FeatureSchema, TrainingProfile
-from batchscore.storage import Location, UnreadableJSON
+from batchscore.storage import Location, Maybe, Shape, UnreadableJSON
 
 if TYPE_CHECKING:
     import lightgbm as lgb
@@ -32,6 +32,40 @@ METADATA = "metadata.json"
 ALIAS = "champion.json"
 # What to do about a champion that cannot be used, as every message about one says it.
 PROMOTE = "`batchscore models promote VERSION --config F`"
+
+# What the registry's readers need of its documents (`storage.check_shape`): one without a
+# key, or with another type there, is refused, named or left out as an unreadable one is.
+# A version's metadata: what every reader needs, and the types of what some do
+# (`Registry.metadata`'s `needs`): a version registered by hand may lack its metrics.
+METADATA_SHAPE: Shape = {
+    "sha256": str,
+    "files": Maybe({str: str}),
+    "task": Maybe(frozenset({"binary", "regression"})),
+    "schema": Maybe({"features": [str], "vocabularies": {str: [str]}}),
+    "profile": Maybe(
+        {
+            "numeric": {str: {"min": float, "max": float, "n": int, "n_missing": int}},
+            "categorical": {str: {"counts": {str: int}, "n": int, "n_missing": int}},
+        }
+    ),
+    "metrics": Maybe({str: (float, None)}),
+    "training_window": Maybe({"from": str, "to": str}),
+    "created_at": Maybe(str),
+}
+# What loading a model reads, scoring with it, and listing it.
+LOADED = ("schema", "task")
+SCORED = (*LOADED, "profile")
+LISTED = ("metrics", "training_window", "created_at")
+ALIAS_SHAPE: Shape = {"version": str}
+AUDIT_SHAPE: Shape = {"action": str, "from": (str, None), "to": str, "at": str, "reason": str}
+RETRAIN_SHAPE: Shape = {
+    "status": str,
+    "at": str,
+    "version": (str, None),
+    "decision": str,
+    "parent": Maybe((str, None)),
+    "trigger": Maybe((dict, None)),
+}
 
 
 class RegistryError(RuntimeError):
@@ -105,7 +139,7 @@ def verified_champion(config) -> ModelRef:
     registry = Registry(config.store, config.dataset.name)
     ref = registry.champion_ref()
     registry.verify(ref)
-    schema = registry.metadata(ref.version)["schema"]
+    schema = registry.metadata(ref.version, SCORED)["schema"]
     ds = config.dataset
     if schema["features"] != ds.features or sorted(schema["vocabularies"]) != sorted(
         ds.categorical
@@ -129,14 +163,18 @@ class Registry:
         names = [e.base_name for e in self.root.list()]
         return sorted((n for n in names if VERSION_RE.match(n)), key=lambda n: int(n[1:]))
 
-    def metadata(self, version: str) -> dict[str, Any]:
+    def metadata(self, version: str, needs: tuple[str, ...] = ()) -> dict[str, Any]:
+        """A version's metadata.json, with the keys of `METADATA_SHAPE` and those `needs`
+        names (which it may otherwise lack); `ModelIntegrityError` naming the file when it
+        cannot be read or lacks one."""
         if not VERSION_RE.match(version):  # "v0001/" or "../other/v0001" found a folder
             raise RegistryError(
                 f"{version!r} is not a version of model {self.name!r}: versions are named "
                 f"vNNNN; known: {', '.join(self.versions()) or 'none'}"
             )
         try:
-            data = self.root.read_json_or_none(version, METADATA)
+            shape = {**METADATA_SHAPE, **{k: METADATA_SHAPE[k].shape for k in needs}}
+            data = self.root.read_json_or_none(version, METADATA, shape=shape)
         except UnreadableJSON as exc:
             raise ModelIntegrityError(
                 f"model {self.name} {version}: {exc}. Restore the file, or promote another "
@@ -205,21 +243,13 @@ class Registry:
         """The version the alias names; None when there is no alias. A `RegistryError`
         naming the file when it cannot be read (promoting a version replaces it)."""
         try:
-            alias = self.root.read_json_or_none(ALIAS)
+            alias = self.root.read_json_or_none(ALIAS, shape=ALIAS_SHAPE)
         except UnreadableJSON as exc:
             raise RegistryError(
                 f"model {self.name!r}: its champion alias {exc}. Promote a version to replace "
                 f"it: {PROMOTE}"
             ) from exc
-        if alias is None:
-            return None
-        version = alias.get("version")
-        if not isinstance(version, str):
-            raise RegistryError(
-                f"model {self.name!r}: its champion alias {self.root.path(ALIAS)} names no "
-                f'version ("version" is {version!r}). Promote a version to replace it: {PROMOTE}'
-            )
-        return version
+        return None if alias is None else alias["version"]
 
     def champion_problem(self) -> str | None:
         """Why the champion alias cannot be used (unreadable, or naming a version that is not
@@ -349,11 +379,12 @@ class Registry:
         left out and its reason put in `unreadable` when given, for readers to whom the
         others are enough (a listing, the drift policy's cooldown); else it is an error."""
         records = []
+        shape = AUDIT_SHAPE if folder == "audit" else RETRAIN_SHAPE
         for e in self.root.list(folder):
             if not e.base_name.endswith(".json") or e.base_name.startswith("."):
                 continue
             try:
-                records.append(self.root.read_json(folder, e.base_name))
+                records.append(self.root.read_json(folder, e.base_name, shape=shape))
             except UnreadableJSON as exc:
                 if unreadable is None:
                     raise RegistryError(f"model {self.name!r}: its {folder} record {exc}") from exc
@@ -403,7 +434,7 @@ def _load_cached(ref: ModelRef) -> LoadedModel:
             f"model {ref.name} {ref.version}: {root.path('model.txt')} is missing; it was "
             "deleted after registration. Refusing to load it."
         ) from None
-    metadata = registry.metadata(ref.version)
+    metadata = registry.metadata(ref.version, LOADED)
     actual = sha256_hex(data)
     if actual != metadata["sha256"] or actual != ref.sha256:
         raise ModelIntegrityError(

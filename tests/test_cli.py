@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import re
 import shutil
@@ -522,8 +523,6 @@ def test_labels_train_cannot_use_end_the_run_failed_with_one_line_not_a_tracebac
     """A user's data error in the retrain flow (here a renamed label column) is its run's
     one-line Failed message and `train`'s exit 2, recorded as a failed attempt; it printed
     the task's and the flow's tracebacks (~90 lines) above it and exited 1."""
-    import json
-
     import pyarrow.parquet as pq
 
     from batchscore.registry import Registry
@@ -553,20 +552,37 @@ def test_labels_train_cannot_use_end_the_run_failed_with_one_line_not_a_tracebac
     assert Registry(str(store), "churn").last_retrain_at() is None
 
 
+@pytest.mark.parametrize(
+    ("damage", "problem"),
+    [
+        (lambda meta: '{"name": "churn", ', "not valid JSON (18 bytes): "),
+        (lambda meta: "{}", "key 'sha256' is missing"),
+        (lambda meta: {**meta, "metrics": None}, "key 'metrics' holds null, not an object"),
+        (lambda meta: _without(meta, "training_window"), "key 'training_window' is missing"),
+        (lambda meta: _without(meta, "created_at"), "key 'created_at' is missing"),
+    ],
+)
 def test_models_list_names_an_unreadable_version_and_lists_the_others(
-    trained: dict, tmp_path: Path
+    trained: dict, tmp_path: Path, damage, problem: str
 ):
+    """A version whose metadata.json lacks a key the listing prints (`{}`: KeyError:
+    'metrics'), or holds another type there, is named as an unreadable one is."""
     config, store = _config_for(trained, "after-two", tmp_path)
     meta = store / "models" / "churn" / "v0002" / "metadata.json"
-    meta.write_text('{"name": "churn", ')
+    damaged = damage(json.loads(meta.read_text()))
+    meta.write_text(damaged if isinstance(damaged, str) else json.dumps(damaged))
 
     code, out, err = _run("models", "list", "--config", str(config))
 
     assert (code, err) == (0, "")
     versions = _version_lines(out)
     assert _version_line("v0001", champion=True, parent="-").fullmatch(versions[0]), versions[0]
-    assert versions[1].startswith(f"v0002  unreadable: {meta}: not valid JSON (18 bytes): ")
+    assert versions[1].startswith(f"v0002  unreadable: {meta}: {problem}")
     assert len(_audit_lines(out)) == 1
+
+
+def _without(document: dict, key: str) -> dict:
+    return {k: v for k, v in document.items() if k != key}
 
 
 @pytest.mark.parametrize(
@@ -594,19 +610,34 @@ def test_models_list_says_why_there_is_no_champion(
     assert last.endswith("`batchscore models promote VERSION --config F`")
 
 
-@pytest.mark.parametrize("target", ["v0001/metadata.json", "champion.json"])
+@pytest.mark.parametrize(
+    ("target", "damage", "problem"),
+    [
+        ("v0001/metadata.json", lambda text: text[:20], "not valid JSON (20 bytes): "),
+        ("champion.json", lambda text: text[:20], "not valid JSON (20 bytes): "),
+        ("v0001/metadata.json", lambda text: "{}", "key 'sha256' is missing. "),
+        ("champion.json", lambda text: "{}", "key 'version' is missing. "),
+        (
+            "v0001/metadata.json",
+            lambda text: json.dumps(_without(json.loads(text), "profile")),
+            "key 'profile' is missing. ",
+        ),
+    ],
+)
 def test_score_with_an_unreadable_metadata_or_alias_exits_2_naming_it(
-    trained: dict, tmp_path: Path, no_server, target: str
+    trained: dict, tmp_path: Path, no_server, target: str, damage, problem: str
 ):
+    """A metadata.json of `{}` was KeyError: 'sha256'; one without `profile` passed the
+    checks and failed every chunk in the workers."""
     config, store = _config_for(trained, "after-one", tmp_path)
     damaged = store / "models" / "churn" / target
-    damaged.write_text(damaged.read_text()[:20])
+    damaged.write_text(damage(damaged.read_text()))
 
     code, out, err = _run("score", "--config", str(config))
 
     assert (code, out) == (2, "")
     assert err.startswith("batchscore: model ") and err.count("\n") == 1
-    assert f"{damaged}: not valid JSON (20 bytes): " in err
+    assert f"{damaged}: {problem}" in err
 
 
 def test_models_list_and_rollback_name_an_unreadable_audit_record(trained: dict, tmp_path: Path):

@@ -18,7 +18,15 @@ import pyarrow as pa
 import pytest
 
 from batchscore.features import TrainingProfile
-from batchscore.registry import ModelIntegrityError, ModelRef, Registry, RegistryError
+from batchscore.registry import (
+    LISTED,
+    SCORED,
+    ModelIntegrityError,
+    ModelRef,
+    Registry,
+    RegistryError,
+)
+from batchscore.storage import UnreadableJSON
 
 FEATURES = ["x", "z", "kind"]
 
@@ -74,6 +82,15 @@ def registry(tmp_path: Path) -> Registry:
 
 def _model_dir(registry: Registry, version: str) -> Path:
     return Path(registry.root.path(version))
+
+
+DROP = object()  # `_edit`: remove the key
+
+
+def _edit(path: Path, changes: dict | None) -> None:
+    """Rewrite a JSON document of the store with `changes` (None: as `{}`)."""
+    data = {} if changes is None else {**json.loads(path.read_text()), **changes}
+    path.write_text(json.dumps({k: v for k, v in data.items() if v is not DROP}))
 
 
 def test_registering_twice_gives_v0001_then_v0002(registry: Registry, trained: dict):
@@ -329,6 +346,65 @@ def test_an_unreadable_or_missing_metadata_json_is_named_as_such(registry: Regis
     assert registry.metadata("v0001")["version"] == "v0001"
 
 
+PROMOTE_ANOTHER = (
+    "Restore the file, or promote another version with "
+    "`batchscore models promote VERSION --config F`."
+)
+
+
+@pytest.mark.parametrize(
+    ("changes", "problem"),
+    [
+        (None, "key 'sha256' is missing"),
+        ({"sha256": DROP}, "key 'sha256' is missing"),
+        ({"sha256": None}, "key 'sha256' holds null, not a string"),
+        ({"schema": DROP}, "key 'schema' is missing"),
+        ({"schema": "x"}, """key 'schema' holds a string ("x"), not an object"""),
+        (
+            {"schema": {"features": ["x", 2], "vocabularies": {}}},
+            "key 'schema.features[1]' holds a number (2), not a string",
+        ),
+        ({"task": 1}, 'key \'task\' holds a number (1), not one of "binary", "regression"'),
+        ({"files": "x"}, """key 'files' holds a string ("x"), not an object"""),
+        ({"profile": []}, "key 'profile' holds an array ([]), not an object"),
+        ({"metrics": {"auc": "0.9"}}, """key 'metrics.auc' holds a string ("0.9"), not a"""),
+    ],
+)
+def test_a_metadata_json_without_a_key_or_with_another_type_there_is_named_as_unreadable(
+    registry: Registry, trained: dict, changes: dict | None, problem: str
+):
+    """`{}` was KeyError: 'sha256' from `batchscore score` and `models list`; a string for
+    `schema` or `files` a TypeError; a wrong `profile` or `task` failed later, in the
+    workers. Such a file is refused as an unreadable one is, naming the key and its value."""
+    registry.register(trained["text"], trained["metadata"])
+    meta = _model_dir(registry, "v0001") / "metadata.json"
+    _edit(meta, changes)
+
+    for read in (lambda: registry.ref("v0001").load(), lambda: registry.metadata("v0001", SCORED)):
+        with pytest.raises(ModelIntegrityError) as info:
+            read()
+        assert str(info.value).startswith(f"model churn v0001: {meta}: {problem}")
+        assert str(info.value).endswith(PROMOTE_ANOTHER)
+        assert isinstance(info.value.__cause__, UnreadableJSON)
+
+
+def test_a_version_without_the_keys_of_one_use_is_refused_for_that_use_only(
+    registry: Registry, trained: dict
+):
+    """A version registered without a profile loads (training compares a challenger with
+    it) but is not scored with (validation needs it); one without metrics scores but is
+    listed as unreadable."""
+    registry.register(trained["text"], trained["metadata"])
+    meta = _model_dir(registry, "v0001") / "metadata.json"
+    _edit(meta, {"profile": DROP, "metrics": DROP})
+
+    assert registry.ref("v0001").load().schema == trained["schema"]
+    for needs, key in ((SCORED, "profile"), (LISTED, "metrics")):
+        with pytest.raises(ModelIntegrityError) as info:
+            registry.metadata("v0001", needs)
+        assert f"{meta}: key '{key}' is missing. " in str(info.value)
+
+
 @pytest.mark.parametrize("name", ["model.txt", "reference.json"])
 def test_a_deleted_model_file_is_named_missing_not_changed(
     registry: Registry, trained: dict, name: str
@@ -368,6 +444,31 @@ def test_an_unreadable_champion_alias_is_named_and_a_promotion_replaces_it(
     assert registry.audit()[-1]["from"] is None
 
 
+@pytest.mark.parametrize(
+    ("changes", "problem"),
+    [
+        (None, "key 'version' is missing"),
+        ({"version": 5}, "key 'version' holds a number (5), not a string"),
+    ],
+)
+def test_a_champion_alias_without_a_version_is_named_as_an_unreadable_one(
+    registry: Registry, trained: dict, changes: dict | None, problem: str
+):
+    registry.register(trained["text"], trained["metadata"])
+    registry.promote("v0001", "first model")
+    alias = Path(registry.root.path("champion.json"))
+    _edit(alias, changes)
+
+    message = (
+        f"model 'churn': its champion alias {alias}: {problem}. Promote a version to replace "
+        "it: `batchscore models promote VERSION --config F`"
+    )
+    with pytest.raises(RegistryError) as info:
+        registry.champion_ref()
+    assert str(info.value) == message
+    assert registry.champion_problem() == message
+
+
 def test_a_champion_alias_naming_a_version_that_is_not_there_says_so(
     registry: Registry, trained: dict
 ):
@@ -396,8 +497,10 @@ def test_an_unreadable_audit_or_retrain_record_is_named_and_left_out_where_that_
         registry.register(trained["text"], trained["metadata"])
     registry.promote("v0001", "first model")
     registry.promote("v0002", "second model")
-    registry.record_retrain({"status": "promoted", "parent": "v0001", "version": "v0002"})
-    registry.record_retrain({"status": "promoted", "parent": "v0002", "version": "v0003"})
+    for parent, version in (("v0001", "v0002"), ("v0002", "v0003")):
+        registry.record_retrain(
+            {"status": "promoted", "parent": parent, "version": version, "decision": "better"}
+        )
     root = Path(registry.root.path())
     first_audit = sorted((root / "audit").glob("*.json"))[0]
     last_retrain = sorted((root / "retrains").glob("*.json"))[-1]
@@ -421,6 +524,48 @@ def test_an_unreadable_audit_or_retrain_record_is_named_and_left_out_where_that_
     unreadable = []
     assert registry.last_retrain_at(unreadable) == dt.datetime.fromisoformat(kept_at)
     assert unreadable[0].startswith(f"{last_retrain}: not valid JSON (0 bytes): Expecting value")
+
+
+@pytest.mark.parametrize(
+    ("folder", "changes", "problem"),
+    [
+        ("audit", None, "key 'action' is missing"),
+        ("audit", {"to": DROP}, "key 'to' is missing"),
+        ("audit", {"action": 1}, "key 'action' holds a number (1), not a string"),
+        ("audit", {"from": ["v0001"]}, """key 'from' holds an array (["v0001"]), not a"""),
+        ("retrains", None, "key 'status' is missing"),
+        ("retrains", {"at": 5}, "key 'at' holds a number (5), not a string"),
+        ("retrains", {"status": None}, "key 'status' holds null, not a string"),
+    ],
+)
+def test_an_audit_or_retrain_record_without_a_key_is_named_and_left_out_as_an_unreadable_one(
+    registry: Registry, trained: dict, folder: str, changes: dict | None, problem: str
+):
+    """A record without `to` or `action` was a KeyError for rollback and `models list`; a
+    retrain record whose `at` is a number a TypeError in the drift policy's cooldown,
+    after every partition of the run was published."""
+    for _ in range(2):
+        registry.register(trained["text"], trained["metadata"])
+    registry.promote("v0001", "first model")
+    registry.promote("v0002", "second model")
+    for parent, version in (("v0001", "v0002"), ("v0002", "v0003")):
+        registry.record_retrain(
+            {"status": "promoted", "parent": parent, "version": version, "decision": "better"}
+        )
+    root = Path(registry.root.path())
+    record = sorted((root / folder).glob("*.json"))[-1]
+    kept_at = json.loads(sorted((root / "retrains").glob("*.json"))[0].read_text())["at"]
+    _edit(record, changes)
+
+    unreadable: list[str] = []
+    if folder == "audit":
+        with pytest.raises(RegistryError) as info:
+            registry.rollback()
+        assert str(info.value).startswith(f"model 'churn': its audit record {record}: {problem}")
+        assert [e["to"] for e in registry.audit(unreadable)] == ["v0001"]
+    else:
+        assert registry.last_retrain_at(unreadable) == dt.datetime.fromisoformat(kept_at)
+    assert len(unreadable) == 1 and unreadable[0].startswith(f"{record}: {problem}")
 
 
 def test_feature_names_are_read_from_the_model_as_lightgbm_reads_them(registry: Registry):
