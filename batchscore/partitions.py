@@ -29,6 +29,8 @@ from batchscore.registry import ModelRef
 from batchscore.storage import (
     HOLDER_SHAPE,
     Location,
+    Maybe,
+    Shape,
     UnreadableJSON,
     holder_alive,
     is_data_file,
@@ -43,6 +45,18 @@ from batchscore.validation import (
 )
 
 SUCCESS = "_SUCCESS"
+# What the readers of a partition's scores `_SUCCESS` need of it (`storage.check_shape`):
+# which model and run made it, and the files it was made from (`source_changes`). The
+# others are compared where present: without a model name or files, a partition counts as
+# another model's or as changed, and is scored again; without sizes (recorded since
+# 3e46a3f), its files are compared by name.
+SUCCESS_SHAPE: Shape = {
+    "run_id": str,
+    "model_version": str,
+    "model_name": Maybe(str),
+    "files": Maybe([str]),
+    "file_sizes": Maybe({str: int}),
+}
 HELD = "_HELD"
 # Where a partition's hold goes when it has a complete earlier output (a `--rescore` held):
 # `quarantine/dt=D/_held/`, beside that output's quarantine files, which stay as they are.
@@ -155,7 +169,9 @@ def discover(config: Config) -> Discovery:
 def manifest(config: Config, partition: str) -> dict | None:
     """The partition's `_SUCCESS`; None when it has none. `UnreadableJSON` when it cannot be
     read (emptied or truncated after it was written)."""
-    return Location(config.store).read_json_or_none("scores", f"dt={partition}", SUCCESS)
+    return Location(config.store).read_json_or_none(
+        "scores", f"dt={partition}", SUCCESS, shape=SUCCESS_SHAPE
+    )
 
 
 def pending(

@@ -23,8 +23,8 @@ import pyarrow.parquet as pq
 from batchscore.config import Config
 from batchscore.labels import read_labels, with_join_types
 from batchscore.metrics import metrics, undefined
-from batchscore.partitions import SUCCESS
-from batchscore.storage import Location, UnreadableJSON
+from batchscore.partitions import SUCCESS, SUCCESS_SHAPE
+from batchscore.storage import Location, Shape, UnreadableJSON
 from batchscore.training import labelled_partitions
 
 SCHEMA = pa.schema(
@@ -42,8 +42,14 @@ SCHEMA = pa.schema(
 )
 
 
+# What `pending` needs of a performance `_SUCCESS` (`storage.check_shape`).
+PERFORMANCE_SHAPE: Shape = {"computed_from": dict}
+
+
 def _fingerprint(config: Config, partition: str) -> dict:
-    scores = Location(config.store).read_json("scores", f"dt={partition}", SUCCESS)
+    scores = Location(config.store).read_json(
+        "scores", f"dt={partition}", SUCCESS, shape=SUCCESS_SHAPE
+    )
     labels = Location(config.source).data_files(f"labels/dt={partition}")
     return {
         "scores_run_id": scores["run_id"],
@@ -72,7 +78,9 @@ def pending(config: Config, unreadable: list[str] | None = None) -> list[str]:
         if not computed_from["labels"]:  # an empty labels folder: nothing to measure yet
             continue
         try:
-            done = store.read_json_or_none("performance", f"dt={partition}", SUCCESS)
+            done = store.read_json_or_none(
+                "performance", f"dt={partition}", SUCCESS, shape=PERFORMANCE_SHAPE
+            )
         except UnreadableJSON as exc:
             if unreadable is not None:
                 unreadable.append(f"{exc}; computing the realised performance again")

@@ -42,6 +42,7 @@ from batchscore.partitions import (
     HELD_BESIDE,
     REREAD_DELAYS,
     SUCCESS,
+    SUCCESS_SHAPE,
     Chunk,
     PartitionPlan,
     Piece,
@@ -897,7 +898,7 @@ def _earlier_output(store: Location, partition: str) -> dict | None:
     a hold replacing its quarantine folder would delete rows they may account for."""
     keys = ("run_id", "model_version", "written_at", "status")
     try:
-        done = store.read_json_or_none("scores", f"dt={partition}", SUCCESS)
+        done = store.read_json_or_none("scores", f"dt={partition}", SUCCESS, shape=SUCCESS_SHAPE)
     except UnreadableJSON as exc:
         return {**dict.fromkeys(keys), "unreadable": str(exc)}
     if done is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -256,20 +257,44 @@ def test_pipeline_only_json_is_compact_and_reads_back_equal(tmp_path):
     assert (tmp_path / "_SUCCESS").read_text().startswith('{\n  "a": {')
 
 
-@pytest.mark.parametrize("text", ["", '{"status": "scored", "model_ver', "[]"])
-def test_a_partition_whose_manifest_cannot_be_read_is_pending_and_named(config, rows, text):
+MANIFEST = {"model_name": "churn", "model_version": "v0001", "run_id": "r1"}
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("", "not valid JSON (0 bytes): Expecting value"),
+        ('{"status": "scored", "model_ver', "not valid JSON (31 bytes): Unterminated string"),
+        ("[]", "a JSON array, not an object"),
+        ("{}", "key 'run_id' is missing"),
+        (json.dumps({**MANIFEST, "model_version": None}), "key 'model_version' holds null, not a"),
+        (
+            json.dumps({**MANIFEST, "file_sizes": "x"}),
+            """key 'file_sizes' holds a string ("x"), not an object""",
+        ),
+        (json.dumps({**MANIFEST, "files": {}}), "key 'files' holds an object ({}), not an array"),
+        (
+            json.dumps({**MANIFEST, "file_sizes": {"incoming/dt=2026-11-01/a.parquet": "9"}}),
+            """key 'file_sizes.incoming/dt=2026-11-01/a.parquet' holds a string ("9"), not an""",
+        ),
+    ],
+)
+def test_a_partition_whose_manifest_cannot_be_read_is_pending_and_named(
+    config, rows, text, problem
+):
     """An emptied or truncated `_SUCCESS` makes its partition not scored (scored again, its
     outputs replaced on publishing), saying which file and why; the others are as before.
-    It stopped the whole run with a bare JSONDecodeError."""
+    It stopped the whole run with a bare JSONDecodeError. So does one without a key its
+    readers need, or with another type there: a string for `file_sizes` was an
+    AttributeError that failed the run's find-partitions step, `{}` a partition scored
+    again without a word, and a KeyError for realised performance."""
     from batchscore.partitions import pending
     from batchscore.scoring import _earlier_output, _kept_note
 
     model = ModelRef(config.store, "churn", "v0001", "0" * 64)
     store = Location(config.store)
     for day in ("2026-11-01", "2026-11-02"):
-        store.write_json(
-            {"model_name": "churn", "model_version": "v0001"}, "scores", f"dt={day}", "_SUCCESS"
-        )
+        store.write_json(MANIFEST, "scores", f"dt={day}", "_SUCCESS")
     bad = Path(config.store) / "scores" / "dt=2026-11-01" / "_SUCCESS"
     bad.write_text(text)
 
@@ -278,10 +303,7 @@ def test_a_partition_whose_manifest_cannot_be_read_is_pending_and_named(config, 
 
     assert todo == ["2026-11-01"]
     assert list(unreadable) == ["2026-11-01"]
-    assert unreadable["2026-11-01"].startswith(f"{bad}: ")
-    assert ("not valid JSON" if text != "[]" else "a JSON array, not an object") in unreadable[
-        "2026-11-01"
-    ]
+    assert unreadable["2026-11-01"].startswith(f"{bad}: {problem}")
     assert pending(config, model, ["2026-11-01", "2026-11-02"], False) == ["2026-11-01"]
     # A hold of the partition keeps that output as it is (beside it), naming the file.
     kept = _earlier_output(store, "2026-11-01")
