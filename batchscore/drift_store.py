@@ -24,7 +24,14 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from batchscore.storage import Location, UnreadableJSON, json_object, parse_partition_dir
+from batchscore.storage import (
+    Location,
+    Maybe,
+    Shape,
+    UnreadableJSON,
+    json_object,
+    parse_partition_dir,
+)
 from drift import Counts, ReferenceProfile, counts_from_dict, merge_all
 from drift._encoding import dumps
 
@@ -33,6 +40,16 @@ REPORT_FILE = "part-00000.parquet"
 COUNTS_FILE = "_COUNTS.json"
 HTML_FILE = "_report.html"
 COUNTS_FORMAT = "batchscore.drift.counts/1"
+# One feature's counts as stored (`Counts.to_dict`), in a `_COUNTS.json` and in a staged
+# chunk's record: what `drift.counts_from_dict` reads (`storage.check_shape`).
+COUNTS_PAYLOAD_SHAPE: Shape = {
+    "kind": frozenset({"numeric", "categorical"}),
+    "reference_id": str,
+    "bin_counts": [int],
+    "sketch_counts": Maybe([int]),  # numeric counts only
+    "unseen": Maybe(({str: int}, None)),  # categorical counts only
+}
+COUNTS_SHAPE: Shape = {"format": str, "model_version": str, "counts": {str: COUNTS_PAYLOAD_SHAPE}}
 
 
 def counts_document(
@@ -133,11 +150,15 @@ def _qualifying_counts(
         data = store.read_bytes(DRIFT_DIR, f"dt={day}", COUNTS_FILE)
     except FileNotFoundError:
         return None
-    whole = data.rstrip().endswith(b"}")  # else truncated: named below, whoever made it
-    if whole and json.dumps(model_version).encode() not in data:
-        return None  # another version's counts: skip without parsing a large document
+    # Another version's counts are skipped without parsing a large document: one whole
+    # (else truncated) that names a version (as `counts_document` writes it), not this one.
+    # Any other is parsed, and named below when it is not a counts document.
+    names_one = data.rstrip().endswith(b"}") and b'"model_version":"' in data
+    if names_one and json.dumps(model_version).encode() not in data:
+        return None
+    path = store.path(DRIFT_DIR, f"dt={day}", COUNTS_FILE)
     try:
-        document = json_object(data, store.path(DRIFT_DIR, f"dt={day}", COUNTS_FILE))
+        document = json_object(data, path, COUNTS_SHAPE)
     except UnreadableJSON as exc:
         unreadable.append(str(exc))
         return None

@@ -27,6 +27,7 @@ from batchscore.config import Config
 from batchscore.drift_html import render_report
 from batchscore.drift_store import (
     COUNTS_FILE,
+    COUNTS_PAYLOAD_SHAPE,
     DRIFT_DIR,
     HTML_FILE,
     REPORT_FILE,
@@ -52,7 +53,7 @@ from batchscore.partitions import (
     with_id_types,
 )
 from batchscore.registry import LoadedModel, ModelRef, utc_now
-from batchscore.storage import Location, UnreadableJSON, check_lease, this_process
+from batchscore.storage import Location, Shape, UnreadableJSON, check_lease, this_process
 from batchscore.validation import FileProblem, RowVerdict, validate_chunk, warm_up_validation
 from drift import (
     SCORE_FEATURE,
@@ -124,6 +125,21 @@ class ChunkResult:
     reused: bool = False
 
 
+# A staged chunk's record (`chunks/part-N.json`, a `ChunkResult`), as a resumed run reuses it
+# (`storage.check_shape`).
+CHUNK_SHAPE: Shape = {
+    "partition": str,
+    "index": int,
+    "rows_in": int,
+    "rows_scored": int,
+    "rows_quarantined": int,
+    "failed": {str: int},
+    "unseen": {str: int},
+    "seconds": {str: float},
+    "drift_counts": {str: COUNTS_PAYLOAD_SHAPE},
+}
+
+
 STAGING = "_staging"  # under the store: work in progress, one folder per partition attempt
 
 
@@ -151,7 +167,7 @@ def score_chunk(
     staging = staging_location(config, plan, model)
     name = f"part-{chunk.index:05d}"
     try:
-        done = staging.read_json_or_none("chunks", f"{name}.json")
+        done = staging.read_json_or_none("chunks", f"{name}.json", shape=CHUNK_SHAPE)
     except UnreadableJSON:
         # Damaged after it was written whole (a disk, a hand): the chunk is scored again,
         # which rewrites it, as if it had never finished.

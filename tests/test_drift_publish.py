@@ -193,6 +193,55 @@ def test_a_truncated_counts_file_is_left_out_of_the_rolling_reference_and_named(
     assert any(str(counts) in w for w in outcome.drift_warnings)
 
 
+def _first_count_as(value):
+    def edit(document: dict) -> dict:
+        feature = sorted(document["counts"])[0]
+        counts = {**document["counts"][feature], "bin_counts": value}
+        return {**document, "counts": {**document["counts"], feature: counts}}
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("damage", "problem"),
+    [
+        (lambda d: {}, "key 'format' is missing"),
+        (lambda d: {k: v for k, v in d.items() if k != "model_version"}, "key 'model_version' is"),
+        (lambda d: {**d, "model_version": None}, "key 'model_version' holds null, not a string"),
+        (lambda d: {**d, "counts": "x"}, """key 'counts' holds a string ("x"), not an object"""),
+        (
+            lambda d: {**d, "counts": {f: {} for f in d["counts"]}},
+            "key 'counts.amount.kind' is missing",
+        ),
+        (_first_count_as("x"), """key 'counts.__score__.bin_counts' holds a string ("x"), not"""),
+        (_first_count_as([1, None]), "key 'counts.__score__.bin_counts[1]' holds null, not an"),
+    ],
+)
+def test_a_counts_file_without_a_key_is_left_out_of_the_rolling_reference_and_named(
+    store, damage, problem
+):
+    """A `_COUNTS.json` of `{}`, or without its model version, was left out without a word;
+    one whose counts are not counts failed the publishing of every later partition with a
+    bare AttributeError, ValueError or TypeError from decoding them."""
+    from batchscore.drift_store import rolling_reference
+
+    config = load_config(
+        write_config(store["config_path"], CONFIG, drift={"reference": "rolling:2"})
+    )
+    profile, model = store["profile"], store["model"]
+    for i, day in enumerate(DAYS[:3]):
+        _publish(config, model, day, _day_counts(profile, i))
+    counts = Path(config.store) / "drift" / f"dt={DAYS[2]}" / COUNTS_FILE
+    counts.write_text(json.dumps(damage(json.loads(counts.read_text()))))
+
+    window = rolling_reference(Location(config.store), DAYS[3], profile, model.version, 2)
+
+    assert window.name == "rolling:2" and window.partitions == (DAYS[0], DAYS[1])
+    assert window.warning.startswith(f"rolling:2: left out {counts}: {problem}")
+    outcome = _publish(config, model, DAYS[3], _day_counts(profile, 3))
+    assert any(str(counts) in w for w in outcome.drift_warnings)
+
+
 @pytest.fixture
 def published(store) -> dict:
     """Three days published with the training reference."""

@@ -424,7 +424,8 @@ def test_every_undecodable_file_of_a_chunk_of_small_files_is_named(sample, tmp_p
 def test_a_damaged_record_of_a_staged_chunk_scores_the_chunk_again(sample):
     """A chunk's record (`_staging/.../chunks/part-N.json`) is how a resumed run knows the
     chunk finished; an emptied one failed the chunk, and so the partition, with a bare
-    JSONDecodeError. The chunk is scored again instead, and its record rewritten."""
+    JSONDecodeError. The chunk is scored again instead, and its record rewritten; so it is
+    when the record lacks a key, or holds another type there."""
     from batchscore import partitions, scoring
     from batchscore.registry import Registry
 
@@ -437,18 +438,37 @@ def test_a_damaged_record_of_a_staged_chunk_scores_the_chunk_again(sample):
     first = scoring.score_chunk(config, chunk, model, plan, "run-1")
     record = Path(scoring.staging_location(config, plan, model).path("chunks", "part-00000.json"))
     assert scoring.score_chunk(config, chunk, model, plan, "run-2").reused
-    record.write_text("")
+    whole = json.loads(record.read_text())
+    feature = sorted(whole["drift_counts"])[0]
+    # Emptied; a key missing (was a TypeError, or a KeyError for `rows_quarantined`); a
+    # string for a count (reused, and publishing failed on it).
+    for damaged in (
+        "",
+        "{}",
+        json.dumps({k: v for k, v in whole.items() if k != "rows_quarantined"}),
+        json.dumps({**whole, "rows_scored": str(whole["rows_scored"])}),
+        json.dumps(
+            {
+                **whole,
+                "drift_counts": {
+                    **whole["drift_counts"],
+                    feature: {**whole["drift_counts"][feature], "bin_counts": "1,2"},
+                },
+            }
+        ),
+    ):
+        record.write_text(damaged)
 
-    again = scoring.score_chunk(config, chunk, model, plan, "run-3")
+        again = scoring.score_chunk(config, chunk, model, plan, "run-3")
 
-    assert not again.reused
-    assert (again.rows_in, again.rows_scored, again.rows_quarantined) == (
-        first.rows_in,
-        first.rows_scored,
-        first.rows_quarantined,
-    )
-    assert again.drift_counts == first.drift_counts
-    assert scoring.score_chunk(config, chunk, model, plan, "run-4").reused
+        assert not again.reused, damaged[:40]
+        assert (again.rows_in, again.rows_scored, again.rows_quarantined) == (
+            first.rows_in,
+            first.rows_scored,
+            first.rows_quarantined,
+        )
+        assert again.drift_counts == first.drift_counts
+        assert scoring.score_chunk(config, chunk, model, plan, "run-4").reused
 
 
 def test_chunks_staged_by_a_run_with_other_workers_are_not_reused_and_are_deleted(
