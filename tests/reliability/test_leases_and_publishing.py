@@ -142,9 +142,10 @@ def _lease_text(**changes) -> str:
         "[]",
         "42",
         "{}",
-        _lease_text(host="elsewhere", expires_at="x"),
-        _lease_text(process=5),
-        _lease_text(pid=None),
+        # Ids of their own: the texts hold this process's pid, another at each run.
+        pytest.param(_lease_text(host="elsewhere", expires_at="x"), id="expiry-in-text"),
+        pytest.param(_lease_text(process=5), id="process-a-number"),
+        pytest.param(_lease_text(pid=None), id="pid-null"),
     ],
 )
 def test_an_empty_lease_file_is_held_for_a_minute_then_taken_over(tmp_path, text):
