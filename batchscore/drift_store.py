@@ -42,13 +42,20 @@ HTML_FILE = "_report.html"
 COUNTS_FORMAT = "batchscore.drift.counts/1"
 # One feature's counts as stored (`Counts.to_dict`), in a `_COUNTS.json` and in a staged
 # chunk's record: what `drift.counts_from_dict` reads (`storage.check_shape`).
-COUNTS_PAYLOAD_SHAPE: Shape = {
-    "kind": frozenset({"numeric", "categorical"}),
-    "reference_id": str,
-    "bin_counts": [int],
-    "sketch_counts": Maybe([int]),  # numeric counts only
-    "unseen": Maybe(({str: int}, None)),  # categorical counts only
-}
+COUNTS_PAYLOAD_SHAPE = (
+    {
+        "kind": frozenset({"numeric"}),
+        "reference_id": str,
+        "bin_counts": [int],
+        "sketch_counts": [int],
+    },
+    {
+        "kind": frozenset({"categorical"}),
+        "reference_id": str,
+        "bin_counts": [int],
+        "unseen": Maybe(({str: int}, None)),
+    },
+)
 COUNTS_SHAPE: Shape = {"format": str, "model_version": str, "counts": {str: COUNTS_PAYLOAD_SHAPE}}
 
 

@@ -60,7 +60,7 @@ ALIAS_SHAPE: Shape = {"version": str}
 AUDIT_SHAPE: Shape = {"action": str, "from": (str, None), "to": str, "at": str, "reason": str}
 RETRAIN_SHAPE: Shape = {
     "status": str,
-    "at": str,
+    "at": dt.datetime,  # the drift policy's cooldown reads it as a time
     "version": (str, None),
     "decision": str,
     "parent": Maybe((str, None)),

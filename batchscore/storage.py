@@ -88,10 +88,12 @@ def json_object(data: bytes, path: str, shape: Shape | None = None) -> dict[str,
 
 # What the readers of one JSON document of the store need of it (`check_shape`): a dict
 # from each key they read to what its value must be. A Python type stands for a JSON type
-# (str; int; float: any number; bool; dict: any object; list: any array), None null, a
-# tuple for any of its members, a frozenset for one of its values, a dict for an object
-# with those keys (or `{str: s}`: any keys, each value `s`), `[s]` for an array of `s`, and
-# `Maybe(s)` for a key that may be missing (written by later versions only, or not always).
+# (str; int; float: any number; bool; dict: any object; list: any array), None null,
+# `datetime` a string `datetime.fromisoformat` reads, a tuple for any of its members (of
+# several object shapes, one tagged by a key of fixed values is told apart by it), a
+# frozenset for one of its values, a dict for an object with those keys (or `{str: s}`: any
+# keys, each value `s`), `[s]` for an array of `s`, and `Maybe(s)` for a key that may be
+# missing (written by later versions only, or not always).
 Shape = dict
 
 
@@ -141,11 +143,15 @@ def _shape_problem(value: Any, shape: Any, key: str) -> str | None:
     if isinstance(shape, tuple):
         if any(_shape_problem(value, s, key) is None for s in shape):
             return None
-        # An object (array) where one is expected says more by what is wrong inside it.
+        # An object (array) where one is expected says more by what is wrong inside it:
+        # inside the object shape its tag names ("kind": "numeric"), when one does.
         inside = [s for s in shape if isinstance(s, dict | list) and isinstance(value, type(s))]
+        inside = [s for s in inside if _tagged(value, s)] or inside
         return _shape_problem(value, inside[0], key) if inside else _wrong(value, shape, key)
     if isinstance(shape, frozenset):
         ok = isinstance(value, str | int) and value in shape
+    elif shape is dt.datetime:
+        ok = isinstance(value, str) and _is_time(value)
     elif shape is None:
         ok = value is None
     elif isinstance(value, bool):  # JSON's true and false are Python ints too
@@ -155,7 +161,31 @@ def _shape_problem(value: Any, shape: Any, key: str) -> str | None:
     return None if ok else _wrong(value, shape, key)
 
 
-_EXPECTED = {str: "a string", int: "an integer", float: "a number", bool: "true/false"}
+def _tagged(value: Any, shape: Any) -> bool:
+    """Whether the object `value` has every fixed-value key of the object shape `shape`."""
+    if not isinstance(shape, dict):
+        return False
+    tags = [(k, v) for k, v in shape.items() if isinstance(v, frozenset)]
+    return bool(tags) and all(
+        isinstance(value.get(k), str | int) and value[k] in v for k, v in tags
+    )
+
+
+def _is_time(text: str) -> bool:
+    try:
+        dt.datetime.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
+
+
+_EXPECTED = {
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    bool: "true/false",
+    dt.datetime: "a time (ISO 8601)",
+}
 
 
 def _expected(shape: Any) -> str:
@@ -661,7 +691,7 @@ def holder_alive(holder: dict) -> bool | None:
     if holder.get("host") != socket.gethostname() or not isinstance(pid, int):
         return None
     recorded, ours = holder.get("process"), _process_identity(os.getpid())
-    if recorded and ours:
+    if recorded and ours and recorded.count("/") >= 3:  # else edited: as without one
         where, _, started = recorded.rsplit("/", 2)
         if where != ours.rsplit("/", 2)[0]:
             return None  # another boot, or another container's pid namespace

@@ -202,6 +202,10 @@ def _first_count_as(value):
     return edit
 
 
+def _without_sketch(document: dict, feature: str) -> dict:
+    return {k: v for k, v in document["counts"][feature].items() if k != "sketch_counts"}
+
+
 @pytest.mark.parametrize(
     ("damage", "problem"),
     [
@@ -215,6 +219,14 @@ def _first_count_as(value):
         ),
         (_first_count_as("x"), """key 'counts.__score__.bin_counts' holds a string ("x"), not"""),
         (_first_count_as([1, None]), "key 'counts.__score__.bin_counts[1]' holds null, not an"),
+        (  # numeric counts without their sketch: told apart from categorical ones by kind
+            lambda d: {**d, "counts": {**d["counts"], "amount": _without_sketch(d, "amount")}},
+            "key 'counts.amount.sketch_counts' is missing",
+        ),
+        (
+            lambda d: {**d, "counts": {**d["counts"], "channel": {"kind": "categorical"}}},
+            "key 'counts.channel.reference_id' is missing",
+        ),
     ],
 )
 def test_a_counts_file_without_a_key_is_left_out_of_the_rolling_reference_and_named(

@@ -534,7 +534,8 @@ def test_an_unreadable_audit_or_retrain_record_is_named_and_left_out_where_that_
         ("audit", {"action": 1}, "key 'action' holds a number (1), not a string"),
         ("audit", {"from": ["v0001"]}, """key 'from' holds an array (["v0001"]), not a"""),
         ("retrains", None, "key 'status' is missing"),
-        ("retrains", {"at": 5}, "key 'at' holds a number (5), not a string"),
+        ("retrains", {"at": 5}, "key 'at' holds a number (5), not a time (ISO 8601)"),
+        ("retrains", {"at": "yesterday"}, """key 'at' holds a string ("yesterday"), not a time"""),
         ("retrains", {"status": None}, "key 'status' holds null, not a string"),
     ],
 )
@@ -543,7 +544,8 @@ def test_an_audit_or_retrain_record_without_a_key_is_named_and_left_out_as_an_un
 ):
     """A record without `to` or `action` was a KeyError for rollback and `models list`; a
     retrain record whose `at` is a number a TypeError in the drift policy's cooldown,
-    after every partition of the run was published."""
+    after every partition of the run was published (and one that is not a time, a
+    ValueError)."""
     for _ in range(2):
         registry.register(trained["text"], trained["metadata"])
     registry.promote("v0001", "first model")

@@ -167,13 +167,15 @@ def test_an_empty_lease_file_is_held_for_a_minute_then_taken_over(tmp_path, text
     assert json.loads(path.read_text())["token"] == ours["token"]
 
 
-def test_a_publishing_marker_without_its_holder_is_one_left_behind(sample):
+@pytest.mark.parametrize("process", [5, "x"])
+def test_a_publishing_marker_without_its_holder_is_one_left_behind(sample, process):
     """A marker whose holder cannot be read is left behind, as an unreadable one is: its
-    partition is published again. A number for its process was an AttributeError that
-    failed the run's find-partitions step."""
+    partition is published again. A number for its process was an AttributeError, and a
+    text without the identity's parts a ValueError, that failed the run's find-partitions
+    step."""
     config = load_config(sample)
     store, marker = Location(config.store), partitions.publishing_marker(DAY)
-    store.write_json({"run_id": "r", **this_process(), "process": 5}, *marker)
+    store.write_json({"run_id": "r", **this_process(), "process": process}, *marker)
 
     assert partitions.interrupted_publishing(config) == {DAY: store.path(*marker)}
 
