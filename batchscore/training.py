@@ -25,6 +25,7 @@ from batchscore.labels import LabelError, read_labels, with_join_types
 from batchscore.metrics import metrics, undefined
 from batchscore.registry import ModelIntegrityError, Registry
 from batchscore.storage import Location, lease, parse_partition_dir
+from batchscore.validation import check_schema
 from drift import ReferenceProfile
 
 if TYPE_CHECKING:  # imported where it trains: the score flow imports this module, and
@@ -63,15 +64,42 @@ def labelled_partitions(config: Config) -> list[str]:
     return sorted(d.isoformat() for d in days if d is not None)
 
 
-def _read_folder(location: Location, folder: str, columns: list[str] | None) -> pa.Table | None:
-    """The folder's data files as one table; None when it has none (or does not exist)."""
-    tables = []
+def _read_folder(config: Config, location: Location, folder: str) -> pa.Table | None:
+    """The folder's data files as one table of the id and feature columns; None when it
+    has none (or does not exist).
+
+    Each file's schema is checked first, as planning a score run does
+    (`validation.check_schema`): a file without a feature, or with one of a type that
+    cannot be a feature, is named with the column instead of failing in pyarrow's read
+    ("No match for FieldRef.Name(...)" and the file's whole schema) or its concatenation
+    (an uncaught ArrowTypeError)."""
+    columns = [*config.dataset.id_columns, *config.dataset.features]
+    tables, problems = [], []
     for entry in location.data_files(folder):
         try:
-            tables.append(pq.read_table(location.fs.open_input_file(entry.path), columns=columns))
+            schema = pq.read_schema(location.fs.open_input_file(entry.path))
+            found, _ = check_schema(schema, f"{folder}/{entry.base_name}", config)
+            problems += found
+            if not found:
+                tables.append(
+                    pq.read_table(location.fs.open_input_file(entry.path), columns=columns)
+                )
         except (pa.ArrowInvalid, OSError, KeyError) as exc:
             raise TrainingError(f"cannot read {entry.path}: {exc}") from exc
-    return pa.concat_tables(tables, promote_options="permissive") if tables else None
+    if problems:
+        raise TrainingError(
+            f"cannot train on {folder}: "
+            + "; ".join(f"{p.file}: {p.reason}" for p in problems)
+            + f". Fix the export, or move its labels (labels/{folder.removeprefix('incoming/')}) "
+            "aside to train without that day"
+        )
+    try:
+        return pa.concat_tables(tables, promote_options="permissive") if tables else None
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise TrainingError(
+            f"cannot train on {folder}: its files' columns have types that do not combine "
+            f"({exc}). Fix the export, or move its labels aside to train without that day"
+        ) from exc
 
 
 def labelled_rows(config: Config, partition: str) -> tuple[pa.Table, list[str]]:
@@ -85,7 +113,7 @@ def labelled_rows(config: Config, partition: str) -> tuple[pa.Table, list[str]]:
             f"dt={partition}: no labels (no Parquet files under "
             f"{source.path(f'labels/dt={partition}')}); left out of training"
         ]
-    rows = _read_folder(source, incoming, [*ds.id_columns, *ds.features])
+    rows = _read_folder(config, source, incoming)
     if rows is None:  # removed, or not delivered: the labels have nothing to label
         return pa.table({}), [
             f"dt={partition}: labels, but no incoming rows (no Parquet files under "

@@ -287,3 +287,40 @@ def test_a_day_without_incoming_rows_or_without_label_files_is_left_out_with_a_w
         f"dt={DAYS[1]}: no labels (no Parquet files under {_labels(config, DAYS[1])}); "
         "left out of training"
     )
+
+
+def test_a_labelled_days_file_without_a_feature_or_of_another_type_is_named_by_training(
+    four_days,
+):
+    """Training reads every labelled day's incoming files; one that lacks a feature, or
+    holds one of a type no feature can have, is named with its column, as a score run
+    names it when it holds the partition. (It failed in pyarrow's read with "No match for
+    FieldRef.Name(...)" and the file's schema, or, for types that pass each file's check
+    but do not combine, with an uncaught ArrowTypeError.)"""
+    config = four_days
+    incoming = Path(config.source) / "incoming" / f"dt={DAYS[1]}"
+    rows = pq.read_table(incoming / "part-0.parquet")
+    half = rows.num_rows // 2
+    pq.write_table(rows.slice(0, half), incoming / "part-0.parquet")
+    pq.write_table(rows.slice(half).drop_columns(["age"]), incoming / "part-1.parquet")
+    with pytest.raises(TrainingError) as trained:
+        train(config, reason="a feature missing from one file")
+    assert str(trained.value) == (
+        f"cannot train on incoming/dt={DAYS[1]}: incoming/dt={DAYS[1]}/part-1.parquet: "
+        "missing column 'age' (required as an id or feature). Fix the export, or move its "
+        f"labels (labels/dt={DAYS[1]}) aside to train without that day"
+    )
+
+    at = rows.schema.get_field_index("age")
+    text = pc.cast(rows.column("age"), pa.string())[half:]
+    as_text = rows.slice(half).set_column(at, "age", text)
+    pq.write_table(as_text, incoming / "part-1.parquet")
+    with pytest.raises(TrainingError, match=r"part-1.parquet: column 'age' has type string, "):
+        train(config, reason="a feature of another type in one file")
+
+    # Each file passes on its own (a categorical may be text or integers), together not.
+    at = rows.schema.get_field_index("plan")
+    codes = pc.cast(pc.utf8_length(rows.column("plan")), pa.int64())[half:]
+    pq.write_table(rows.slice(half).set_column(at, "plan", codes), incoming / "part-1.parquet")
+    with pytest.raises(TrainingError, match=r"its files' columns have types that do not combine"):
+        train(config, reason="a categorical as text in one file, integers in another")
