@@ -67,9 +67,20 @@ def compare(
     threads: int | None = None,
 ) -> Comparison:
     """Fit A, count B, evaluate, and write the report to `out` atomically."""
-    ref_data = _open(reference)
-    cur_data = _open(current)
+    ref_data, ref_odd, ref_names = _one_schema(_open(reference), reference)
+    cur_data, cur_odd, cur_names = _one_schema(_open(current), current)
+    odd = {**ref_odd, **cur_odd}
+    if config is not None:
+        problems = [odd[f] for f in config.dataset.features if f in odd]
+        if problems:
+            raise DriftInputError(
+                "; ".join(problems) + ". Every file must hold each [dataset] feature, as "
+                "numbers in every file or as text in every file: fix the files, or compare "
+                "those that agree"
+            )
     features, categorical, notes = select_columns(ref_data.schema, cur_data.schema, config)
+    if config is None:
+        notes += [f"skipped {n}: {why}" for n, why in odd.items() if n in ref_names & cur_names]
     profile = fit_reference(ref_data, features, categorical, reference, threads)
     counts = count_current(cur_data, profile, current, threads)
     drift_config = config.drift if config is not None else DriftConfig()
@@ -105,6 +116,45 @@ def _open(path: str) -> pads.Dataset:
     if not data.files:
         raise DriftInputError(f"{path}: no Parquet files found")
     return data
+
+
+def _one_schema(data: pads.Dataset, path: str) -> tuple[pads.Dataset, dict[str, str], set[str]]:
+    """The input with one type per column over all its files; the columns left out of it
+    because a file lacks them or holds them as another kind (numbers in one, text in
+    another), with why; and every column name any file has.
+
+    pyarrow.dataset takes a folder's schema from its first file: a file without a column
+    gave nulls, counted as missing values (a drift, of a column simply absent), and one
+    with text where the first has numbers failed to cast or, were it the first, was taken
+    for the folder's type. Numbers of different types are read as float64, and text of
+    different encodings (dictionary, plain) as strings."""
+    schemas = [(f.path, f.physical_schema) for f in data.get_fragments()]
+    names = {n for _, schema in schemas for n in schema.names}
+    if len(schemas) < 2:
+        return data, {}, names
+    fields, odd = [], {}
+    for name in dict.fromkeys(n for _, schema in schemas for n in schema.names):
+        types = {file: schema.field(name).type for file, schema in schemas if name in schema.names}
+        absent = [file for file, schema in schemas if name not in schema.names]
+        kinds = {_kind(t) for t in types.values()}
+        if absent:
+            more = f" (and {len(absent) - 1} more file(s))" if len(absent) > 1 else ""
+            odd[name] = (
+                f"{absent[0]}{more} has no column {name!r}, which other files of {path} have"
+            )
+        elif len(kinds) > 1:
+            shown = ", ".join(f"{t} in {f}" for f, t in list(types.items())[:4])
+            odd[name] = f"column {name!r} has types of different kinds in {path}: {shown}"
+        elif len(set(types.values())) > 1 and kinds != {None}:
+            fields.append(pa.field(name, pa.string() if kinds == {"categorical"} else pa.float64()))
+        else:
+            fields.append(pa.field(name, next(iter(types.values()))))
+    if not odd and [f.type for f in fields] == [data.schema.field(f.name).type for f in fields]:
+        return data, odd, names
+    one = pads.dataset(
+        data.files, schema=pa.schema(fields), format="parquet", filesystem=data.filesystem
+    )
+    return one, odd, names
 
 
 def _kind(dtype: pa.DataType) -> str | None:

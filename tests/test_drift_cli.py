@@ -254,3 +254,73 @@ def test_an_empty_current_file_is_reported_not_computed(files, tmp_path):
     assert {r["reason"] for r in rows} == {"current data is empty"}
     assert {r["n_current"] for r in rows} == {0}
     assert "0 of 5 feature(s) drifted" in stdout
+
+
+def test_a_folder_whose_files_disagree_is_read_with_one_type_per_column(files, tmp_path):
+    """pyarrow.dataset takes a folder's schema from its first file: a file without a column
+    gave nulls, reported as drift (PSI 1.8 on a column simply absent from a third of the
+    rows), and a column of text in the first file and numbers in the others was skipped
+    as "string in the current" though most of the current held numbers. A column some
+    file lacks, or holds as another kind, is now named with the file (exit 2 when the
+    config lists it as a feature); numbers of several types are compared as numbers, and
+    text dictionary-encoded in one file and plain in another as text."""
+    current = pq.read_table(files["b"])
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    first, second, third = (
+        current.slice(0, 2_000),
+        current.slice(2_000, 2_000),
+        current.slice(4_000),
+    )
+    pq.write_table(first, folder / "part-0.parquet")
+    at = current.schema.get_field_index("age")
+    second = second.set_column(at, "age", second.column("age").cast(pa.float64()))
+    second = second.set_column(
+        second.schema.get_field_index("plan"), "plan", second.column("plan").dictionary_encode()
+    )
+    pq.write_table(second.drop_columns(["income"]), folder / "part-1.parquet")
+    pq.write_table(third, folder / "part-2.parquet")
+    out = tmp_path / "r.parquet"
+    base = ["drift", "--reference", str(files["a"]), "--current", str(folder), "--out", str(out)]
+
+    code, stdout, stderr = _run(*base)
+
+    assert (code, stderr) == (0, "")
+    assert (
+        f"note: skipped income: {folder / 'part-1.parquet'} has no column 'income', which "
+        f"other files of {folder} have"
+    ) in stdout.splitlines()
+    report = _report(out)
+    assert "income" not in {feature for feature, _ in report}
+    whole = tmp_path / "whole.parquet"
+    pq.write_table(current.drop_columns(["income"]), whole)
+    direct = _direct(["age", "plan"], ["plan"], files["a"], whole)
+    for key in [("age", "ks"), ("age", "psi"), ("plan", "psi"), ("plan", "chi2")]:
+        assert report[key]["n_current"] == current.num_rows
+        assert report[key]["statistic"] == pytest.approx(direct[key].statistic, abs=1e-12)
+
+    config = tmp_path / "drift.toml"
+    config.write_text(
+        '[dataset]\nname = "files"\nid_columns = ["id"]\nfeatures = ["income", "plan"]\n'
+        'categorical = ["plan"]\nlabel = "y"\ntask = "binary"\n\n'
+        '[storage]\nsource = "src"\nstore = "store"\n'
+    )
+    code, stdout, stderr = _run(*base, "--config", str(config))
+    assert (code, stdout) == (2, "")
+    assert stderr == (
+        f"batchscore: {folder / 'part-1.parquet'} has no column 'income', which other files "
+        f"of {folder} have. Every file must hold each [dataset] feature, as numbers in every "
+        "file or as text in every file: fix the files, or compare those that agree\n"
+    )
+
+    pq.write_table(
+        third.set_column(at, "age", third.column("age").cast(pa.string())),
+        folder / "part-2.parquet",
+    )
+    code, stdout, _ = _run(*base)
+    assert code == 0
+    assert (
+        f"note: skipped age: column 'age' has types of different kinds in {folder}: int32 in "
+        f"{folder / 'part-0.parquet'}, double in {folder / 'part-1.parquet'}, string in "
+        f"{folder / 'part-2.parquet'}"
+    ) in stdout.splitlines()
