@@ -311,3 +311,18 @@ def test_a_partition_whose_manifest_cannot_be_read_is_pending_and_named(
     assert _kept_note(kept, "quarantine/dt=2026-11-01/_held/_HELD")[0].startswith(
         f"the earlier output, whose manifest is unreadable ({bad}: "
     )
+
+
+def test_a_held_partitions_rows_are_those_of_every_file_with_a_readable_footer(config, rows):
+    folder = Path(config.source) / "incoming" / f"dt={DAY}"
+    folder.mkdir(parents=True)
+    pq.write_table(rows.slice(0, 300), folder / "a.parquet")
+    pq.write_table(rows.slice(300, 200).drop_columns(["tenure_months"]), folder / "b.parquet")
+    (folder / "c.parquet").write_bytes(b"not parquet")  # its rows cannot be known
+    plan = _plan(config)
+    assert plan.held
+    assert [p.file for p in plan.problems] == [
+        f"incoming/dt={DAY}/b.parquet",
+        f"incoming/dt={DAY}/c.parquet",
+    ]
+    assert plan.rows_in == 500
