@@ -512,10 +512,24 @@ def run() -> None:
             " same work reuses them.",
             file=sys.stderr,
         )
+    except BrokenPipeError:
+        code = _stdout_closed()
     atexit._run_exitfuncs()
-    sys.stdout.flush()
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:  # the rest of the output, still buffered, has no reader
+        code = _stdout_closed()
     sys.stderr.flush()
     os._exit(code)
+
+
+def _stdout_closed() -> int:
+    """The reader of the output went away (`batchscore models list | head -3`): what was
+    printed is all it wanted, not an error to show as a traceback. The rest of the output
+    goes nowhere; the exit code is a pipe writer's killed by SIGPIPE (141), as for any
+    command that outlives its reader."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 128 + signal.SIGPIPE
 
 
 _signalled = signal.SIGINT

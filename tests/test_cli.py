@@ -238,6 +238,30 @@ def test_demo_without_labels_exits_2_as_train_does(empty: Path):
     assert err.splitlines()[-1].startswith("batchscore: no training: 0 labelled partition(s)")
 
 
+def test_output_to_a_reader_that_went_away_ends_without_a_traceback(empty: Path):
+    """`batchscore models list | head -1`: once `head` has its line and exits, the rest of
+    the output has no reader. The command printed Python's BrokenPipeError traceback; it
+    now ends as a pipe's writer does, quietly, with SIGPIPE's exit code."""
+    import signal
+    import subprocess
+    import sys
+
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the command writes its first line
+    try:
+        proc = subprocess.run(
+            [str(Path(sys.executable).parent / "batchscore"), "models", "list"]
+            + ["--config", str(empty)],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        os.close(write)
+    assert (proc.returncode, proc.stderr) == (128 + signal.SIGPIPE, "")
+
+
 def test_a_config_with_an_unknown_key_exits_2_naming_the_key(tmp_path: Path, capsys):
     config = write_config(tmp_path / "c.toml", SAMPLE_TEXT, scoring={"chunk_row": 5})
 
