@@ -75,8 +75,7 @@ def _parser() -> argparse.ArgumentParser:
         "--config",
         dest="show_config",
         metavar="F",
-        default=DEFAULT_CONFIG,
-        help="TOML file (default: %(default)s)",
+        help=f"TOML file (default: {DEFAULT_CONFIG})",
     )
     show.add_argument(
         "--partition", dest="show_partition", metavar="YYYY-MM-DD", help="default: the latest"
@@ -411,7 +410,10 @@ def _drift(args) -> int:
 
     try:
         if args.drift_action == "show":
-            return _drift_show(load_config(args.show_config), args.show_partition)
+            # `drift --config F show` as well as `drift show --config F`: before `show`,
+            # argparse gives the options to `drift`'s own, which `show` would not see.
+            config = args.show_config or args.config or DEFAULT_CONFIG
+            return _drift_show(load_config(config), args.show_partition or args.partition)
         missing = [f"--{n}" for n in ("reference", "current", "out") if not getattr(args, n)]
         if missing:
             print(

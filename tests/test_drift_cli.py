@@ -241,6 +241,23 @@ def test_drift_show_says_when_there_is_no_report(tmp_path):
     assert "no drift report under" in stderr and os.fspath(tmp_path / "store") in stderr
 
 
+def test_drift_show_takes_its_config_before_show_too(tmp_path, monkeypatch):
+    """`batchscore drift --config F show`: argparse gives an option written before `show` to
+    `drift`'s own --config, and show read batchscore.toml from the working folder instead
+    (`batchscore.toml: config file not found`, the user's --config ignored)."""
+    config = tmp_path / "c.toml"
+    config.write_text(
+        '[dataset]\nname = "m"\nid_columns = ["id"]\nfeatures = ["x"]\nlabel = "y"\n'
+        'task = "binary"\n\n[storage]\nsource = "src"\nstore = "store"\n'
+    )
+    monkeypatch.chdir(tmp_path)  # no batchscore.toml here
+    code, stdout, stderr = _run("drift", "--config", str(config), "show")
+    assert code == 1 and stdout == ""
+    assert stderr == (
+        f"batchscore: no drift report under {tmp_path / 'store'}/drift/ (none scored yet)\n"
+    )
+
+
 def test_an_empty_current_file_is_reported_not_computed(files, tmp_path):
     empty = tmp_path / "empty.parquet"
     pq.write_table(_table(2, True).slice(0, 0), empty)
