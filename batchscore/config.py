@@ -7,6 +7,7 @@ default.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import tomllib
@@ -326,11 +327,29 @@ def _resolve(location: str, config_path: str) -> str:
     return str((base / location).resolve())
 
 
+def _known(loc: list[str]) -> str:
+    """What the table of an unknown key takes: the key it was most likely meant to be
+    (`categoricals` for `categorical`), else all of them; a misspelt key is the mistake
+    to spot, and the message alone should be enough to fix it."""
+    model: type[BaseModel] = Config
+    for part in loc[:-1]:
+        field = model.model_fields.get(part)
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return ""
+        model = annotation
+    keys = [k for k, f in model.model_fields.items() if not f.exclude]
+    close = difflib.get_close_matches(loc[-1], keys, n=1, cutoff=0.6)
+    if close:
+        return f" (did you mean {close[0]!r}?)"
+    return f" (the {'table' if len(loc) > 1 else 'file'} takes: {', '.join(keys)})"
+
+
 def _describe(error: dict) -> str:
     loc = [str(p) for p in error["loc"]]
     if error["type"] == "extra_forbidden":
         where = f"[{'.'.join(loc[:-1])}] " if len(loc) > 1 else ""
-        return f"{where}unknown key {loc[-1]!r}"
+        return f"{where}unknown key {loc[-1]!r}{_known(loc)}"
     if len(loc) > 1:
         where = f"[{'.'.join(loc[:-1])}] {loc[-1]}"
     elif loc:

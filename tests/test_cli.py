@@ -270,7 +270,8 @@ def test_a_config_with_an_unknown_key_exits_2_naming_the_key(tmp_path: Path, cap
     captured = capsys.readouterr()
     assert (code, captured.out) == (2, "")
     assert captured.err == (
-        f"batchscore: {config}: invalid configuration:\n  [scoring] unknown key 'chunk_row'\n"
+        f"batchscore: {config}: invalid configuration:\n"
+        "  [scoring] unknown key 'chunk_row' (did you mean 'chunk_rows'?)\n"
     )
     assert not (tmp_path / ".batchscore").exists()
 

@@ -134,19 +134,35 @@ def test_absolute_paths_and_uris_are_kept_as_written(tmp_path: Path):
 def test_an_unknown_key_in_a_table_is_named_with_its_table(tmp_path: Path):
     path = write_config(tmp_path / "c.toml", SAMPLE_TEXT, scoring={"chunk_row": 5})
 
-    assert _error(path) == _invalid(path, "[scoring] unknown key 'chunk_row'")
+    assert _error(path) == _invalid(
+        path, "[scoring] unknown key 'chunk_row' (did you mean 'chunk_rows'?)"
+    )
 
 
 def test_an_unknown_key_in_a_nested_table_is_named_with_its_dotted_table(tmp_path: Path):
     path = write_config(tmp_path / "c.toml", SAMPLE_TEXT, retrain={"lightgbm": {"num_leavs": 7}})
 
-    assert _error(path) == _invalid(path, "[retrain.lightgbm] unknown key 'num_leavs'")
+    assert _error(path) == _invalid(
+        path, "[retrain.lightgbm] unknown key 'num_leavs' (did you mean 'num_leaves'?)"
+    )
 
 
 def test_an_unknown_table_is_named(tmp_path: Path):
     path = write_config(tmp_path / "c.toml", SAMPLE_TEXT, scorin={"chunk_rows": 5})
 
-    assert _error(path) == _invalid(path, "unknown key 'scorin'")
+    assert _error(path) == _invalid(path, "unknown key 'scorin' (did you mean 'scoring'?)")
+
+
+def test_an_unknown_key_like_no_known_one_is_named_with_the_keys_its_table_takes(
+    tmp_path: Path,
+):
+    path = write_config(tmp_path / "c.toml", SAMPLE_TEXT, dataset={"owner": "risk-team"})
+
+    assert _error(path) == _invalid(
+        path,
+        "[dataset] unknown key 'owner' (the table takes: name, id_columns, features, "
+        "categorical, label, task)",
+    )
 
 
 @pytest.mark.parametrize(
