@@ -91,13 +91,24 @@ def score(config: str = DEFAULT_CONFIG, partition: str | None = None, rescore: b
     closing.start()
     try:
         return _finish(
-            cfg, model, started, pending, todo, outcomes, failures, performance, not_measured
+            cfg,
+            model,
+            started,
+            pending,
+            todo,
+            outcomes,
+            failures,
+            performance,
+            not_measured,
+            partition,
         )
     finally:
         closing.join()
 
 
-def _finish(cfg, model, started, pending, todo, outcomes, failures, performance, not_measured):
+def _finish(
+    cfg, model, started, pending, todo, outcomes, failures, performance, not_measured, partition
+):
     """Report the run, act on drift, and name the flow run's final state."""
     report_run(cfg, model, outcomes, failures, time.time() - started)
     report_performance(cfg, performance, not_measured)
@@ -113,10 +124,16 @@ def _finish(cfg, model, started, pending, todo, outcomes, failures, performance,
         )
     if not todo:
         busy = len(pending) - len(todo)
+        # One partition asked for and already scored: say so, and how to score it again.
+        done = (
+            f"partition {partition} is scored by {model.version} (--rescore scores it again)"
+            if partition and not busy
+            else f"every partition is scored by {model.version}"
+        )
         return Completed(
             name="NothingToDo",
             data=[],
-            message=f"nothing to do: every partition is scored by {model.version}"
+            message=f"nothing to do: {done}"
             + (f" or being scored by another run ({busy})" if busy else "")
             + also,
         )

@@ -150,6 +150,13 @@ def test_rescore_replaces_a_partition_with_identical_scores(sample, prefect_api)
     # The work outside the chunks, timed for the benchmark's overhead (bench/bench.py).
     assert _manifest(store, "2026-10-05")["plan_seconds"] > 0
     assert _manifest(store, "2026-10-05")["publish_seconds"] > 0
+    # Asked again without --rescore: nothing to do, said of that partition, with the way
+    # to score it again (it said "every partition is scored by v0001").
+    idle = score(config=str(sample), partition="2026-10-05", return_state=True)
+    assert (idle.name, idle.message) == (
+        "NothingToDo",
+        "nothing to do: partition 2026-10-05 is scored by v0001 (--rescore scores it again)",
+    )
 
     time.sleep(0.01)
     state = score(config=str(sample), partition="2026-10-05", rescore=True, return_state=True)
