@@ -288,8 +288,10 @@ def _preflight(config, partition: str | None) -> None:
     if partition is not None and partition not in found:
         raise ConfigError(
             f"--partition {partition}: no folder {config.source}/incoming/dt={partition} "
-            f"(partitions there: {', '.join(found[-5:]) or 'none'}"
-            f"{', ...' if len(found) > 5 else ''})"
+            # The newest five, after the dots of the older ones ("2026-10-14, ..." read as
+            # if more came after the newest)
+            f"(partitions there: {'..., ' if len(found) > 5 else ''}"
+            f"{', '.join(found[-5:]) or 'none'})"
         )
 
 
