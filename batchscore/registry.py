@@ -291,9 +291,20 @@ class Registry:
     def champion_ref(self) -> ModelRef:
         version = self.champion()
         if version is None:
+            # No version either: a store never trained into, or, as often, a config whose
+            # [storage] store (or [dataset] name) is not the one the models were trained
+            # under; training there would start a second registry beside the first.
+            nothing = (
+                ""
+                if self.versions()
+                else (
+                    ", nor any version (if you trained one, check [storage] store and "
+                    "[dataset] name)"
+                )
+            )
             raise RegistryError(
-                f"model {self.name!r} has no champion under {self.root.uri}: train one with "
-                f"`batchscore train --config F` or promote a version with {PROMOTE}"
+                f"model {self.name!r} has no champion under {self.root.uri}{nothing}: train "
+                f"one with `batchscore train --config F` or promote a version with {PROMOTE}"
             )
         if not self.root.exists(version):
             raise RegistryError(self._missing_champion(version))

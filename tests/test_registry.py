@@ -123,6 +123,21 @@ def test_there_is_no_champion_until_one_is_promoted(registry: Registry, trained:
     )
 
 
+def test_no_champion_and_no_version_suggests_the_store_path_may_be_wrong(tmp_path: Path):
+    """A config pointing at another store than the one trained into (a typo in [storage]
+    store) met the same "train one" as a fresh store; training would have started a second
+    registry beside the first. Without any version the message says what to check."""
+    registry = Registry(str(tmp_path / "stroe"), "churn")
+    with pytest.raises(RegistryError) as info:
+        registry.champion_ref()
+    assert str(info.value) == (
+        f"model 'churn' has no champion under {registry.root.uri}, nor any version (if you "
+        "trained one, check [storage] store and [dataset] name): train one with "
+        "`batchscore train --config F` or promote a version with "
+        "`batchscore models promote VERSION --config F`"
+    )
+
+
 def test_promote_and_rollback_move_the_alias_and_leave_an_audit_trail(
     registry: Registry, trained: dict
 ):
