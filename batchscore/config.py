@@ -367,8 +367,50 @@ def parse_config(data: dict, path: str = "") -> Config:
     try:
         return Config.model_validate({**data, "path": path})
     except ValidationError as exc:
-        lines = "\n  ".join(_describe(e) for e in exc.errors())
+        dotted = _unquoted_dotted_features(data)
+        # The errors pydantic found in those tables follow from the missing quotes.
+        heads = {(name.split(".")[0],) for name in dotted}
+        errors = [
+            e
+            for e in exc.errors()
+            if not (e["loc"][:2] == ("drift", "features") and e["loc"][2:3] in heads)
+        ]
+        lines = "\n  ".join(
+            [*(_quote_it(name) for name in dotted), *(_describe(e) for e in errors)]
+        )
         raise ConfigError(f"{path or 'config'}: invalid configuration:\n  {lines}") from exc
+
+
+def _unquoted_dotted_features(data: dict) -> list[str]:
+    """Per-feature drift tables of features whose names hold a dot, written unquoted.
+
+    TOML reads `[drift.features.risk.score]` as a table `score` inside a table `risk`:
+    pydantic then says `'score'` is not a method and `risk.score` not a number, and
+    nothing points at the quotes `[drift.features."risk.score"]` needs."""
+    dataset, drift = data.get("dataset"), data.get("drift")
+    features = dataset.get("features") if isinstance(dataset, dict) else None
+    tables = drift.get("features") if isinstance(drift, dict) else None
+    if not isinstance(features, list) or not isinstance(tables, dict):
+        return []
+    found: list[str] = []
+
+    def walk(prefix: str, table: dict) -> None:
+        for key, value in table.items():
+            name = f"{prefix}.{key}" if prefix else str(key)
+            if prefix and name in features:
+                found.append(name)
+            elif isinstance(value, dict):
+                walk(name, value)
+
+    walk("", tables)
+    return found
+
+
+def _quote_it(name: str) -> str:
+    return (
+        f"[drift.features.{name}]: TOML reads the dots of the feature {name!r} as tables "
+        f'inside tables; quote its name: [drift.features."{name}"]'
+    )
 
 
 def load_config(path: str | os.PathLike) -> Config:

@@ -454,3 +454,24 @@ def test_the_refused_characters_are_exactly_those_lightgbm_refuses_or_changes():
         if read != (names, names) or _feature_names(text) != names:
             changed.add(char)
     assert changed == set(LIGHTGBM_NAME_CHARACTERS)
+
+
+def test_a_dotted_features_drift_table_without_quotes_is_told_to_quote_it(tmp_path: Path):
+    """A feature may be named `risk.score` (README, Configuration); its drift overrides are
+    then `[drift.features."risk.score"]`. Unquoted, TOML makes a table `score` inside a
+    table `risk`, and pydantic said `'score'` is not a method and `risk` not a number."""
+    path = tmp_path / "c.toml"
+    path.write_text(
+        MINIMAL.replace('features = ["a", "b"]', 'features = ["risk.score", "b"]')
+        + "\n[drift.features.risk.score]\nks = 0.3\n\n[drift.features.b]\npsi = 0\n"
+    )
+    assert _error(path) == _invalid(
+        path,
+        "[drift.features.risk.score]: TOML reads the dots of the feature 'risk.score' as "
+        'tables inside tables; quote its name: [drift.features."risk.score"]',
+        "[drift.features.b] psi: Input should be greater than 0 (got 0)",
+    )
+
+    path.write_text(path.read_text().replace("features.risk.score]", 'features."risk.score"]'))
+    path.write_text(path.read_text().replace("psi = 0\n", "psi = 0.3\n"))
+    assert load_config(path).drift.threshold("risk.score", "ks") == 0.3
