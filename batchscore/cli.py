@@ -258,10 +258,12 @@ def _models(config, args) -> int:
 
 def _score(config, partition: str | None, rescore: bool) -> int:
     from batchscore.prefect_api import one_api
+    from batchscore.registry import Registry, utc_now
     from flows.score import score
 
     _imported()
     started = time.time()
+    since = utc_now()
     _start_workers_early(config, (partition, rescore))  # a fork of this process, now
     with one_api():  # reuses the demo's API when there is one
         state = score(config=config.path, partition=partition, rescore=rescore, return_state=True)
@@ -269,6 +271,13 @@ def _score(config, partition: str | None, rescore: bool) -> int:
     outcomes = outcomes if isinstance(outcomes, list) else []
     _print_summary(config, outcomes, time.time() - started)
     print(f"run {state.name}: {state.message}")
+    # The retrain the drift policy started within this run (a subflow, `on_drift`): its
+    # promotion changes the champion, and the next run scores every partition again with
+    # it; said here, not only in the run's log. (Earlier retrains: `batchscore models list`.)
+    registry = Registry(config.store, config.dataset.name)
+    for r in registry.retrains([]):
+        if r.get("trigger") and r["at"] >= since:
+            print(f"retrained on drift: {r['version'] or '-'} ({r['status']}): {r['decision']}")
     return 0 if state.is_completed() else 1
 
 
@@ -385,10 +394,9 @@ def _print_summary(config, outcomes: list[dict], seconds: float) -> None:
 
 def _demo(config) -> int:
     from batchscore.prefect_api import one_api
-    from batchscore.registry import Registry, utc_now
+    from batchscore.registry import Registry
 
     registry = Registry(config.store, config.dataset.name)
-    started = utc_now()
     with one_api():  # one temporary Prefect API for training and scoring
         if registry.champion() is None:
             print(f"no champion for {config.dataset.name}: training one")
@@ -398,11 +406,7 @@ def _demo(config) -> int:
         else:
             print(f"champion of {config.dataset.name}: {registry.champion()}")
         code = _score(config, None, False)
-    champion = registry.champion()
-    # This run's retrains only: earlier ones are in `batchscore models list`.
-    retrains = [r for r in registry.retrains([]) if r.get("trigger") and r["at"] >= started]
-    for r in retrains:
-        print(f"retrained on drift: {r['version'] or '-'} ({r['status']}): {r['decision']}")
+    champion = registry.champion()  # this run's retrains were printed by `_score`
     print(f"champion of {config.dataset.name}: {champion}; `batchscore models list` shows why")
     return code
 

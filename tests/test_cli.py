@@ -466,6 +466,20 @@ def test_score_with_a_changed_model_file_exits_2_with_one_line(
     assert "Refusing to score with it" in err and err.count("\n") == 1
 
 
+def test_score_prints_the_retrain_its_drift_started(trained: dict, tmp_path: Path, prefect_api):
+    """The drifted 2026-10-14 starts a retrain within the score run (a subflow), whose
+    challenger is promoted: the next run scores every partition again with it. The
+    command said nothing of it but in Prefect's log on stderr (only `demo` printed it)."""
+    config, _ = _config_for(trained, "after-one", tmp_path)
+
+    code, out, _ = _run("score", "--config", str(config), "--partition", "2026-10-14")
+
+    assert code == 0
+    retrained = [line for line in out.splitlines() if line.startswith("retrained on drift: ")]
+    assert len(retrained) == 1
+    assert retrained[0].startswith("retrained on drift: v0002 (promoted): auc: v0002 ")
+
+
 @pytest.mark.parametrize(
     ("partition", "message"),
     [
