@@ -87,11 +87,16 @@ def _read_folder(config: Config, location: Location, folder: str) -> pa.Table | 
         except (pa.ArrowInvalid, OSError, KeyError) as exc:
             raise TrainingError(f"cannot read {entry.path}: {exc}") from exc
     if problems:
+        # One reason once, with every file it applies to: a column the config names that
+        # no file has (or of a type none can have) is one mistake, not one per file.
+        files: dict[str, list[str]] = {}
+        for p in problems:
+            files.setdefault(p.reason, []).append(p.file.removeprefix(f"{folder}/"))
         raise TrainingError(
             f"cannot train on {folder}: "
-            + "; ".join(f"{p.file}: {p.reason}" for p in problems)
-            + f". Fix the export, or move its labels (labels/{folder.removeprefix('incoming/')}) "
-            "aside to train without that day"
+            + "; ".join(f"{', '.join(names)}: {reason}" for reason, names in files.items())
+            + ". Fix the files (or [dataset] in the config), or move its labels "
+            f"(labels/{folder.removeprefix('incoming/')}) aside to train without that day"
         )
     try:
         return pa.concat_tables(tables, promote_options="permissive") if tables else None

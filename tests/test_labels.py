@@ -306,16 +306,16 @@ def test_a_labelled_days_file_without_a_feature_or_of_another_type_is_named_by_t
     with pytest.raises(TrainingError) as trained:
         train(config, reason="a feature missing from one file")
     assert str(trained.value) == (
-        f"cannot train on incoming/dt={DAYS[1]}: incoming/dt={DAYS[1]}/part-1.parquet: "
-        "missing column 'age' (required as an id or feature). Fix the export, or move its "
-        f"labels (labels/dt={DAYS[1]}) aside to train without that day"
+        f"cannot train on incoming/dt={DAYS[1]}: part-1.parquet: missing column 'age' "
+        "(required as an id or feature). Fix the files (or [dataset] in the config), or move "
+        f"its labels (labels/dt={DAYS[1]}) aside to train without that day"
     )
 
     at = rows.schema.get_field_index("age")
     text = pc.cast(rows.column("age"), pa.string())[half:]
     as_text = rows.slice(half).set_column(at, "age", text)
     pq.write_table(as_text, incoming / "part-1.parquet")
-    with pytest.raises(TrainingError, match=r"part-1.parquet: column 'age' has type string, "):
+    with pytest.raises(TrainingError, match=r": part-1.parquet: column 'age' has type string, "):
         train(config, reason="a feature of another type in one file")
 
     # Each file passes on its own (a categorical may be text or integers), together not.
@@ -324,3 +324,13 @@ def test_a_labelled_days_file_without_a_feature_or_of_another_type_is_named_by_t
     pq.write_table(rows.slice(half).set_column(at, "plan", codes), incoming / "part-1.parquet")
     with pytest.raises(TrainingError, match=r"its files' columns have types that do not combine"):
         train(config, reason="a categorical as text in one file, integers in another")
+
+    # A reason every file shares (a column the config names and no file has) is said once.
+    pq.write_table(rows.slice(0, half).drop_columns(["age"]), incoming / "part-0.parquet")
+    pq.write_table(rows.slice(half).drop_columns(["age"]), incoming / "part-1.parquet")
+    with pytest.raises(TrainingError) as trained:
+        train(config, reason="a feature no file has")
+    assert str(trained.value).startswith(
+        f"cannot train on incoming/dt={DAYS[1]}: part-0.parquet, part-1.parquet: missing "
+        "column 'age' (required as an id or feature). "
+    )
