@@ -286,9 +286,12 @@ class Config(_Table):
     @model_validator(mode="after")
     def _metric_fits_the_task(self) -> Config:
         metric = self.retrain.metric
-        if metric and (metric in BINARY_METRICS) != (self.dataset.task == "binary"):
+        binary = self.dataset.task == "binary"
+        if metric and (metric in BINARY_METRICS) != binary:
+            applies = [m for m in MetricName.__args__ if (m in BINARY_METRICS) == binary]
             raise ValueError(
-                f"[retrain] metric {metric!r} does not apply to task {self.dataset.task!r}"
+                f"[retrain] metric {metric!r} does not apply to [dataset] task "
+                f"{self.dataset.task!r}; it takes {', '.join(map(repr, applies))}"
             )
         return self
 
@@ -354,8 +357,8 @@ def _describe(error: dict) -> str:
         where = f"[{'.'.join(loc[:-1])}] {loc[-1]}"
     elif loc:
         where = f"[{loc[0]}]" if error["type"] != "missing" else f"[{loc[0]}] table"
-    else:
-        where = "config"
+    else:  # the file's checks across tables: their messages name the tables themselves
+        return error["msg"].removeprefix("Value error, ")
     message = error["msg"].removeprefix("Value error, ")
     value = error.get("input")
     shown = "" if error["type"] == "missing" or isinstance(value, dict) else f" (got {value!r})"

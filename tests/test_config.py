@@ -475,3 +475,20 @@ def test_a_dotted_features_drift_table_without_quotes_is_told_to_quote_it(tmp_pa
     path.write_text(path.read_text().replace("features.risk.score]", 'features."risk.score"]'))
     path.write_text(path.read_text().replace("psi = 0\n", "psi = 0.3\n"))
     assert load_config(path).drift.threshold("risk.score", "ks") == 0.3
+
+
+def test_checks_across_tables_name_their_tables_and_what_applies(tmp_path: Path):
+    """A check that spans tables (the metric against the task, drift overrides against the
+    features) was printed as `config: [retrain] metric 'auc' does not apply to task
+    'regression'`: a `config:` that names nothing, and no word of what does apply."""
+    path = write_config(tmp_path / "c.toml", MINIMAL, retrain={"metric": "auc"})
+    assert _error(path) == _invalid(
+        path,
+        "[retrain] metric 'auc' does not apply to [dataset] task 'regression'; "
+        "it takes 'rmse', 'mae'",
+    )
+
+    path = write_config(tmp_path / "c.toml", MINIMAL, drift={"features": {"c": {"ks": 0.2}}})
+    assert _error(path) == _invalid(
+        path, "[drift.features] names ['c'], which are not in [dataset] features (or __score__)"
+    )
