@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import datetime as dt
 import gc
 import os
 import signal
@@ -258,12 +259,12 @@ def _models(config, args) -> int:
 
 def _score(config, partition: str | None, rescore: bool) -> int:
     from batchscore.prefect_api import one_api
-    from batchscore.registry import Registry, utc_now
+    from batchscore.registry import Registry
     from flows.score import score
 
     _imported()
     started = time.time()
-    since = utc_now()
+    since = dt.datetime.now(dt.UTC)
     _start_workers_early(config, (partition, rescore))  # a fork of this process, now
     with one_api():  # reuses the demo's API when there is one
         state = score(config=config.path, partition=partition, rescore=rescore, return_state=True)
@@ -275,8 +276,8 @@ def _score(config, partition: str | None, rescore: bool) -> int:
     # promotion changes the champion, and the next run scores every partition again with
     # it; said here, not only in the run's log. (Earlier retrains: `batchscore models list`.)
     registry = Registry(config.store, config.dataset.name)
-    for r in registry.retrains([]):
-        if r.get("trigger") and r["at"] >= since:
+    for r in registry.retrains([], since=since):
+        if r.get("trigger"):
             print(f"retrained on drift: {r['version'] or '-'} ({r['status']}): {r['decision']}")
     return 0 if state.is_completed() else 1
 

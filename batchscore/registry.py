@@ -56,6 +56,9 @@ METADATA_SHAPE: Shape = {
 LOADED = ("schema", "task")
 SCORED = (*LOADED, "profile")
 LISTED = ("metrics", "training_window", "created_at")
+# The start of an audit or retrain record's file name: when it was written (UTC), so that
+# names sort as the records were written.
+STAMP = "%Y%m%dT%H%M%S%fZ"
 ALIAS_SHAPE: Shape = {"version": str}
 AUDIT_SHAPE: Shape = {"action": str, "from": (str, None), "to": str, "at": str, "reason": str}
 RETRAIN_SHAPE: Shape = {
@@ -327,7 +330,7 @@ class Registry:
             "run_id": run_id,
         }
         # The audit record goes first: an alias never moves without a trace.
-        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        stamp = dt.datetime.now(dt.UTC).strftime(STAMP)
         self.root.write_json(event, "audit", f"{stamp}-{uuid.uuid4().hex[:8]}.json")
         self.root.write_json({"version": version, "since": event["at"], "reason": reason}, ALIAS)
 
@@ -367,13 +370,18 @@ class Registry:
         """Append one (re)training attempt to `retrains/`: the drift policy's cooldown and the
         audit of why each version exists (or why none was trained)."""
         record = {**record, "at": utc_now()}
-        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        stamp = dt.datetime.now(dt.UTC).strftime(STAMP)
         self.root.write_json(
             record, "retrains", f"{stamp}-{uuid.uuid4().hex[:8]}.json", allow_nan=False
         )
 
-    def retrains(self, unreadable: list[str] | None = None) -> list[dict[str, Any]]:
-        return self._read_log("retrains", unreadable)
+    def retrains(
+        self, unreadable: list[str] | None = None, since: dt.datetime | None = None
+    ) -> list[dict[str, Any]]:
+        """The retrain records (`record_retrain`), oldest first; with `since` (UTC), only
+        those written from then on, found by their file names, which start with the time:
+        the others are not read (one GET each on S3)."""
+        return self._read_log("retrains", unreadable, since)
 
     def last_retrain_at(self, unreadable: list[str] | None = None) -> dt.datetime | None:
         """When a model was last retrained: trained while a champion existed (the first model
@@ -385,14 +393,20 @@ class Registry:
         ]
         return dt.datetime.fromisoformat(done[-1]["at"]) if done else None
 
-    def _read_log(self, folder: str, unreadable: list[str] | None = None) -> list[dict[str, Any]]:
-        """The records of `audit/` or `retrains/`, oldest first. One that cannot be read is
-        left out and its reason put in `unreadable` when given, for readers to whom the
-        others are enough (a listing, the drift policy's cooldown); else it is an error."""
+    def _read_log(
+        self, folder: str, unreadable: list[str] | None = None, since: dt.datetime | None = None
+    ) -> list[dict[str, Any]]:
+        """The records of `audit/` or `retrains/`, oldest first (from `since` on, when
+        given). One that cannot be read is left out and its reason put in `unreadable` when
+        given, for readers to whom the others are enough (a listing, the drift policy's
+        cooldown); else it is an error."""
         records = []
         shape = AUDIT_SHAPE if folder == "audit" else RETRAIN_SHAPE
+        first = since.strftime(STAMP[:-3]) if since else ""  # to the second, as "at"
         for e in self.root.list(folder):
             if not e.base_name.endswith(".json") or e.base_name.startswith("."):
+                continue
+            if e.base_name < first:
                 continue
             try:
                 records.append(self.root.read_json(folder, e.base_name, shape=shape))

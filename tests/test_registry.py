@@ -10,6 +10,7 @@ import datetime as dt
 import hashlib
 import json
 import threading
+import time
 from pathlib import Path
 
 import lightgbm as lgb
@@ -604,3 +605,20 @@ def test_feature_names_are_read_from_the_model_as_lightgbm_reads_them(registry: 
     schema = {"features": names, "vocabularies": {}}
     version = registry.register(text, {"task": "binary", "schema": schema})
     assert registry.ref(version).load().metadata["schema"]["features"] == names
+
+
+def test_retrains_since_a_time_reads_only_the_records_written_from_then_on(registry: Registry):
+    """`batchscore score` prints the retrains its run started: the records written since it
+    began, found by their names, without reading (on S3, a GET each) the older ones."""
+    registry.record_retrain({"status": "skipped", "version": None, "decision": "first"})
+    older = sorted((Path(registry.root.path()) / "retrains").glob("*.json"))[0]
+    older.write_text("{")  # were it read, it would be named in `unreadable`
+    time.sleep(1.1)  # the next second: records are found to the second, as their `at`
+    since = dt.datetime.now(dt.UTC)
+    registry.record_retrain({"status": "skipped", "version": None, "decision": "second"})
+
+    unreadable: list[str] = []
+    assert [r["decision"] for r in registry.retrains(unreadable, since=since)] == ["second"]
+    assert unreadable == []
+    assert [r["decision"] for r in registry.retrains(unreadable)] == ["second"]
+    assert len(unreadable) == 1 and unreadable[0].startswith(str(older))
