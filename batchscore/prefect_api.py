@@ -399,6 +399,34 @@ class _SharedVerifiedContexts:
         return getattr(self._ssl, name)
 
 
+class _WithoutTraceback:
+    """A logging filter: a record of one of `types` keeps its message, not its traceback."""
+
+    def __init__(self, types: tuple[type[BaseException], ...]):
+        self.types = types
+
+    def filter(self, record) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], self.types):
+            record.exc_info = record.exc_text = None
+        return True
+
+
+def log_task_failures_without_tracebacks(*types: type[BaseException]) -> None:
+    """Task runs that end Failed by one of `types`, an outcome the flow expects and whose
+    message says it all (a partition held for its data, labels that cannot be used), are
+    logged by Prefect (`Task run failed with exception: ...`) without their traceback: it
+    said the reason three more times in 15 lines per partition, in the terminal and the UI.
+    Any other exception keeps its traceback."""
+    import logging
+
+    logger = logging.getLogger("prefect.task_runs")
+    for existing in logger.filters:
+        if isinstance(existing, _WithoutTraceback):
+            existing.types = tuple(dict.fromkeys((*existing.types, *types)))
+            return
+    logger.addFilter(_WithoutTraceback(types))
+
+
 def _free_port() -> int:
     with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
         sock.bind(("127.0.0.1", 0))

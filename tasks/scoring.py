@@ -7,10 +7,13 @@ from prefect import get_run_logger, task
 from batchscore import partitions, scoring
 from batchscore.config import Config
 from batchscore.partitions import Chunk, PartitionPlan
+from batchscore.prefect_api import log_task_failures_without_tracebacks
 from batchscore.registry import ModelRef, verified_champion
 from batchscore.scoring import ChunkResult, PartitionHeld, PartitionOutcome
 from batchscore.storage import Location, release_lease, try_lease
 from tasks.common import IO_RETRIES, TASK_DEFAULTS, Sealed
+
+log_task_failures_without_tracebacks(PartitionHeld)  # a hold's reason is its whole story
 
 
 @task(name="resolve-champion", **TASK_DEFAULTS, **IO_RETRIES)

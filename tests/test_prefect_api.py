@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import subprocess
 import sys
@@ -394,3 +396,56 @@ def test_a_nested_one_api_uses_the_server_of_the_enclosing_one():
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().endswith("ok")
     assert "Starting temporary server" not in done.stderr
+
+
+def test_a_held_partitions_task_run_is_logged_without_its_traceback(prefect_api):
+    """A task run that ends Failed because its partition is held (or its labels cannot be
+    used) is logged with its one-line reason: Prefect's traceback said it three more times
+    in 15 lines per partition. Any other exception keeps its traceback."""
+    from prefect import flow, task
+
+    import tasks.performance  # noqa: F401  (they install the filter, for these errors)
+    import tasks.scoring  # noqa: F401
+    from batchscore.labels import LabelError
+    from batchscore.scoring import PartitionHeld, PartitionOutcome
+
+    outcome = PartitionOutcome("2026-10-02", "held", 5, 0, 0, 0.0, ("file x: no column 'plan'",))
+
+    @task(name="held")
+    def held():
+        raise PartitionHeld(outcome)
+
+    @task(name="labels")
+    def labels():
+        raise LabelError("labels/dt=D/x.parquet has no column 'churned'")
+
+    @task(name="bug")
+    def bug():
+        raise KeyError("a bug")
+
+    @flow
+    def run_them():
+        for one in (held, labels, bug):
+            with contextlib.suppress(Exception):
+                one()
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record)
+
+    records: list[logging.LogRecord] = []
+    keep = Keep()
+    logging.getLogger("prefect.task_runs").addHandler(keep)
+    try:
+        run_them()
+    finally:
+        logging.getLogger("prefect.task_runs").removeHandler(keep)
+    failed = {
+        r.getMessage().split("exception: ")[1].split("(")[0]: r
+        for r in records
+        if "Task run failed with exception" in r.getMessage()
+    }
+    assert sorted(failed) == ["KeyError", "LabelError", "PartitionHeld"]
+    assert failed["PartitionHeld"].exc_info is None
+    assert failed["LabelError"].exc_info is None
+    assert failed["KeyError"].exc_info is not None  # a bug's traceback is kept
