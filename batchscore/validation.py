@@ -438,11 +438,17 @@ def _run_arrow(table: pa.Table, rules: list[_Rule], verdict: RowVerdict) -> None
         if len(rows):
             values = None
             if rule.reason.show is not None:  # the failing values, for their reasons' text
-                values = to_pylist_escaped(column.take(pa.array(rows)))
+                taken = column.take(pa.array(rows))
+                if pa.types.is_floating(taken.type) and taken.type.bit_width < 64:
+                    # As written (5658.1), not a float32's float64 expansion (5658.099609375).
+                    taken = pc.cast(pc.cast(taken, pa.string()), pa.float64())
+                values = to_pylist_escaped(taken)
             verdict.add(rows, rule.reason.of(len(rows), values), f"{rule.type}({rule.column})")
 
 
 def _plain(value):
+    if isinstance(value, np.floating) and value.itemsize < 8:
+        return float(str(value))  # as written, as the Arrow engine says it (`_run_arrow`)
     if isinstance(value, np.generic):
         return value.item()
     return value

@@ -161,6 +161,20 @@ def test_a_category_that_is_not_utf8_is_named_with_its_bytes_escaped(profile: Tr
         assert verdict.reasons == {1: ["c='zz\\\\xff' is a category unseen in training"]}
 
 
+@pytest.mark.parametrize("engine", ["arrow", "great_expectations"])
+def test_a_float32_value_is_said_as_written_not_as_its_float64_expansion(
+    profile: TrainingProfile, engine: str
+):
+    chunk = _chunk()
+    a = pa.array([1.0, 2.0, 25.1, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0, -10.7], pa.float32())
+    chunk = chunk.set_column(1, "a", a)
+
+    verdict = validate_chunk(chunk, _config(engine=engine), profile, frozenset())
+
+    assert verdict.reasons[2] == [f"a=25.1 {BAND_A}"]  # was a=25.100000381469727
+    assert verdict.reasons[9] == [f"a=-10.7 {BAND_A}"]
+
+
 def test_a_wider_band_factor_accepts_what_the_default_rejects(profile: TrainingProfile):
     verdict = validate_chunk(_chunk(), _config(band_width_factor=2.0), profile, frozenset())
 
