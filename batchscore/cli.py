@@ -209,6 +209,10 @@ def _models(config, args) -> int:
     if args.action == "promote":
         # An unreadable alias is what a promotion replaces: it does not stop one.
         previous = "(unreadable alias)" if registry.champion_problem() else registry.champion()
+        if previous == args.version:  # no move: nothing for the audit to record
+            registry.metadata(args.version)  # ... unless it cannot be read: said as for any
+            print(f"champion of {config.dataset.name}: {previous} already; nothing changed")
+            return 0
         registry.promote(args.version, args.reason)
         print(f"champion of {config.dataset.name}: {previous} -> {args.version}")
         return 0

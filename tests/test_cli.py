@@ -183,6 +183,17 @@ def test_promote_then_rollback_restores_the_previous_champion(trained: dict, tmp
     ]
 
 
+def test_promoting_the_champion_changes_nothing_and_records_no_move(trained: dict, tmp_path: Path):
+    """It recorded a move from v0001 to v0001 in the audit, which `models list` printed."""
+    config, _ = _config_for(trained, "after-two", tmp_path)
+
+    promoted = _run("models", "promote", "v0001", "--config", str(config))
+    _, out, _ = _run("models", "list", "--config", str(config))
+
+    assert promoted == (0, "champion of churn: v0001 already; nothing changed\n", "")
+    assert _audit_lines(out) == ["  T  promote: - -> v0001  (manual: first model)"]
+
+
 def test_rollback_of_the_first_champion_exits_2(trained: dict, tmp_path: Path):
     config, _ = _config_for(trained, "after-one", tmp_path)
 
