@@ -216,9 +216,11 @@ def train(
         return not_trained(config, "skipped", why, reason, run_id, trigger, warnings)
 
     if len(days) < needed:
+        source = Location(config.source)
+        # No such folder at all: as often a [storage] source written wrong as no labels yet.
+        missing = "" if source.exists("labels") else " (no such folder: check [storage] source)"
         return skip(
-            f"{len(days)} labelled partition(s) under "
-            f"{Location(config.source).path('labels')}"
+            f"{len(days)} labelled partition(s) under {source.path('labels')}{missing}"
             + (f" ({len(left_out)} more left out: {', '.join(left_out)})" if left_out else "")
             + f"; training needs at least {needed} (validation_days + holdout_days + 1)",
         )

@@ -233,7 +233,15 @@ def test_rollback_on_an_empty_store_exits_2(empty: Path):
 def test_train_without_labels_exits_2_saying_what_is_missing(empty: Path):
     code, out, err = _run("train", "--config", str(empty))
 
+    # No labels folder at all: as often a [storage] source written wrong.
     assert (code, out) == (2, "")
+    assert err.splitlines()[-1] + "\n" == (
+        "batchscore: no training: 0 labelled partition(s) under "
+        f"{empty.parent / 'source' / 'labels'} (no such folder: check [storage] source); "
+        "training needs at least 3 (validation_days + holdout_days + 1)\n"
+    )
+    (empty.parent / "source" / "labels").mkdir(parents=True)  # there, but nothing yet
+    code, out, err = _run("train", "--config", str(empty))
     assert err.splitlines()[-1] + "\n" == (
         "batchscore: no training: 0 labelled partition(s) under "
         f"{empty.parent / 'source' / 'labels'}; "
