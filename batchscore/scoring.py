@@ -173,7 +173,8 @@ def score_chunk(
         # which rewrites it, as if it had never finished.
         done = None
     if done is not None and all(staging.exists(*f) for f in _chunk_files(name, done)):
-        return ChunkResult(**{**done, "reused": True})
+        kept = {k: done[k] for k in ChunkResult.__dataclass_fields__ if k in done}
+        return ChunkResult(**{**kept, "reused": True})  # a key added by hand is no TypeError
 
     timings = dict.fromkeys(("read", "validate", "score", "write", "drift"), 0.0)
     loaded = model.load()

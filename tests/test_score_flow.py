@@ -477,6 +477,12 @@ def test_a_damaged_record_of_a_staged_chunk_scores_the_chunk_again(sample):
         assert again.drift_counts == first.drift_counts
         assert scoring.score_chunk(config, chunk, model, plan, "run-4").reused
 
+    # A key the record does not use (added by hand, or by a later version): still reused
+    # (it was a TypeError from the dataclass, which failed the partition).
+    record.write_text(json.dumps({**json.loads(record.read_text()), "note": "checked"}))
+    kept = scoring.score_chunk(config, chunk, model, plan, "run-5")
+    assert kept.reused and kept.drift_counts == first.drift_counts
+
 
 def test_chunks_staged_by_a_run_with_other_workers_are_not_reused_and_are_deleted(
     sample, prefect_api, tmp_path
