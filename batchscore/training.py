@@ -77,13 +77,12 @@ def _read_folder(config: Config, location: Location, folder: str) -> pa.Table | 
     tables, problems = [], []
     for entry in location.data_files(folder):
         try:
-            schema = pq.read_schema(location.fs.open_input_file(entry.path))
-            found, _ = check_schema(schema, f"{folder}/{entry.base_name}", config)
-            problems += found
-            if not found:
-                tables.append(
-                    pq.read_table(location.fs.open_input_file(entry.path), columns=columns)
-                )
+            with location.fs.open_input_file(entry.path) as fh:  # its footer read once
+                parquet = pq.ParquetFile(fh)
+                found, _ = check_schema(parquet.schema_arrow, f"{folder}/{entry.base_name}", config)
+                problems += found
+                if not found:
+                    tables.append(parquet.read(columns=columns).select(columns))
         except (pa.ArrowInvalid, OSError, KeyError) as exc:
             raise TrainingError(f"cannot read {entry.path}: {exc}") from exc
     if problems:
