@@ -173,6 +173,20 @@ def test_a_truncated_counts_file_is_left_out_of_the_rolling_reference_and_named(
     """A `_COUNTS.json` truncated after its model version failed the publishing of every
     later partition with a bare JSONDecodeError, and one truncated before it was left out
     without a word; neither qualifies now, and the report's warning names it."""
+    config, counts, window = _rolling_with_damaged_counts(
+        store, lambda data: data[: int(len(data) * keep)]
+    )
+
+    assert window.name == "rolling:2" and window.partitions == (DAYS[0], DAYS[1])
+    assert window.warning.startswith(f"rolling:2: left out {counts}: not valid JSON ")
+    outcome = _publish(config, store["model"], DAYS[3], _day_counts(store["profile"], 3))
+    assert any(str(counts) in w for w in outcome.drift_warnings)
+
+
+def _rolling_with_damaged_counts(store, damage) -> tuple:
+    """Three days published under `rolling:2`, the third's `_COUNTS.json` then damaged
+    (`damage`: its bytes to what is written instead); the config, that file, and the
+    rolling window the fourth day gets."""
     from batchscore.drift_store import rolling_reference
 
     config = load_config(
@@ -182,15 +196,9 @@ def test_a_truncated_counts_file_is_left_out_of_the_rolling_reference_and_named(
     for i, day in enumerate(DAYS[:3]):
         _publish(config, model, day, _day_counts(profile, i))
     counts = Path(config.store) / "drift" / f"dt={DAYS[2]}" / COUNTS_FILE
-    data = counts.read_bytes()
-    counts.write_bytes(data[: int(len(data) * keep)])
-
+    counts.write_bytes(damage(counts.read_bytes()))
     window = rolling_reference(Location(config.store), DAYS[3], profile, model.version, 2)
-
-    assert window.name == "rolling:2" and window.partitions == (DAYS[0], DAYS[1])
-    assert window.warning.startswith(f"rolling:2: left out {counts}: not valid JSON ")
-    outcome = _publish(config, model, DAYS[3], _day_counts(profile, 3))
-    assert any(str(counts) in w for w in outcome.drift_warnings)
+    return config, counts, window
 
 
 def _first_count_as(value):
@@ -235,18 +243,10 @@ def test_a_counts_file_without_a_key_is_left_out_of_the_rolling_reference_and_na
     """A `_COUNTS.json` of `{}`, or without its model version, was left out without a word;
     one whose counts are not counts failed the publishing of every later partition with a
     bare AttributeError, ValueError or TypeError from decoding them."""
-    from batchscore.drift_store import rolling_reference
-
-    config = load_config(
-        write_config(store["config_path"], CONFIG, drift={"reference": "rolling:2"})
+    config, counts, window = _rolling_with_damaged_counts(
+        store, lambda data: json.dumps(damage(json.loads(data))).encode()
     )
     profile, model = store["profile"], store["model"]
-    for i, day in enumerate(DAYS[:3]):
-        _publish(config, model, day, _day_counts(profile, i))
-    counts = Path(config.store) / "drift" / f"dt={DAYS[2]}" / COUNTS_FILE
-    counts.write_text(json.dumps(damage(json.loads(counts.read_text()))))
-
-    window = rolling_reference(Location(config.store), DAYS[3], profile, model.version, 2)
 
     assert window.name == "rolling:2" and window.partitions == (DAYS[0], DAYS[1])
     assert window.warning.startswith(f"rolling:2: left out {counts}: {problem}")
