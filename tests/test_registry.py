@@ -504,11 +504,9 @@ def test_a_champion_alias_naming_a_version_that_is_not_there_says_so(
     assert registry.champion_problem() == message
 
 
-def test_an_unreadable_audit_or_retrain_record_is_named_and_left_out_where_that_is_safe(
-    registry: Registry, trained: dict
-):
-    """A truncated record under audit/ or retrains/ was a bare JSONDecodeError for `models
-    list`, rollback and the drift policy's cooldown (after every partition was published)."""
+def _with_records(registry: Registry, trained: dict) -> Path:
+    """Two versions promoted in turn (two audit records) and two retrain records; the
+    registry's folder."""
     for _ in range(2):
         registry.register(trained["text"], trained["metadata"])
     registry.promote("v0001", "first model")
@@ -517,7 +515,15 @@ def test_an_unreadable_audit_or_retrain_record_is_named_and_left_out_where_that_
         registry.record_retrain(
             {"status": "promoted", "parent": parent, "version": version, "decision": "better"}
         )
-    root = Path(registry.root.path())
+    return Path(registry.root.path())
+
+
+def test_an_unreadable_audit_or_retrain_record_is_named_and_left_out_where_that_is_safe(
+    registry: Registry, trained: dict
+):
+    """A truncated record under audit/ or retrains/ was a bare JSONDecodeError for `models
+    list`, rollback and the drift policy's cooldown (after every partition was published)."""
+    root = _with_records(registry, trained)
     first_audit = sorted((root / "audit").glob("*.json"))[0]
     last_retrain = sorted((root / "retrains").glob("*.json"))[-1]
     kept_at = json.loads(sorted((root / "retrains").glob("*.json"))[0].read_text())["at"]
@@ -562,15 +568,7 @@ def test_an_audit_or_retrain_record_without_a_key_is_named_and_left_out_as_an_un
     retrain record whose `at` is a number a TypeError in the drift policy's cooldown,
     after every partition of the run was published (and one that is not a time, a
     ValueError)."""
-    for _ in range(2):
-        registry.register(trained["text"], trained["metadata"])
-    registry.promote("v0001", "first model")
-    registry.promote("v0002", "second model")
-    for parent, version in (("v0001", "v0002"), ("v0002", "v0003")):
-        registry.record_retrain(
-            {"status": "promoted", "parent": parent, "version": version, "decision": "better"}
-        )
-    root = Path(registry.root.path())
+    root = _with_records(registry, trained)
     record = sorted((root / folder).glob("*.json"))[-1]
     kept_at = json.loads(sorted((root / "retrains").glob("*.json"))[0].read_text())["at"]
     _edit(record, changes)
