@@ -194,6 +194,7 @@ class ForkedProcessPool(ProcessPoolTaskRunner):
         # be forwarded to the API: on an interrupt, those left unfinished are recorded
         # Crashed, or Cancelled (`end_task_runs_left_running`).
         self._task_run_states: dict = {}
+        self._lost = ""  # `lost_workers`' first answer
         kwargs["subprocess_message_processor_factories"] = (
             *(kwargs.get("subprocess_message_processor_factories") or ()),
             partial(_state_tracker, self._task_run_states),
@@ -255,11 +256,15 @@ class ForkedProcessPool(ProcessPoolTaskRunner):
     def lost_workers(self) -> str:
         """Which workers ended while the pool was in use, and how, as a sentence; "" when
         none did. The pool stops the others once one is gone (SIGTERM): those are named
-        only when no other is."""
-        processes = getattr(self._executor, "_processes", None) or {}
-        ended = {pid: p.exitcode for pid, p in processes.items() if p.exitcode not in (None, 0)}
-        first = {pid: code for pid, code in ended.items() if code != -signal.SIGTERM} or ended
-        return "; ".join(_ended(pid, code) for pid, code in sorted(first.items()))
+        only when no other is. The first answer stands for the rest of the run: the
+        workers that end after it (the others, once the pool is broken, some with status
+        255) are its consequences, and every partition it failed gets the same reason."""
+        if not self._lost:
+            processes = getattr(self._executor, "_processes", None) or {}
+            ended = {pid: p.exitcode for pid, p in processes.items() if p.exitcode not in (None, 0)}
+            first = {pid: code for pid, code in ended.items() if code != -signal.SIGTERM} or ended
+            self._lost = "; ".join(_ended(pid, code) for pid, code in sorted(first.items()))
+        return self._lost
 
     def _terminate_workers(self) -> None:
         """Terminate the workers, then undo what a terminated worker leaves for the executor

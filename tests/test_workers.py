@@ -448,3 +448,38 @@ def test_the_pool_notes_the_state_of_each_task_run_its_workers_begin(prefect_api
     submitted, states = two()
     assert set(states) == submitted
     assert set(states.values()) == {"COMPLETED"}
+
+
+def test_the_worker_lost_first_is_every_failed_partitions_reason():
+    """`ForkedProcessPool.lost_workers` names the worker whose end broke the pool; the
+    workers that end after it (the others, some with status 255, once the pool is broken)
+    are its consequences. Named too, they changed the reason between partitions of one
+    run, and the run's message said it twice (a fresh-clone run of the killed-worker test)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        import os, signal
+        from flows.score import ForkedProcessPool
+
+        pool = ForkedProcessPool(max_workers=2).__enter__()
+        futures = [pool._executor.submit(os.getpid) for _ in range(8)]
+        assert {f.result(timeout=60) for f in futures}
+        first, second = sorted(pool._executor._processes.values(), key=lambda p: p.pid)
+        first.kill()
+        first.join(timeout=60)
+        said = pool.lost_workers()
+        second.kill()
+        second.join(timeout=60)
+        print(repr(said == pool.lost_workers()), first.pid, said, flush=True)
+        os._exit(0)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=180
+    )
+    same, pid, said = done.stdout.strip().split(" ", 2)
+    assert said.startswith(f"worker process {pid} was killed by SIGKILL"), done.stderr[-3000:]
+    assert same == "True", said
