@@ -262,8 +262,9 @@ def _models(config, args) -> int:
 
 
 def _score(config, partition: str | None, rescore: bool) -> int:
+    from batchscore.partitions import SourceError
     from batchscore.prefect_api import one_api
-    from batchscore.registry import Registry
+    from batchscore.registry import Registry, RegistryError
     from flows.score import score
 
     _imported()
@@ -273,6 +274,10 @@ def _score(config, partition: str | None, rescore: bool) -> int:
     with one_api():  # reuses the demo's API when there is one
         state = score(config=config.path, partition=partition, rescore=rescore, return_state=True)
     outcomes = state.result(raise_on_failure=False)
+    if isinstance(outcomes, (ConfigError, RegistryError, SourceError)):
+        # The user's to fix, found by the flow (a store holding another model's outputs, a
+        # model file changed since `_preflight` read it): said as `_preflight` says it.
+        raise outcomes
     outcomes = outcomes if isinstance(outcomes, list) else []
     _print_summary(config, outcomes, time.time() - started)
     print(f"run {state.name}: {state.message}")

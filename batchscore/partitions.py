@@ -140,7 +140,8 @@ class Discovery:
 
 
 class SourceError(ValueError):
-    """The source has no `incoming/` folder: a wrong `[storage] source`, most likely."""
+    """A `[storage]` setting the user fixes: a source with no `incoming/` folder, or a store
+    holding another model's outputs."""
 
 
 def discover(config: Config) -> Discovery:
@@ -190,11 +191,12 @@ def pending(
 
     A partition whose `_SUCCESS` cannot be read counts as not scored (why, in `unreadable`
     when given): its output cannot be vouched for, and scoring it again replaces it, where
-    failing the run for it stopped every other partition."""
-    if rescore:
-        return list(partitions)
+    failing the run for it stopped every other partition.
+
+    A `_SUCCESS` written for another model stops the run (`SourceError`), rescore or not:
+    a store holds one model's outputs, and scoring the partition replaced them."""
     out = []
-    stopped = interrupted_publishing(config)
+    stopped = {} if rescore else interrupted_publishing(config)
     for p in partitions:
         try:
             done = manifest(config, p)
@@ -203,7 +205,11 @@ def pending(
             if unreadable is not None:
                 unreadable[p] = str(exc)
             continue
-        if p in stopped:
+        if done is not None and done.get("model_name") not in (None, model.name):
+            raise SourceError(another_models_output(config, p, done["model_name"], model.name))
+        if rescore:
+            out.append(p)
+        elif p in stopped:
             out.append(p)
             if interrupted is not None:
                 interrupted[p] = stopped[p]
@@ -219,6 +225,18 @@ def pending(
             if changed is not None:
                 changed[p] = change
     return out
+
+
+def another_models_output(config: Config, partition: str, theirs: str, ours: str) -> str:
+    """Why a store whose partition was scored by another model is refused. Two configs with
+    one `[storage] store` each took the other's partitions for pending ("scored by another
+    model"), and every run replaced the other model's scores, drift and quarantine."""
+    return (
+        f"{Location(config.store).path('scores', f'dt={partition}', SUCCESS)} was written "
+        f"for model {theirs!r}, and {config.path} scores model {ours!r}: a store holds one "
+        "model's scores, drift and quarantine, and scoring it would replace those "
+        f"of {theirs!r}. Give {ours!r} a store of its own ([storage] store in {config.path})"
+    )
 
 
 def source_changes(config: Config, partition: str, done: dict) -> str:

@@ -411,20 +411,24 @@ class _WithoutTraceback:
         return True
 
 
-def log_task_failures_without_tracebacks(*types: type[BaseException]) -> None:
-    """Task runs that end Failed by one of `types`, an outcome the flow expects and whose
-    message says it all (a partition held for its data, labels that cannot be used), are
-    logged by Prefect (`Task run failed with exception: ...`) without their traceback: it
-    said the reason three more times in 15 lines per partition, in the terminal and the UI.
-    Any other exception keeps its traceback."""
+def log_failures_without_tracebacks(*types: type[BaseException]) -> None:
+    """Task and flow runs that end Failed by one of `types`, an outcome the flow expects or
+    the user's to fix, whose message says it all (a partition held for its data, labels
+    that cannot be used, a store holding another model's outputs), are logged by Prefect
+    (`Task run failed with exception: ...`, `Encountered exception during execution: ...`)
+    without their traceback: a held partition's said the reason three more times in 15
+    lines, a store's ~60 lines of Prefect's engine, in the terminal and the UI. Any other
+    exception keeps its traceback."""
     import logging
 
-    logger = logging.getLogger("prefect.task_runs")
-    for existing in logger.filters:
-        if isinstance(existing, _WithoutTraceback):
-            existing.types = tuple(dict.fromkeys((*existing.types, *types)))
-            return
-    logger.addFilter(_WithoutTraceback(types))
+    for name in ("prefect.task_runs", "prefect.flow_runs"):
+        logger = logging.getLogger(name)
+        for existing in logger.filters:
+            if isinstance(existing, _WithoutTraceback):
+                existing.types = tuple(dict.fromkeys((*existing.types, *types)))
+                break
+        else:
+            logger.addFilter(_WithoutTraceback(types))
 
 
 def _free_port() -> int:

@@ -8,10 +8,10 @@ from prefect.artifacts import create_markdown_artifact
 from batchscore import performance
 from batchscore.config import Config
 from batchscore.labels import LabelError
-from batchscore.prefect_api import log_task_failures_without_tracebacks
+from batchscore.prefect_api import log_failures_without_tracebacks
 from tasks.common import IO_RETRIES, TASK_DEFAULTS
 
-log_task_failures_without_tracebacks(LabelError)  # the message names the file and column
+log_failures_without_tracebacks(LabelError)  # the message names the file and column
 
 
 @task(name="find-labelled-partitions", **TASK_DEFAULTS, **IO_RETRIES)

@@ -5,15 +5,16 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 
 from batchscore import partitions, scoring
-from batchscore.config import Config
+from batchscore.config import Config, ConfigError
 from batchscore.partitions import Chunk, PartitionPlan
-from batchscore.prefect_api import log_task_failures_without_tracebacks
-from batchscore.registry import ModelRef, verified_champion
+from batchscore.prefect_api import log_failures_without_tracebacks
+from batchscore.registry import ModelRef, RegistryError, verified_champion
 from batchscore.scoring import ChunkResult, PartitionHeld, PartitionOutcome
 from batchscore.storage import Location, release_lease, try_lease
 from tasks.common import IO_RETRIES, TASK_DEFAULTS, Sealed
 
-log_task_failures_without_tracebacks(PartitionHeld)  # a hold's reason is its whole story
+# A hold's reason is its whole story; the others are the user's to fix, and say how.
+log_failures_without_tracebacks(PartitionHeld, partitions.SourceError, ConfigError, RegistryError)
 
 
 @task(name="resolve-champion", **TASK_DEFAULTS, **IO_RETRIES)

@@ -499,6 +499,36 @@ def test_score_prints_the_retrain_its_drift_started(trained: dict, tmp_path: Pat
     assert retrained[0].startswith("retrained on drift: v0002 (promoted): auc: v0002 ")
 
 
+def test_a_store_holding_another_models_scores_is_refused_not_overwritten(
+    trained: dict, tmp_path: Path, prefect_api
+):
+    """Two configs (two models) given one `[storage] store`: each took the other's scored
+    partitions for pending, as "scored by another model", and replaced their scores, drift
+    and quarantine, run after run. Now the second model's run stops, naming the file, the
+    two models and the key to change, and the first model's outputs stay as they were."""
+    config, store = _config_for(trained, "after-one", tmp_path)
+    assert _run("score", "--config", str(config), "--partition", "2026-10-02")[0] == 0
+    success = store / "scores" / "dt=2026-10-02" / "_SUCCESS"
+    before = success.read_bytes()
+    other = write_config(
+        tmp_path / "other.toml", config.read_text(), dataset={"name": "churn2"}, retrain=FAST
+    )
+    assert _run("train", "--config", str(other))[0] == 0  # churn2 v0001, champion
+
+    for extra in ([], ["--rescore"]):
+        code, out, err = _run("score", "--config", str(other), "--partition", "2026-10-02", *extra)
+
+        assert (code, out) == (2, "")
+        assert err.splitlines()[-1] == (
+            f"batchscore: {success} was written for model 'churn', and {other} scores model "
+            "'churn2': a store holds one model's scores, drift and quarantine, and scoring it "
+            "would replace those of 'churn'. Give 'churn2' a store of its own ([storage] store in "
+            f"{other})"
+        )
+        assert "Traceback" not in err
+    assert success.read_bytes() == before
+
+
 @pytest.mark.parametrize(
     ("partition", "message"),
     [

@@ -449,3 +449,48 @@ def test_a_held_partitions_task_run_is_logged_without_its_traceback(prefect_api)
     assert failed["PartitionHeld"].exc_info is None
     assert failed["LabelError"].exc_info is None
     assert failed["KeyError"].exc_info is not None  # a bug's traceback is kept
+
+
+def test_a_flow_run_failed_by_the_users_setup_is_logged_without_its_traceback(prefect_api):
+    """A score flow run stopped by what the user fixes in the config or the store (here a
+    store holding another model's outputs) is logged with its one-line reason: Prefect's
+    engine printed ~60 lines of its own frames above it. A bug keeps its traceback."""
+    from prefect import flow
+
+    import tasks.scoring  # noqa: F401  (it installs the filter, for these errors)
+    from batchscore.config import ConfigError
+    from batchscore.partitions import SourceError
+    from batchscore.registry import ModelIntegrityError
+
+    def failing(exc: Exception):
+        @flow(name=f"fails-with-{type(exc).__name__}")
+        def fails():
+            raise exc
+
+        return fails
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record)
+
+    records: list[logging.LogRecord] = []
+    keep = Keep()
+    logging.getLogger("prefect.flow_runs").addHandler(keep)
+    try:
+        for exc in (
+            SourceError("store/scores/dt=D/_SUCCESS was written for model 'churn'"),
+            ConfigError("[scoring] workers: must be >= 0"),
+            ModelIntegrityError("models/churn/v0001/model.txt changed"),
+            KeyError("a bug"),
+        ):
+            with contextlib.suppress(Exception):
+                failing(exc)()
+    finally:
+        logging.getLogger("prefect.flow_runs").removeHandler(keep)
+    failed = {
+        r.getMessage().split("execution: ")[1].split("(")[0]: r
+        for r in records
+        if "Encountered exception during execution" in r.getMessage()
+    }
+    assert sorted(failed) == ["ConfigError", "KeyError", "ModelIntegrityError", "SourceError"]
+    assert [n for n, r in failed.items() if r.exc_info is not None] == ["KeyError"]
