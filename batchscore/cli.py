@@ -157,13 +157,13 @@ _frozen = False
 def _train(config, reason: str, force: bool) -> int:
     """The `retrain` flow, as `prefect deployment run retrain/retrain` runs it."""
     from batchscore.prefect_api import one_api
-    from batchscore.registry import Registry
+    from batchscore.registry import Registry, command
     from batchscore.training import champion_to_compare
     from flows.retrain import retrain
 
     _imported()
     started = time.time()
-    registry = Registry(config.store, config.dataset.name)
+    registry = Registry.for_config(config)
     champion_to_compare(registry, registry.champion(), force)  # a changed champion: exit 2
     with one_api():
         state = retrain(config=config.path, reason=reason, force=force, return_state=True)
@@ -191,8 +191,8 @@ def _train(config, reason: str, force: bool) -> int:
     print(f"champion: {result['champion']}")
     if result["status"] == "registered":
         print(
-            f"(promote {result['version']} with `batchscore models promote {result['version']}`"
-            " or train with --force)"
+            f"(promote {result['version']} with "
+            f"{command('models promote ' + result['version'], config.path)} or train with --force)"
         )
     return 0
 
@@ -205,7 +205,7 @@ def _models(config, args) -> int:
     from batchscore.registry import LISTED, Registry, RegistryError
     from batchscore.storage import UnreadableJSON
 
-    registry = Registry(config.store, config.dataset.name)
+    registry = Registry.for_config(config)
     if args.action == "promote":
         # An unreadable alias is what a promotion replaces: it does not stop one.
         previous = "(unreadable alias)" if registry.champion_problem() else registry.champion()
@@ -284,7 +284,7 @@ def _score(config, partition: str | None, rescore: bool) -> int:
     # The retrain the drift policy started within this run (a subflow, `on_drift`): its
     # promotion changes the champion, and the next run scores every partition again with
     # it; said here, not only in the run's log. (Earlier retrains: `batchscore models list`.)
-    registry = Registry(config.store, config.dataset.name)
+    registry = Registry.for_config(config)
     for r in registry.retrains([], since=since):
         if r.get("trigger"):
             print(f"retrained on drift: {r['version'] or '-'} ({r['status']}): {r['decision']}")
@@ -404,9 +404,9 @@ def _print_summary(config, outcomes: list[dict], seconds: float) -> None:
 
 def _demo(config) -> int:
     from batchscore.prefect_api import one_api
-    from batchscore.registry import Registry
+    from batchscore.registry import Registry, command
 
-    registry = Registry(config.store, config.dataset.name)
+    registry = Registry.for_config(config)
     with one_api():  # one temporary Prefect API for training and scoring
         if registry.champion() is None:
             print(f"no champion for {config.dataset.name}: training one")
@@ -417,7 +417,8 @@ def _demo(config) -> int:
             print(f"champion of {config.dataset.name}: {registry.champion()}")
         code = _score(config, None, False)
     champion = registry.champion()  # this run's retrains were printed by `_score`
-    print(f"champion of {config.dataset.name}: {champion}; `batchscore models list` shows why")
+    why = command("models list", config.path)
+    print(f"champion of {config.dataset.name}: {champion}; {why} shows why")
     return code
 
 

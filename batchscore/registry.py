@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import re
+import shlex
 import uuid
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
@@ -30,8 +31,14 @@ if TYPE_CHECKING:
 VERSION_RE = re.compile(r"^v(\d{4,})$")
 METADATA = "metadata.json"
 ALIAS = "champion.json"
-# What to do about a champion that cannot be used, as every message about one says it.
-PROMOTE = "`batchscore models promote VERSION --config F`"
+
+
+def command(action: str, config_path: str | None = None) -> str:
+    """`batchscore ACTION --config PATH`, as a message tells the user to type it: with the
+    config's path as they gave it, `F` where it is not known (a registry opened from a
+    model's handle, in a worker). Messages printed the literal `--config F`."""
+    return f"`batchscore {action} --config {shlex.quote(config_path) if config_path else 'F'}`"
+
 
 # What the registry's readers need of its documents (`storage.check_shape`): one without a
 # key, or with another type there, is refused, named or left out as an unreadable one is.
@@ -139,7 +146,7 @@ def verified_champion(config) -> ModelRef:
     """The champion's handle for a `Config`, after checking its files' sha256 and that it
     was trained on the config's features: what a score run needs before anything else
     (the flow's first task, and the CLI's check before it starts one)."""
-    registry = Registry(config.store, config.dataset.name)
+    registry = Registry.for_config(config)
     ref = registry.champion_ref()
     registry.verify(ref)
     schema = registry.metadata(ref.version, SCORED)["schema"]
@@ -156,10 +163,24 @@ def verified_champion(config) -> ModelRef:
 
 
 class Registry:
-    def __init__(self, store: str, name: str):
+    def __init__(self, store: str, name: str, config_path: str | None = None):
         self.store = store
         self.name = name
         self.root = Location(store).child("models", name)
+        self.config_path = config_path  # for the commands its messages suggest
+
+    @classmethod
+    def for_config(cls, config) -> Registry:
+        """The registry of a `Config`'s model, whose messages name its config file."""
+        return cls(config.store, config.dataset.name, config.path)
+
+    def _command(self, action: str) -> str:
+        return command(action, self.config_path)
+
+    @property
+    def _promote(self) -> str:
+        # What to do about a champion that cannot be used, as every message about one says it.
+        return self._command("models promote VERSION")
 
     # --- versions ------------------------------------------------------------------------
     def versions(self) -> list[str]:
@@ -181,14 +202,14 @@ class Registry:
         except UnreadableJSON as exc:
             raise ModelIntegrityError(
                 f"model {self.name} {version}: {exc}. Restore the file, or promote another "
-                f"version with {PROMOTE}."
+                f"version with {self._promote}."
             ) from exc
         if data is None:
             if self.root.exists(version):
                 raise ModelIntegrityError(
                     f"model {self.name} {version}: {self.root.path(version, METADATA)} is "
                     "missing: its registration did not finish, or the file was deleted. "
-                    f"Restore the file, or promote another version with {PROMOTE}."
+                    f"Restore the file, or promote another version with {self._promote}."
                 )
             raise RegistryError(
                 f"model {self.name!r} has no version {version!r} under {self.root.uri}; "
@@ -250,7 +271,7 @@ class Registry:
         except UnreadableJSON as exc:
             raise RegistryError(
                 f"model {self.name!r}: its champion alias {exc}. Promote a version to replace "
-                f"it: {PROMOTE}"
+                f"it: {self._promote}"
             ) from exc
         return None if alias is None else alias["version"]
 
@@ -269,7 +290,7 @@ class Registry:
         return (
             f"model {self.name!r}: its champion alias {self.root.path(ALIAS)} names {version}, "
             f"which is not a version under {self.root.uri} (known: "
-            f"{', '.join(self.versions()) or 'none'}). Promote one with {PROMOTE}"
+            f"{', '.join(self.versions()) or 'none'}). Promote one with {self._promote}"
         )
 
     def verify(self, ref: ModelRef) -> None:
@@ -307,7 +328,8 @@ class Registry:
             )
             raise RegistryError(
                 f"model {self.name!r} has no champion under {self.root.uri}{nothing}: train "
-                f"one with `batchscore train --config F` or promote a version with {PROMOTE}"
+                f"one with {self._command('train')} or promote a version with "
+                f"{self._promote}"
             )
         if not self.root.exists(version):
             raise RegistryError(self._missing_champion(version))
@@ -353,7 +375,7 @@ class Registry:
         except RegistryError as exc:
             raise RegistryError(
                 f"{exc}; without it the order of champions is not known, so there is no "
-                f"previous champion to roll back to. Promote the version you want: {PROMOTE}"
+                f"previous champion to roll back to. Promote the version you want: {self._promote}"
             ) from exc
         stack: list[str] = []
         for event in events:

@@ -196,7 +196,7 @@ def train(
     still the champion: of two retrains racing, at most one promotes.
     """
     ds, rt = config.dataset, config.retrain
-    registry = Registry(config.store, ds.name)
+    registry = Registry.for_config(config)
     # The champion this run competes with is the one in place when it starts: a champion
     # promoted while it trains (by a racing retrain) makes its comparison stale.
     parent = registry.champion()
@@ -382,7 +382,7 @@ def not_trained(
     labelled days or rows, as the policy allows) or `failed` (labels it cannot use: a
     `TrainingError`, which the retrain flow turns into this so that its run ends Failed
     with the one-line reason instead of two tracebacks)."""
-    registry = Registry(config.store, config.dataset.name)
+    registry = Registry.for_config(config)
     champion = registry.champion()
     result = TrainResult(
         status, None, champion, f"no training: {why}", config.metric, warnings=warnings or []

@@ -266,7 +266,7 @@ def runs_in_flow_process(config, partition: str | None, rescore: bool) -> bool:
 
         if not (Location(config.store).is_local and Location(config.source).is_local):
             return False
-        model = Registry(config.store, config.dataset.name).champion_ref()
+        model = Registry.for_config(config).champion_ref()
         found = partitions.discover(config).partitions
         candidates = [p for p in found if partition is None or p == partition]
         todo = partitions.pending(config, model, candidates, rescore)

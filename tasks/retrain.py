@@ -85,7 +85,7 @@ def decide_retrain(config: Config, outcomes: list[PartitionOutcome]) -> RetrainD
     """Apply the drift policy to the newest partition scored in this run; store the decision."""
     scored = [o for o in outcomes if o.status == "scored"]
     latest = max(scored, key=lambda o: o.partition) if scored else None
-    registry = Registry(config.store, config.dataset.name)
+    registry = Registry.for_config(config)
     unreadable: list[str] = []
     last = registry.last_retrain_at(unreadable)
     for problem in unreadable:

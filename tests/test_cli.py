@@ -67,7 +67,13 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     write_config(config, config.read_text(), retrain={"min_improvement": 0.5})
     second = _run("train", "--config", str(config))
     shutil.copytree(base / "store", base / "after-two")
-    return {"source": base / "source", "base": base, "first": first, "second": second}
+    return {
+        "source": base / "source",
+        "base": base,
+        "config": config,
+        "first": first,
+        "second": second,
+    }
 
 
 def _config_for(trained: dict, snapshot: str, tmp_path: Path) -> tuple[Path, Path]:
@@ -114,7 +120,8 @@ def test_train_reports_the_version_and_whether_it_became_champion(trained: dict)
     ), lines[0]
     assert lines[2:] == [
         "champion: v0001",
-        "(promote v0002 with `batchscore models promote v0002` or train with --force)",
+        f"(promote v0002 with `batchscore models promote v0002 --config {trained['config']}` "
+        "or train with --force)",
     ]
 
 
@@ -422,10 +429,18 @@ def no_server(monkeypatch):
 
 
 def test_score_without_a_champion_exits_2_with_one_line(empty: Path, no_server):
+    """The commands it suggests name the config as it was given (they said `--config F`)."""
     code, out, err = _run("score", "--config", str(empty))
 
     assert (code, out) == (2, "")
     assert err.startswith("batchscore: model 'churn' has no champion") and err.count("\n") == 1
+    assert err.endswith(
+        f"train one with `batchscore train --config {empty}` or promote a version with "
+        f"`batchscore models promote VERSION --config {empty}`\n"
+    )
+    with_space = empty.rename(empty.with_name("my config.toml"))
+    err = _run("score", "--config", str(with_space))[2]
+    assert err.endswith(f"`batchscore models promote VERSION --config '{with_space}'`\n")
 
 
 def test_the_garbage_collector_is_on_again_after_a_command_however_it_ends(empty: Path, no_server):
@@ -695,7 +710,7 @@ def test_models_list_says_why_there_is_no_champion(
     assert len(_version_lines(out)) == 2 and "champion" not in "".join(_version_lines(out))
     last = out.splitlines()[-1]
     assert last.startswith(f"no champion: model 'churn': {message.format(alias=alias)}"), last
-    assert last.endswith("`batchscore models promote VERSION --config F`")
+    assert last.endswith(f"`batchscore models promote VERSION --config {config}`")
 
 
 @pytest.mark.parametrize(
