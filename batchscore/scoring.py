@@ -873,13 +873,27 @@ def _methods(feature: str, reference) -> tuple[str, ...]:
     return ("psi", "chi2")
 
 
+def file_reasons(problems: tuple[FileProblem, ...], named: int = 3) -> tuple[str, ...]:
+    """Each reason once, after the files it holds (the first `named`, then how many more):
+    a partition whose 200 files all lack a column said the same reason 200 times, in the
+    hold's message, the run's and `_HELD`'s `reasons` (whose `files` names every one)."""
+    files: dict[str, list[str]] = {}
+    for p in problems:
+        files.setdefault(p.reason, []).append(p.file)
+    return tuple(
+        f"{', '.join(fs[:named])}{f' and {len(fs) - named} more files' if len(fs) > named else ''}"
+        f": {reason}"
+        for reason, fs in files.items()
+    )
+
+
 def hold_partition(
     config: Config, plan: PartitionPlan, model: ModelRef, run_id: str, lease: dict | None = None
 ) -> PartitionOutcome:
     """File-level problems: nothing of the partition is scored; the files and reasons are
     listed in `<store>/quarantine/dt=D/_HELD`, which replaces that folder whole (with
     `lease`, the run's on the partition: not once it was lost)."""
-    reasons = tuple(f"{p.file}: {p.reason}" for p in plan.problems)
+    reasons = file_reasons(plan.problems)
     store = Location(config.store)
     staging = store.child("_staging", f"held-{plan.partition}-{uuid.uuid4().hex[:8]}")
     kept = _earlier_output(store, plan.partition)

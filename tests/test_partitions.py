@@ -326,3 +326,35 @@ def test_a_held_partitions_rows_are_those_of_every_file_with_a_readable_footer(c
         f"incoming/dt={DAY}/c.parquet",
     ]
     assert plan.rows_in == 500
+
+
+def test_a_held_partitions_reasons_say_each_problem_once_after_its_files(config, rows):
+    """Five files without a column and one that is not Parquet: two reasons, the first after
+    three of its files and a count of the rest. It said the same reason once per file (200
+    times for a partition of 200 such files), in the hold's and the run's messages; `_HELD`
+    still names every file with its reason."""
+    from batchscore.scoring import hold_partition
+
+    folder = Path(config.source) / "incoming" / f"dt={DAY}"
+    folder.mkdir(parents=True)
+    for i, name in enumerate("abcde"):
+        pq.write_table(rows.slice(i * 100, 100).drop_columns(["plan"]), folder / f"{name}.parquet")
+    (folder / "f.parquet").write_bytes(b"not parquet")
+    plan = _plan(config)
+    model = ModelRef(config.store, "churn", "v0001", "0" * 64)
+
+    outcome = hold_partition(config, plan, model, "run-1")
+
+    missing = plan.problems[0].reason
+    assert missing.startswith("missing column 'plan'")
+    files = [f"incoming/dt={DAY}/{name}.parquet" for name in "abcdef"]
+    assert outcome.reasons == (
+        f"{files[0]}, {files[1]}, {files[2]} and 2 more files: {missing}",
+        f"{files[5]}: {plan.problems[5].reason}",
+    )
+    held = json.loads((Path(config.store) / "quarantine" / f"dt={DAY}" / "_HELD").read_text())
+    assert held["reasons"] == list(outcome.reasons)
+    assert [(f["file"], f["reason"]) for f in held["files"]] == [
+        (p.file, p.reason) for p in plan.problems
+    ]
+    assert [f["file"] for f in held["files"]] == files
