@@ -228,3 +228,85 @@ def test_unseen_names_past_the_limit_are_not_guessed() -> None:
     for method in (PSI, Chi2):
         result = method.compute("c", "categorical", window, counts, 0.1)
         assert result.status == "not_computed" and "not known by name" in result.reason
+
+
+@pytest.mark.parametrize(
+    ("levels", "n_ref", "n_cur", "zipf"),
+    [
+        (10, 100, 100, 0.0),
+        (600, 5_000, 5_000, 0.0),
+        (600, 5_000, 5_000, 1.0),
+        (2_000, 160_000, 20_000, 1.2),
+    ],
+)
+def test_the_chance_levels_are_near_the_statistics_on_samples_without_drift(
+    levels, n_ref, n_cur, zipf
+):
+    """Two samples of one distribution: the median PSI and V over 30 draws are within 25% of
+    `chance_levels`, uniform or Zipf-like, 10 to 2,000 categories."""
+    from drift.methods import chance_levels, chi2_homogeneity, psi
+
+    p = 1 / np.arange(1, levels + 1) ** zipf
+    p /= p.sum()
+    rng = np.random.default_rng(levels + n_cur)
+    psis, vs, levels_seen = [], [], []
+    for _ in range(30):
+        r, c = rng.multinomial(n_ref, p), rng.multinomial(n_cur, p)
+        psis.append(psi(r, c))
+        vs.append(chi2_homogeneity(r, c)[0])
+        levels_seen.append(chance_levels(r, c))
+    assert np.median([lv["psi"][0] for lv in levels_seen]) == pytest.approx(
+        np.median(psis), rel=0.25
+    )
+    assert np.median([lv["chi2"][0] for lv in levels_seen]) == pytest.approx(
+        np.median(vs), rel=0.25
+    )
+
+
+def test_a_statistic_that_sampling_alone_brings_near_its_threshold_says_so():
+    """600 categories, 5,000 values on each side, one distribution: PSI and V pass their
+    thresholds (DRIFTED) by chance alone; the report's `reason` says how large chance makes
+    them here. Five categories with 20,000 and 8,000 values: no note."""
+    labels = [f"c{i}" for i in range(600)]
+    uniform = [1 / 600] * 600
+    reference = categories(5_000, labels, uniform, 11)
+    current = categories(5_000, labels, uniform, 12)
+    fitted = CategoricalReference.fit(reference)
+    counts = fitted.count(current)
+
+    psi_result = PSI.compute("merchant", "categorical", fitted, counts, 0.2)
+    chi2_result = Chi2.compute("merchant", "categorical", fitted, counts, 0.1)
+
+    assert psi_result.drifted and chi2_result.drifted  # DESIGN's statistics, as they are
+    filled = int(np.count_nonzero(fitted.psi_counts(counts)[0]))
+    assert psi_result.reason == (
+        f"with no drift at all, sampling alone gives psi about "
+        f"{(filled - 1) * (2 / 5_000):.2g} here ({filled:,} bins the reference fills, 5,000 "
+        "reference and 5,000 current values; threshold 0.2): a flag says little at these sizes"
+    )
+    assert chi2_result.reason.startswith(
+        "with no drift at all, sampling alone gives chi2 about 0.2"
+    )
+    similar = CASES["similar"]
+    fitted = CategoricalReference.fit(similar[0])
+    for method, threshold in ((PSI, 0.2), (Chi2, 0.1)):
+        result = method.compute("plan", "categorical", fitted, fitted.count(similar[1]), threshold)
+        assert result.reason is None and not result.drifted
+
+
+def test_a_ks_on_few_values_says_how_large_chance_makes_d():
+    """KS D of 200 current values against 20,000: about 0.06 by chance alone, more than
+    half the 0.1 threshold; with 20,000 current values, no note."""
+    from drift import NumericReference
+    from drift.methods import KS
+
+    rng = np.random.default_rng(5)
+    fitted = NumericReference.fit(rng.normal(size=20_000))
+    small = KS.compute("x", "numeric", fitted, fitted.count(rng.normal(size=200)), 0.1)
+    large = KS.compute("x", "numeric", fitted, fitted.count(rng.normal(size=20_000)), 0.1)
+
+    assert small.reason == (
+        "with no drift at all, sampling alone gives ks about 0.062 here (20,000 reference "
+        "and 200 current values; threshold 0.1): a flag says little at these sizes"
+    )
+    assert large.reason is None
