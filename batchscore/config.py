@@ -314,6 +314,26 @@ class Config(_Table):
                 )
         return self
 
+    @model_validator(mode="after")
+    def _store_outside_source(self) -> Config:
+        """The store is the pipeline's own: publishing replaces its `scores/dt=D/` (and
+        drift, quarantine, performance) folders whole. A store at the source, or inside it,
+        put those folders under the source, which the pipeline never writes: with `store =
+        source`, a `scores/dt=D/` the source already held (a lake's earlier scores) was
+        replaced by the first run. (A source inside the store is left alone: the pipeline
+        writes only its own folders there.)"""
+        source, store = location_parts(self.source), location_parts(self.store)
+        if store[: len(source)] == source:
+            where = "the same folder as" if store == source else "inside"
+            raise ValueError(
+                f"[storage] store {self.storage.store!r} ({self.store}) is {where} [storage] "
+                f"source {self.storage.source!r} ({self.source}): the pipeline never writes "
+                "under the source, and publishing replaces the store's scores/, drift/, "
+                "quarantine/ and performance/ partition folders whole. Give the store a "
+                'folder of its own, outside the source (e.g. store = ".batchscore")'
+            )
+        return self
+
     @property
     def source(self) -> str:
         return _resolve(self.storage.source, self.path)
@@ -328,6 +348,17 @@ def _resolve(location: str, config_path: str) -> str:
         return location
     base = Path(config_path).resolve().parent if config_path else Path.cwd()
     return str((base / location).resolve())
+
+
+def location_parts(location: str) -> tuple[str, ...]:
+    """A location (a storage root, a file) as the folders it names, to tell whether one lies
+    at or inside another: a local path with symlinks and `..` resolved (a store reached
+    through a link into the source is inside it), an S3 URI as ("s3:", bucket, key parts),
+    its options (`?endpoint_override=...`) left out."""
+    if "://" in location:
+        scheme, _, rest = location.partition("://")
+        return (f"{scheme}:", *[p for p in rest.partition("?")[0].split("/") if p])
+    return Path(os.path.realpath(location)).parts
 
 
 def _known(loc: list[str]) -> str:

@@ -492,3 +492,47 @@ def test_checks_across_tables_name_their_tables_and_what_applies(tmp_path: Path)
     assert _error(path) == _invalid(
         path, "[drift.features] names ['c'], which are not in [dataset] features (or __score__)"
     )
+
+
+@pytest.mark.parametrize(
+    ("source", "store", "where"),
+    [
+        ("lake", "lake", "the same folder as"),
+        ("lake", "./lake/", "the same folder as"),
+        ("lake", "lake/out", "inside"),
+        ("lake", "{tmp}/link/out", "inside"),  # an absolute path through a link into it
+        ("s3://bucket/churn", "s3://bucket/churn/out?region=eu-west-1", "inside"),
+    ],
+)
+def test_a_store_at_or_inside_the_source_is_refused(tmp_path: Path, source, store, where):
+    """With `store = source`, the first run replaced the `scores/dt=D/` folder a lake
+    already held with its own: the pipeline wrote under the source, which it never does."""
+    (tmp_path / "lake").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "lake")
+    store = store.format(tmp=tmp_path)
+    path = write_config(tmp_path / "c.toml", MINIMAL, storage={"source": source, "store": store})
+    resolved = {
+        "lake": str(tmp_path / "lake"),
+        "./lake/": str(tmp_path / "lake"),
+        "lake/out": str(tmp_path / "lake" / "out"),
+    }
+    shown = (
+        f"[storage] store {store!r} ({resolved.get(store, store)}) is {where} [storage] "
+        f"source {source!r} ({resolved.get(source, source)})"
+    )
+    assert _error(path).startswith(_invalid(path, shown))
+    assert _error(path).endswith('outside the source (e.g. store = ".batchscore")')
+
+
+@pytest.mark.parametrize(
+    ("source", "store"),
+    [
+        ("lake", "lake-out"),  # a name that starts with the source's is not inside it
+        ("lake/in", "lake"),  # the source inside the store: the pipeline writes its own folders
+        ("s3://bucket/churn", "s3://bucket/churn-scores"),
+        ("s3://bucket/churn", "/srv/churn"),
+    ],
+)
+def test_a_store_beside_the_source_loads(tmp_path: Path, source, store):
+    path = write_config(tmp_path / "c.toml", MINIMAL, storage={"source": source, "store": store})
+    assert load_config(path).storage.store == store
