@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.dataset as pads
 
-from batchscore.config import Config, DriftConfig
+from batchscore.config import Config, DriftConfig, location_parts
 from batchscore.storage import Location
 from drift import (
     SCORE_FEATURE,
@@ -67,6 +67,7 @@ def compare(
     threads: int | None = None,
 ) -> Comparison:
     """Fit A, count B, evaluate, and write the report to `out` atomically."""
+    _refuse_out_over_input(out, {"--reference": reference, "--current": current})
     ref_data, ref_odd, ref_names = _one_schema(_open(reference), reference)
     cur_data, cur_odd, cur_names = _one_schema(_open(current), current)
     odd = {**ref_odd, **cur_odd}
@@ -100,6 +101,24 @@ def compare(
     )
     _write(table, out)
     return Comparison(table, results, profile, counts, tuple(notes))
+
+
+def _refuse_out_over_input(out: str, inputs: dict[str, str]) -> None:
+    """Refuse an `--out` that is an input file, or inside an input folder, before reading
+    anything. The report is written by rename over whatever is at `out`: `--current b.parquet
+    --out b.parquet` replaced the user's data with the report, and a report written into a
+    folder being compared is read as one of its data files the next time."""
+    target = location_parts(out)
+    for option, path in inputs.items():
+        where = location_parts(path)
+        if target[: len(where)] != where:
+            continue
+        what = "the file" if target == where else "inside the folder"
+        raise DriftInputError(
+            f"--out {out}: is {what} {option} reads ({_display(path)}); the report would "
+            f"{'replace that data' if target == where else 'be read as part of it next time'}."
+            " Write the report elsewhere: --out drift-report.parquet"
+        )
 
 
 def _display(path: str) -> str:

@@ -341,3 +341,33 @@ def test_a_folder_whose_files_disagree_is_read_with_one_type_per_column(files, t
         f"{folder / 'part-0.parquet'}, double in {folder / 'part-1.parquet'}, string in "
         f"{folder / 'part-2.parquet'}"
     ) in stdout.splitlines()
+
+
+@pytest.mark.parametrize(
+    ("current", "option", "out", "what"),
+    [
+        ("b.parquet", "--current", "b.parquet", "the file"),
+        ("b.parquet", "--reference", "a.parquet", "the file"),
+        ("b.parquet", "--current", "b_dir/../b.parquet", "the file"),
+        ("b_dir", "--current", "b_dir/report.parquet", "inside the folder"),
+    ],
+)
+def test_an_out_that_is_an_input_or_inside_one_exits_2_and_the_input_stays(
+    files, tmp_path, monkeypatch, current, option, out, what
+):
+    """`--current b.parquet --out b.parquet` replaced the user's data with the report (a
+    5 KB drift table where 245 KB of rows had been); a report written into a folder being
+    compared was read as one of its data files the next time."""
+    monkeypatch.chdir(tmp_path)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    code, stdout, stderr = _run(
+        "drift", "--reference", "a.parquet", "--current", current, "--out", out
+    )
+    assert code == 2 and stdout == ""
+    read = tmp_path / ("a.parquet" if option == "--reference" else current)
+    assert stderr == (
+        f"batchscore: --out {out}: is {what} {option} reads ({read}); the report would "
+        f"{'replace that data' if what == 'the file' else 'be read as part of it next time'}."
+        " Write the report elsewhere: --out drift-report.parquet\n"
+    )
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
