@@ -202,25 +202,31 @@ def _metric(value: float | None) -> str:
 
 
 def _models(config, args) -> int:
-    from batchscore.registry import LISTED, Registry, RegistryError
-    from batchscore.storage import UnreadableJSON
+    from batchscore.registry import LISTED, PROMOTION_LOCK, Registry, RegistryError
+    from batchscore.storage import LeaseBusy, UnreadableJSON, lease
 
     registry = Registry.for_config(config)
-    if args.action == "promote":
-        # An unreadable alias is what a promotion replaces: it does not stop one.
-        previous = "(unreadable alias)" if registry.champion_problem() else registry.champion()
-        if previous == args.version:  # no move: nothing for the audit to record
-            registry.metadata(args.version)  # ... unless it cannot be read: said as for any
-            print(f"champion of {config.dataset.name}: {previous} already; nothing changed")
-            return 0
-        registry.promote(args.version, args.reason)
-        print(f"champion of {config.dataset.name}: {previous} -> {args.version}")
-        return 0
-    if args.action == "rollback":
-        previous = registry.champion()
-        restored = registry.rollback(args.reason)
-        print(f"champion of {config.dataset.name}: {previous} -> {restored} (rolled back)")
-        return 0
+    if args.action in ("promote", "rollback"):
+        # Under the lock a retrain holds from reading the champion it was compared with to
+        # moving the alias: without it, a rollback made meanwhile was overridden at once by
+        # a challenger gated against the champion it rolled back from.
+        def waiting(holder: dict) -> None:
+            print(
+                f"batchscore: waiting for {registry.root.path(PROMOTION_LOCK)}, held by pid "
+                f"{holder.get('pid')} on {holder.get('host')} (a retrain deciding whether "
+                "to promote its challenger)",
+                file=sys.stderr,
+                flush=True,
+            )
+
+        try:
+            with lease(registry.root, PROMOTION_LOCK, waiting=waiting):
+                return _move_alias(config, registry, args)
+        except LeaseBusy as exc:
+            raise RegistryError(
+                f"{exc}; the champion was not moved. Run the command again once that retrain "
+                "has finished"
+            ) from exc
     # Listing is how to find what to promote, so a version or alias that cannot be read is
     # said in its place, and the rest is listed.
     problem = registry.champion_problem()
@@ -258,6 +264,24 @@ def _models(config, args) -> int:
         print(f"  unreadable audit record: {record}")
     if problem:
         print(f"no champion: {problem}")
+    return 0
+
+
+def _move_alias(config, registry, args) -> int:
+    """`models promote VERSION` or `models rollback`, under the promotion lock."""
+    if args.action == "rollback":
+        previous = registry.champion()
+        restored = registry.rollback(args.reason)
+        print(f"champion of {config.dataset.name}: {previous} -> {restored} (rolled back)")
+        return 0
+    # An unreadable alias is what a promotion replaces: it does not stop one.
+    previous = "(unreadable alias)" if registry.champion_problem() else registry.champion()
+    if previous == args.version:  # no move: nothing for the audit to record
+        registry.metadata(args.version)  # ... unless it cannot be read: said as for any
+        print(f"champion of {config.dataset.name}: {previous} already; nothing changed")
+        return 0
+    registry.promote(args.version, args.reason)
+    print(f"champion of {config.dataset.name}: {previous} -> {args.version}")
     return 0
 
 

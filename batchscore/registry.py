@@ -40,6 +40,10 @@ def command(action: str, config_path: str | None = None) -> str:
     return f"`batchscore {action} --config {shlex.quote(config_path) if config_path else 'F'}`"
 
 
+# Held while the alias is judged and moved (a retrain's gate, `models promote`/`rollback`),
+# so that no move lands between another's reading the champion and its own move.
+PROMOTION_LOCK = "_promotion.lock"
+
 # What the registry's readers need of its documents (`storage.check_shape`): one without a
 # key, or with another type there, is refused, named or left out as an unreadable one is.
 # A version's metadata: what every reader needs, and the types of what some do

@@ -38,7 +38,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
@@ -652,14 +652,22 @@ def release_lease(lease: dict) -> None:
 
 @contextmanager
 def lease(
-    location: Location, name: str, ttl_seconds: float = 900.0, wait_seconds: float = 300.0
+    location: Location,
+    name: str,
+    ttl_seconds: float = 900.0,
+    wait_seconds: float = 300.0,
+    waiting: Callable[[dict], None] | None = None,
 ) -> Iterator[dict]:
-    """Hold the lease `name` for the block, waiting up to `wait_seconds` for a live holder."""
+    """Hold the lease `name` for the block, waiting up to `wait_seconds` for a live holder
+    (`waiting` is told the holder once, when there is one to wait for)."""
     deadline = time.monotonic() + wait_seconds
     while True:
         ours, holder = try_lease(location, name, ttl_seconds)
         if ours is not None:
             break
+        if waiting is not None:
+            waiting(holder)
+            waiting = None
         if time.monotonic() > deadline:
             raise LeaseBusy(
                 f"{location.path(name)} is held by pid {holder.get('pid')} on "

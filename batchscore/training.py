@@ -23,7 +23,7 @@ from batchscore.config import HIGHER_IS_BETTER, Config
 from batchscore.features import FeatureSchema, TrainingProfile, feature_columns
 from batchscore.labels import LabelError, read_labels, with_join_types
 from batchscore.metrics import metrics, undefined
-from batchscore.registry import ModelIntegrityError, Registry
+from batchscore.registry import PROMOTION_LOCK, ModelIntegrityError, Registry
 from batchscore.storage import Location, lease, parse_partition_dir
 from batchscore.validation import check_schema
 from drift import ReferenceProfile
@@ -297,7 +297,7 @@ def train(
     version = registry.register(text, metadata, {"reference.json": reference.to_json().encode()})
 
     metric = config.metric
-    with lease(registry.root, "_promotion.lock"):
+    with lease(registry.root, PROMOTION_LOCK):
         current = registry.champion()
         if current != parent:
             status, decision = (

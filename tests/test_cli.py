@@ -190,6 +190,45 @@ def test_promote_then_rollback_restores_the_previous_champion(trained: dict, tmp
     ]
 
 
+@pytest.mark.parametrize("action", [("promote", "v0002"), ("rollback",)])
+def test_promote_and_rollback_wait_for_a_retrain_deciding_its_promotion(
+    trained: dict, tmp_path: Path, action: tuple[str, ...]
+):
+    """A retrain holds `_promotion.lock` from reading the champion its challenger was
+    compared with to moving the alias. `models rollback` did not take it: made meanwhile, it
+    moved v0002 -> v0001, and the retrain then promoted a challenger gated against v0002
+    over it (audit: rollback v0002 -> v0001, promote v0001 -> v0003)."""
+    import subprocess
+    import sys
+
+    from batchscore.registry import Registry
+    from batchscore.storage import lease
+
+    config, store = _config_for(trained, "after-two", tmp_path)
+    registry = Registry(str(store), "churn")
+    if action[0] == "rollback":
+        registry.promote("v0002", "try v2")
+    before = registry.champion()
+    command = Path(sys.executable).with_name("batchscore")
+    with lease(registry.root, "_promotion.lock") as held:  # as a retrain's gate holds it
+        proc = subprocess.Popen(
+            [str(command), "models", *action, "--config", str(config)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        first = proc.stderr.readline()
+        assert first == (
+            f"batchscore: waiting for {store}/models/churn/_promotion.lock, held by pid "
+            f"{held['pid']} on {held['host']} (a retrain deciding whether to promote its "
+            "challenger)\n"
+        )
+        assert registry.champion() == before  # nothing moved while the lock is held
+    out, err = proc.communicate()
+    assert (proc.returncode, err) == (0, "")
+    assert registry.champion() == ("v0001" if action[0] == "rollback" else "v0002")
+
+
 def test_promoting_the_champion_changes_nothing_and_records_no_move(trained: dict, tmp_path: Path):
     """It recorded a move from v0001 to v0001 in the audit, which `models list` printed."""
     config, _ = _config_for(trained, "after-two", tmp_path)
