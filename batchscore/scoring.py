@@ -770,7 +770,7 @@ def publish_partition(
         )
     store.publish_dir(staging.child("scores"), "scores", f"dt={plan.partition}")
     store.delete_file(*marker)
-    _delete_staging(store, plan.partition)
+    _delete_staging(store, plan.partition, replaced=True)
     reused = sum(r.reused for r in results)
     rows = drift.select(["feature", "method", "statistic", "threshold", "drifted"]).to_pylist()
     return PartitionOutcome(
@@ -788,13 +788,22 @@ def publish_partition(
     )
 
 
-def _delete_staging(store: Location, partition: str) -> None:
-    """Delete every staging folder of this partition once it is published: this attempt's,
-    and what other attempts left, runs killed and never resumed under the same key (other
-    files, model, validation settings, or cut into chunks for other workers). Only the run
-    holding the partition's lease publishes it, so no live run is writing there."""
+def _delete_staging(store: Location, partition: str, replaced: bool = False) -> None:
+    """Delete every staging folder of this partition once it is published or held: this
+    attempt's, and what other attempts left, runs killed and never resumed under the same
+    key (other files, model, validation settings, or cut into chunks for other workers) or
+    killed while holding it (`held-D-...`). Only the run holding the partition's lease
+    publishes it or holds it, so no live run is writing there.
+
+    `replaced` (its new outputs are in place) also deletes the old outputs a killed
+    publishing had moved aside (`scores-dt=D-trash-...`, `Location.publish_dir`), a whole
+    copy each, never deleted otherwise. A hold keeps them: killed between its two renames,
+    a publishing left the partition's earlier scores there alone. (Realised performance,
+    published without that lease, is not touched.)"""
+    kinds = ("scores", DRIFT_DIR, "quarantine") if replaced else ()
+    own = (f"dt={partition}-", f"held-{partition}-", *(f"{k}-dt={partition}-" for k in kinds))
     for entry in store.list(STAGING):
-        if entry.base_name.startswith(f"dt={partition}-"):
+        if entry.base_name.startswith(own):
             store.delete_dir(STAGING, entry.base_name)
 
 

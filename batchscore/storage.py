@@ -393,8 +393,13 @@ class Location:
 
         Locally a reader sees the old folder or the new one, never a mix: the old one is
         first moved aside under `_staging/`, then the new one renamed into place, then the old
-        one deleted. On object storage see the module's docstring; `last` names the files
-        written after all others (default: those starting with `_`, the manifests).
+        one deleted. It is moved aside as `_staging/<parts>-trash-<uuid>`
+        (`scores-dt=D-trash-...`): a process killed before it had deleted it (a folder of
+        many files takes seconds) left a full copy of the old output as `.trash-<uuid>`,
+        which nothing could tell apart or ever deleted; named, the partition's next
+        publishing deletes it (`scoring._delete_staging`). On object
+        storage see the module's docstring; `last` names the files written after all others
+        (default: those starting with `_`, the manifests).
         """
         if not self.is_local:
             self._publish_by_copy(staging, parts, last)
@@ -407,12 +412,15 @@ class Location:
         self.fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
         if self.exists(*parts):
             self.fs.create_dir(self.path("_staging"), recursive=True)
-            trash = self.path("_staging", f".trash-{uuid.uuid4().hex}")
+            trash = self.path("_staging", f"{'-'.join(parts)}-trash-{uuid.uuid4().hex}")
             self.fs.move(final, trash)
             self.fs.move(staging.root, final)
-            self.fs.delete_dir(trash)
+            self._delete_moved_aside(trash)
         else:
             self.fs.move(staging.root, final)
+
+    def _delete_moved_aside(self, trash: str) -> None:
+        self.fs.delete_dir(trash)
 
     def _publish_by_copy(
         self, staging: Location, parts: tuple[str, ...], last: tuple[str, ...] | None

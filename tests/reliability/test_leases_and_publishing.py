@@ -321,6 +321,39 @@ def test_a_publishing_stopped_between_its_renames_is_done_again_with_every_rejec
     assert list((store / "_staging").iterdir()) == []
 
 
+def test_old_outputs_a_publishing_left_moved_aside_go_with_the_partitions_next_publishing(
+    champion, monkeypatch
+):
+    """A publishing killed after it moved a partition's old folder aside (while deleting
+    it: a folder of many files takes seconds) left a full copy of the old output under
+    `_staging/.trash-<uuid>`, which nothing named or ever deleted."""
+    config, model = champion
+    plan, results = _stage(config, model)
+    scoring.publish_partition(config, plan, model, results, "run-1")
+
+    def killed(self, trash):
+        raise KeyboardInterrupt  # as a kill before the old folder was deleted would leave it
+
+    monkeypatch.setattr(Location, "_delete_moved_aside", killed)
+    plan, again = _stage(config, model)
+    with pytest.raises(KeyboardInterrupt):
+        scoring.publish_partition(config, plan, model, again, "run-2")
+    monkeypatch.undo()
+    store = Path(config.store)
+    assert any("trash" in p.name for p in (store / "_staging").iterdir())  # the old quarantine
+    # The next run (the killed run's marker names a process that is gone) publishes it again.
+    marker = store.joinpath(*partitions.publishing_marker(DAY))
+    boot, namespace, pid, started = json.loads(marker.read_text())["process"].rsplit("/", 3)
+    _rewrite(marker, process=f"{boot}/{namespace}/{pid}/{int(started) - 1}")
+    assert partitions.pending(config, model, [DAY], False) == [DAY]
+    plan, third = _stage(config, model)
+    scoring.publish_partition(config, plan, model, third, "run-3")
+    assert list((store / "_staging").iterdir()) == []
+    done = json.loads((store / "scores" / f"dt={DAY}" / "_SUCCESS").read_text())
+    assert done["run_id"] == "run-3"
+    assert pq.read_table(store / "quarantine" / f"dt={DAY}").num_rows == done["rows_quarantined"]
+
+
 def test_publishing_refuses_when_a_finished_chunks_staged_file_is_gone(champion):
     config, model = champion
     plan, results = _stage(config, model)
