@@ -17,12 +17,14 @@ import hashlib
 import json
 import time
 from collections.abc import Set as AbstractSet
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from pyarrow import fs as pafs
 
 from batchscore.config import Config
 from batchscore.registry import ModelRef
@@ -137,6 +139,9 @@ class PartitionPlan:
 class Discovery:
     partitions: list[str] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)  # folder names that are not dt=YYYY-MM-DD
+    # Each partition's data files as listed (`Location.data_files` of its folder), for
+    # `pending` to compare with its `_SUCCESS` without listing each folder again.
+    files: dict[str, list[pafs.FileInfo]] = field(default_factory=dict)
 
 
 class SourceError(ValueError):
@@ -157,14 +162,44 @@ def discover(config: Config) -> Discovery:
             f"no incoming/ folder under {source.uri} ([storage] source in {config.path}): "
             "partitions are read from <source>/incoming/dt=YYYY-MM-DD/"
         )
-    for entry in source.list("incoming"):
+    top, inside = listed_partitions(source, "incoming")
+    for entry in top:
         day = parse_partition_dir(entry.base_name)
         if day is None or entry.type.name != "Directory":
             found.ignored.append(entry.base_name)
         else:
             found.partitions.append(day.isoformat())
+            found.files[day.isoformat()] = inside.get(day.isoformat(), [])
     found.partitions.sort()
     return found
+
+
+def listed_partitions(
+    location: Location, folder: str
+) -> tuple[list[pafs.FileInfo], dict[str, list[pafs.FileInfo]]]:
+    """The entries directly under `folder`, sorted by name, and the data files directly in
+    each of its `dt=YYYY-MM-DD` folders (`Location.data_files`), from one recursive listing.
+
+    On an object store that listing is one LIST request per 1,000 objects, where a listing
+    of each partition's folder cost two requests or more per partition on every run (a
+    store of 1,000 days: 2,000 round trips to find that nothing was new). Empty when
+    `folder` does not exist."""
+    base = location.path(folder).rstrip("/")
+    selector = pafs.FileSelector(base, recursive=True, allow_not_found=True)
+    top: list[pafs.FileInfo] = []
+    inside: dict[str, list[pafs.FileInfo]] = {}
+    for entry in location.fs.get_file_info(selector):
+        parent, _, _ = entry.path.rpartition("/")
+        if parent == base:
+            top.append(entry)
+            continue
+        up, _, name = parent.rpartition("/")
+        day = parse_partition_dir(name) if up == base else None
+        if day is not None and is_data_file(entry):
+            inside.setdefault(day.isoformat(), []).append(entry)
+    for entries in inside.values():
+        entries.sort(key=lambda e: e.base_name)
+    return sorted(top, key=lambda e: e.base_name), inside
 
 
 def manifest(config: Config, partition: str) -> dict | None:
@@ -183,27 +218,35 @@ def pending(
     changed: dict[str, str] | None = None,
     interrupted: dict[str, str] | None = None,
     unreadable: dict[str, str] | None = None,
+    listed: dict[str, list[pafs.FileInfo]] | None = None,
 ) -> list[str]:
     """Partitions with no complete output from the current champion, whose last attempt was
     held after one (`held_beside_output`), whose publishing was interrupted
     (`interrupted_publishing`, put in `interrupted` when given), or whose files changed
     since their output (`source_changes`, put in `changed`); all of them on rescore.
+    `listed`: the partitions' data files as `discover` listed them (`Discovery.files`);
+    without it, each partition's folder is listed here.
 
     A partition whose `_SUCCESS` cannot be read counts as not scored (why, in `unreadable`
     when given): its output cannot be vouched for, and scoring it again replaces it, where
     failing the run for it stopped every other partition.
 
     A `_SUCCESS` written for another model stops the run (`SourceError`), rescore or not:
-    a store holds one model's outputs, and scoring the partition replaced them."""
+    a store holds one model's outputs, and scoring the partition replaced them.
+
+    What a run costs does not grow with the partitions already scored beyond one read of
+    each `_SUCCESS` (`read_manifests`, several at a time on an object store): the held
+    markers and the source's files come from one listing each."""
     out = []
     stopped = {} if rescore else interrupted_publishing(config)
+    held = set() if rescore else held_beside_outputs(config, partitions)
+    manifests = read_manifests(config, partitions)
     for p in partitions:
-        try:
-            done = manifest(config, p)
-        except UnreadableJSON as exc:
+        done = manifests[p]
+        if isinstance(done, UnreadableJSON):
             out.append(p)
             if unreadable is not None:
-                unreadable[p] = str(exc)
+                unreadable[p] = str(done)
             continue
         if done is not None and done.get("model_name") not in (None, model.name):
             raise SourceError(another_models_output(config, p, done["model_name"], model.name))
@@ -217,10 +260,10 @@ def pending(
             done is None
             or done.get("model_version") != model.version
             or done.get("model_name") != model.name
-            or held_beside_output(config, p)
+            or p in held
         ):
             out.append(p)
-        elif change := source_changes(config, p, done):
+        elif change := source_changes(config, p, done, None if listed is None else listed.get(p)):
             out.append(p)
             if changed is not None:
                 changed[p] = change
@@ -239,7 +282,35 @@ def another_models_output(config: Config, partition: str, theirs: str, ours: str
     )
 
 
-def source_changes(config: Config, partition: str, done: dict) -> str:
+def read_manifests(
+    config: Config, partitions: list[str]
+) -> dict[str, dict | None | UnreadableJSON]:
+    """Each partition's `manifest`: its `_SUCCESS`, None when it has none, or the
+    `UnreadableJSON` it raised. On an object store each is a GET of ~10-50 ms, so up to
+    `MANIFEST_READERS` are read at a time (pyarrow's filesystems are thread-safe); a
+    local folder reads them one by one (~0.1 ms each, mostly parsing). A storage error
+    other than a missing file is raised, as one read's was."""
+
+    def read(partition: str) -> dict | None | UnreadableJSON:
+        try:
+            return manifest(config, partition)
+        except UnreadableJSON as exc:
+            return exc
+
+    if Location(config.store).is_local or len(partitions) < 2:
+        return {p: read(p) for p in partitions}
+    with ThreadPoolExecutor(MANIFEST_READERS, thread_name_prefix="read-manifest") as pool:
+        return dict(zip(partitions, pool.map(read, partitions), strict=True))
+
+
+# Manifests read at a time from an object store (`read_manifests`): 1,000 `_SUCCESS`
+# GETs of ~20 ms each take ~1.3 s at 16, ~20 s one by one.
+MANIFEST_READERS = 16
+
+
+def source_changes(
+    config: Config, partition: str, done: dict, now: list[pafs.FileInfo] | None = None
+) -> str:
     """What changed among the partition's data files since `done`, its `_SUCCESS`, was
     written: files added, removed, or of another size; "" when none did.
 
@@ -247,22 +318,28 @@ def source_changes(config: Config, partition: str, done: dict) -> str:
     out for good, silently, as the partition counted as done. A file rewritten with exactly
     its old size is not seen (`--rescore` it); modification times are not compared, as a
     copy of the source that does not keep them would make every partition look changed.
-    A manifest written before sizes were recorded has file names only: compared by name."""
+    A manifest written before sizes were recorded has file names only: compared by name.
+    `now`: the partition's data files as listed by the caller; without it, its folder is
+    listed here."""
     folder = f"incoming/dt={partition}"
-    now = {f"{folder}/{e.base_name}": e.size for e in Location(config.source).data_files(folder)}
+    if now is None:
+        now = Location(config.source).data_files(folder)
+    sizes_now = {f"{folder}/{e.base_name}": e.size for e in now}
     sizes = done.get("file_sizes") or {}
     before = {f: sizes.get(f) for f in done.get("files") or []}
-    added = sorted(now.keys() - before.keys())
-    removed = sorted(before.keys() - now.keys())
+    added = sorted(sizes_now.keys() - before.keys())
+    removed = sorted(before.keys() - sizes_now.keys())
     resized = sorted(
-        f for f in now.keys() & before.keys() if before[f] is not None and before[f] != now[f]
+        f
+        for f in sizes_now.keys() & before.keys()
+        if before[f] is not None and before[f] != sizes_now[f]
     )
     changes = []
     if added:
         changes.append(f"added {', '.join(added)}")
     if removed:
         changes.append(f"removed {', '.join(removed)}")
-    changes += [f"{f} is {now[f]:,} bytes, was {before[f]:,}" for f in resized]
+    changes += [f"{f} is {sizes_now[f]:,} bytes, was {before[f]:,}" for f in resized]
     return "; ".join(changes)
 
 
@@ -286,6 +363,30 @@ def interrupted_publishing(config: Config) -> dict[str, str]:
         if holder_alive(marker) is not True:
             found[day.isoformat()] = staging.path(name)
     return found
+
+
+def held_beside_outputs(config: Config, partitions: list[str]) -> set[str]:
+    """Those of `partitions` that are `held_beside_output`: for a few, asked of each; for
+    more, found in one recursive listing of `quarantine/` (one LIST request per 1,000
+    objects on an object store, where asking each was a HEAD request or more per
+    partition on every run, however long ago it was scored)."""
+    if len(partitions) <= HELD_ASKED_ONE_BY_ONE:
+        return {p for p in partitions if held_beside_output(config, p)}
+    store = Location(config.store)
+    base = store.path("quarantine").rstrip("/")
+    selector = pafs.FileSelector(base, recursive=True, allow_not_found=True)
+    held = set()
+    for entry in store.fs.get_file_info(selector):
+        folder, _, name = entry.path.removeprefix(f"{base}/").partition(f"/{HELD_BESIDE}/")
+        day = parse_partition_dir(folder)
+        if name == HELD and day is not None and entry.type == pafs.FileType.File:
+            held.add(day.isoformat())
+    return held & set(partitions)
+
+
+# Up to this many partitions, `held_beside_outputs` asks about each (a run of one partition,
+# or a lease's check) rather than list the whole quarantine.
+HELD_ASKED_ONE_BY_ONE = 4
 
 
 def held_beside_output(config: Config, partition: str) -> bool:

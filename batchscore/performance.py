@@ -13,19 +13,21 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from pyarrow import fs as pafs
 
 from batchscore.config import Config
 from batchscore.labels import read_labels, with_join_types
 from batchscore.metrics import metrics, undefined
-from batchscore.partitions import SUCCESS, SUCCESS_SHAPE
-from batchscore.storage import Location, Shape, UnreadableJSON
-from batchscore.training import labelled_partitions
+from batchscore.partitions import MANIFEST_READERS, SUCCESS, SUCCESS_SHAPE, listed_partitions
+from batchscore.storage import Location, Shape, UnreadableJSON, parse_partition_dir
+from batchscore.training import labelled_partitions  # noqa: F401 - batchscore.workers asks it here
 
 SCHEMA = pa.schema(
     [
@@ -46,11 +48,21 @@ SCHEMA = pa.schema(
 PERFORMANCE_SHAPE: Shape = {"computed_from": dict}
 
 
-def _fingerprint(config: Config, partition: str) -> dict:
-    scores = Location(config.store).read_json(
-        "scores", f"dt={partition}", SUCCESS, shape=SUCCESS_SHAPE
-    )
-    labels = Location(config.source).data_files(f"labels/dt={partition}")
+def _fingerprint(
+    config: Config,
+    partition: str,
+    scores: dict | None = None,
+    labels: list[pafs.FileInfo] | None = None,
+) -> dict:
+    """What a partition's realised performance is computed from: its scores' run and model,
+    and its labels' files. `scores` (its scores' `_SUCCESS`) and `labels` (its labels' data
+    files) when the caller has them; else they are read here."""
+    if scores is None:
+        scores = Location(config.store).read_json(
+            "scores", f"dt={partition}", SUCCESS, shape=SUCCESS_SHAPE
+        )
+    if labels is None:
+        labels = Location(config.source).data_files(f"labels/dt={partition}")
     return {
         "scores_run_id": scores["run_id"],
         "model_version": scores["model_version"],
@@ -63,29 +75,48 @@ def pending(config: Config, unreadable: list[str] | None = None) -> list[str]:
 
     A `_SUCCESS` that cannot be read (why, in `unreadable` when given) is not a reason to
     fail the run: the performance's is computed again; the scores' means the scores are not
-    vouched for (the score flow scores such a partition again), so it waits for them."""
+    vouched for (the score flow scores such a partition again), so it waits for them.
+
+    The labels' files come from one listing of `labels/`, and each partition's two
+    `_SUCCESS` files are read several partitions at a time on an object store
+    (`partitions.read_manifests`): asked partition by partition, a store of 1,000 labelled
+    days cost ~5,000 requests on every run."""
     store = Location(config.store)
-    out = []
-    for partition in labelled_partitions(config):
-        if not store.exists("scores", f"dt={partition}", SUCCESS):
-            continue
+    top, listed = listed_partitions(Location(config.source), "labels")
+    labelled = sorted(d.isoformat() for e in top if (d := parse_partition_dir(e.base_name)))
+
+    def check(partition: str) -> tuple[bool, str | None]:
         try:
-            computed_from = _fingerprint(config, partition)
+            scores = store.read_json_or_none(
+                "scores", f"dt={partition}", SUCCESS, shape=SUCCESS_SHAPE
+            )
+            if scores is None:
+                return False, None
+            computed_from = _fingerprint(config, partition, scores, listed.get(partition, []))
         except UnreadableJSON as exc:
-            if unreadable is not None:
-                unreadable.append(f"{exc}; no realised performance until it is scored again")
-            continue
+            return False, f"{exc}; no realised performance until it is scored again"
         if not computed_from["labels"]:  # an empty labels folder: nothing to measure yet
-            continue
+            return False, None
+        problem = None
         try:
             done = store.read_json_or_none(
                 "performance", f"dt={partition}", SUCCESS, shape=PERFORMANCE_SHAPE
             )
         except UnreadableJSON as exc:
-            if unreadable is not None:
-                unreadable.append(f"{exc}; computing the realised performance again")
+            problem = f"{exc}; computing the realised performance again"
             done = None
-        if done is None or done.get("computed_from") != computed_from:
+        return done is None or done.get("computed_from") != computed_from, problem
+
+    if store.is_local or len(labelled) < 2:
+        checked = [check(p) for p in labelled]
+    else:
+        with ThreadPoolExecutor(MANIFEST_READERS, thread_name_prefix="read-manifest") as pool:
+            checked = list(pool.map(check, labelled))
+    out = []
+    for partition, (stale, problem) in zip(labelled, checked, strict=True):
+        if problem is not None and unreadable is not None:
+            unreadable.append(problem)
+        if stale:
             out.append(partition)
     return out
 

@@ -267,9 +267,9 @@ def runs_in_flow_process(config, partition: str | None, rescore: bool) -> bool:
         if not (Location(config.store).is_local and Location(config.source).is_local):
             return False
         model = Registry.for_config(config).champion_ref()
-        found = partitions.discover(config).partitions
-        candidates = [p for p in found if partition is None or p == partition]
-        todo = partitions.pending(config, model, candidates, rescore)
+        found = partitions.discover(config)
+        candidates = [p for p in found.partitions if partition is None or p == partition]
+        todo = partitions.pending(config, model, candidates, rescore, listed=found.files)
         if not partitions.rows_at_most(config, todo, config.scoring.chunk_rows):
             return False
         labelled = set(performance.labelled_partitions(config))

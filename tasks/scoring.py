@@ -50,6 +50,7 @@ def find_partitions(
         changed=changed,
         interrupted=interrupted,
         unreadable=unreadable,
+        listed=found.files,
     )
     for name, problem in unreadable.items():
         logger.warning(

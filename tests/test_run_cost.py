@@ -1,0 +1,230 @@
+"""What finding the work of a run costs as the store's history grows: the storage calls of
+`discover`, `partitions.pending` and `performance.pending`, counted through a filesystem
+that passes every call to the local one (real files), per number of scored partitions."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from collections import Counter
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from helpers import SAMPLE, write_config
+from pyarrow import fs as pafs
+
+from batchscore import performance, storage
+from batchscore.config import load_config
+from batchscore.partitions import discover, pending
+from batchscore.registry import ModelRef
+from batchscore.storage import Location
+
+FIRST = dt.date(2024, 1, 1)
+
+
+class Counting(pafs.FileSystemHandler):
+    """A local filesystem that counts the calls made of it, by the request each is on an
+    object store: LIST (a listing), HEAD (a path's info), GET (a file opened to read)."""
+
+    def __init__(self, meet: str | None = None):
+        self.fs = pafs.LocalFileSystem()
+        self.calls: Counter = Counter()
+        self._lock = threading.Lock()  # manifests are read from several threads
+        # The first two reads of files named `meet` each wait for the other: read one after
+        # the other, the first waits in vain and fails.
+        self.meet, self._meeting = meet, threading.Barrier(2, timeout=10)
+
+    def _count(self, kind: str, n: int = 1) -> None:
+        with self._lock:
+            self.calls[kind] += n
+
+    def _read(self, path: str) -> None:
+        with self._lock:
+            self.calls["GET"] += 1
+            name = path.rpartition("/")[2]
+            meeting = name == self.meet and self.calls[f"GET {name}"] < 2
+            self.calls[f"GET {name}"] += 1
+        if meeting:
+            self._meeting.wait()
+
+    def get_type_name(self):
+        return "counting"
+
+    def normalize_path(self, path):
+        return path
+
+    def get_file_info(self, paths):
+        self._count("HEAD", len(paths))
+        return self.fs.get_file_info(paths)
+
+    def get_file_info_selector(self, selector):
+        self._count("LIST")
+        return self.fs.get_file_info(selector)
+
+    def open_input_stream(self, path):
+        self._read(path)
+        return self.fs.open_input_stream(path)
+
+    def open_input_file(self, path):
+        self._read(path)
+        return self.fs.open_input_file(path)
+
+    def __getattr__(self, name):  # writing is not counted (nothing here writes)
+        return getattr(self.fs, name)
+
+    def create_dir(self, path, recursive):
+        self.fs.create_dir(path, recursive=recursive)
+
+    def delete_dir(self, path):
+        self.fs.delete_dir(path)
+
+    def delete_dir_contents(self, path, missing_dir_ok=False):
+        self.fs.delete_dir_contents(path, missing_dir_ok=missing_dir_ok)
+
+    def delete_root_dir_contents(self):
+        raise NotImplementedError
+
+    def delete_file(self, path):
+        self.fs.delete_file(path)
+
+    def move(self, src, dest):
+        self.fs.move(src, dest)
+
+    def copy_file(self, src, dest):
+        self.fs.copy_file(src, dest)
+
+    def open_output_stream(self, path, metadata):
+        return self.fs.open_output_stream(path, metadata=metadata)
+
+    def open_append_stream(self, path, metadata):
+        return self.fs.open_append_stream(path, metadata=metadata)
+
+
+def _config(folder: Path):
+    folder.mkdir(parents=True, exist_ok=True)
+    path = write_config(
+        folder / "batchscore.toml",
+        (SAMPLE.parent.parent / "batchscore.toml").read_text(),
+        storage={"source": "source", "store": "store"},
+    )
+    return load_config(path)
+
+
+@pytest.fixture
+def config(tmp_path):
+    return _config(tmp_path)
+
+
+MODEL = ModelRef("", "churn", "v0001", "0" * 64)
+
+
+def _history(config, days: int) -> list[str]:
+    """`days` partitions scored by MODEL, each with labels and its realised performance; the
+    newest partition's labels have not arrived."""
+    rows = pq.read_table(SAMPLE / "incoming" / "dt=2026-10-02").slice(0, 50)
+    labels = pq.read_table(SAMPLE / "labels" / "dt=2026-10-02").slice(0, 50)
+    source, store = Path(config.source), Location(config.store)
+    out = []
+    for i in range(days):
+        day = (FIRST + dt.timedelta(days=i)).isoformat()
+        out.append(day)
+        rel = f"incoming/dt={day}/part-0.parquet"
+        (source / rel).parent.mkdir(parents=True)
+        pq.write_table(rows, source / rel)
+        scores = {
+            "run_id": "r",
+            "model_name": "churn",
+            "model_version": "v0001",
+            "files": [rel],
+            "file_sizes": {rel: (source / rel).stat().st_size},
+        }
+        store.write_json(scores, "scores", f"dt={day}", "_SUCCESS")
+        if i < days - 1:
+            (source / "labels" / f"dt={day}").mkdir(parents=True)
+            pq.write_table(labels, source / "labels" / f"dt={day}" / "part-0.parquet")
+            computed_from = performance._fingerprint(config, day)
+            store.write_json(
+                {"computed_from": computed_from}, "performance", f"dt={day}", "_SUCCESS"
+            )
+    return out
+
+
+def _counted(config, monkeypatch, meet: str | None = None) -> Counting:
+    """Storage calls of the source and the store go through one `Counting` from now on
+    (which is not a local filesystem: what runs on an object store runs)."""
+    counting = Counting(meet)
+    wrapped = pafs.PyFileSystem(counting)
+    for uri in (config.source, config.store):
+        root = storage._filesystem(uri)[1]
+        monkeypatch.setitem(storage._FS_CACHE, uri, (wrapped, root))
+    return counting
+
+
+def _find_work(config) -> tuple[list[str], list[str]]:
+    """What a score run finds to do: partitions to score, and labelled ones to measure."""
+    found = discover(config)
+    todo = pending(config, MODEL, found.partitions, False, listed=found.files)
+    return todo, performance.pending(config)
+
+
+def test_finding_nothing_to_do_costs_listings_that_do_not_grow_with_history(tmp_path, monkeypatch):
+    """Beyond reading each `_SUCCESS` (a partition's scores one, and a labelled partition's
+    scores and performance ones), the calls are the same for 10 and 40 scored partitions:
+    the source's files and the held markers come from one listing each. Asked partition by
+    partition, 40 partitions cost 40 listings of `incoming/dt=D/`, 40 of `labels/dt=D/` and
+    ~200 path infos more than 10 did (on S3, each a request of 10-50 ms)."""
+    calls = {}
+    for days in (10, 40):
+        config = _config(tmp_path / str(days))
+        _history(config, days)
+        counting = _counted(config, monkeypatch, meet="_SUCCESS")  # read several at a time
+        assert _find_work(config) == ([], [])
+        calls[days] = Counter({k: n for k, n in counting.calls.items() if " " not in k})
+        # pending reads each scores `_SUCCESS`; performance each labelled day's scores and
+        # performance ones (the newest day has no labels)
+        assert calls[days]["GET"] == days + 2 * (days - 1)
+    others = {days: {k: n for k, n in c.items() if k != "GET"} for days, c in calls.items()}
+    assert others[10] == others[40], calls
+    assert sum(others[40].values()) <= 6, calls
+
+
+def test_what_is_pending_among_many_partitions_is_found_as_one_by_one(config, monkeypatch):
+    """With the listings, a partition whose source changed (a file added, one rewritten),
+    whose `_SUCCESS` is unreadable, that another model scored, that was held beside its
+    output, or that is new, is found exactly as `pending` finds it asked about alone."""
+    days = _history(config, 12)
+    source, store = Path(config.source), Path(config.store)
+    rows = pq.read_table(SAMPLE / "incoming" / "dt=2026-10-02").slice(0, 70)
+    pq.write_table(rows, source / "incoming" / f"dt={days[1]}" / "late.parquet")
+    pq.write_table(rows, source / "incoming" / f"dt={days[2]}" / "part-0.parquet")
+    (store / "scores" / f"dt={days[3]}" / "_SUCCESS").write_text("{")
+    other = store / "scores" / f"dt={days[4]}" / "_SUCCESS"
+    other.write_text(other.read_text().replace('"v0001"', '"v0002"'))
+    (store / "quarantine" / f"dt={days[5]}" / "_held").mkdir(parents=True)
+    (store / "quarantine" / f"dt={days[5]}" / "_held" / "_HELD").write_text("{}")
+    (store / "quarantine" / f"dt={days[6]}" / "_held").mkdir(parents=True)  # no marker
+    new = (FIRST + dt.timedelta(days=20)).isoformat()
+    (source / "incoming" / f"dt={new}").mkdir()
+    pq.write_table(rows, source / "incoming" / f"dt={new}" / "part-0.parquet")
+    expected = [days[1], days[2], days[3], days[4], days[5], new]
+
+    alone = [p for p in discover(config).partitions if pending(config, MODEL, [p], False)]
+    assert alone == expected
+    counting = _counted(config, monkeypatch)  # and manifests read from several threads
+    changed, unreadable = {}, {}
+    found = discover(config)
+    todo = pending(
+        config,
+        MODEL,
+        found.partitions,
+        False,
+        changed=changed,
+        unreadable=unreadable,
+        listed=found.files,
+    )
+    assert todo == expected
+    assert sorted(changed) == [days[1], days[2]]
+    assert changed[days[1]] == f"added incoming/dt={days[1]}/late.parquet"
+    assert list(unreadable) == [days[3]]
+    assert counting.calls["LIST"] <= 3, counting.calls
