@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -114,8 +115,9 @@ def rolling_reference(
     """
     used: list[tuple[str, dict[str, Counts]]] = []
     unreadable: list[str] = []
-    for day in reversed([d for d in drift_partitions(store) if d < partition]):
-        counts = _qualifying_counts(store, day, profile, model_version, unreadable)
+    earlier = list(reversed([d for d in drift_partitions(store) if d < partition]))
+    for day, counts, problems in _newest_counts(store, earlier, profile, model_version, window):
+        unreadable += problems
         if counts is not None:
             used.append((day, counts))
             if len(used) == window:
@@ -144,6 +146,39 @@ def rolling_reference(
             f"{left_out}"
         )
     return ReferenceWindow(ReferenceProfile(merged), name, days, warning)
+
+
+# `_COUNTS.json` files read at a time from an object store (`_newest_counts`).
+COUNTS_READERS = 16
+
+
+def _newest_counts(
+    store: Location,
+    days: list[str],
+    profile: ReferenceProfile,
+    model_version: str,
+    window: int,
+) -> Iterator[tuple[str, dict[str, Counts] | None, list[str]]]:
+    """`_qualifying_counts` of each of `days` in their order, with its problems. On an
+    object store they are read several at a time: the window's first (the `window` newest,
+    which qualify unless the champion changed), then `COUNTS_READERS` at a time. After a
+    promotion no earlier partition qualifies until `window` have been scored by the new
+    champion, and every earlier `_COUNTS.json` is read, for each partition it scores: on
+    S3, 1,000 days were 1,000 GETs one after the other (~20 s a partition). The caller
+    stops when it has its window; the few read beyond it are not used."""
+
+    def read(day: str) -> tuple[str, dict[str, Counts] | None, list[str]]:
+        problems: list[str] = []
+        return day, _qualifying_counts(store, day, profile, model_version, problems), problems
+
+    if store.is_local:
+        yield from map(read, days)
+        return
+    with ThreadPoolExecutor(COUNTS_READERS, thread_name_prefix="read-counts") as pool:
+        start, size = 0, window
+        while start < len(days):
+            yield from pool.map(read, days[start : start + size])
+            start, size = start + size, COUNTS_READERS
 
 
 def _qualifying_counts(

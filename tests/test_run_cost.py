@@ -228,3 +228,27 @@ def test_what_is_pending_among_many_partitions_is_found_as_one_by_one(config, mo
     assert changed[days[1]] == f"added incoming/dt={days[1]}/late.parquet"
     assert list(unreadable) == [days[3]]
     assert counting.calls["LIST"] <= 3, counting.calls
+
+
+def test_a_rolling_reference_after_a_promotion_reads_the_earlier_counts_several_at_a_time(
+    tmp_path, monkeypatch
+):
+    """After a promotion no earlier partition's `_COUNTS.json` was made with the champion,
+    and `rolling:N` reads every one of them for each partition scored until N have been: on
+    an object store, several at a time (1,000 days one after the other: ~20 s a partition)."""
+    from batchscore.drift_store import COUNTS_FILE, rolling_reference
+    from drift import ReferenceProfile
+
+    config = _config(tmp_path)
+    store = Location(config.store)
+    for i in range(30):
+        day = (FIRST + dt.timedelta(days=i)).isoformat()
+        document = {"format": "batchscore.drift.counts/1", "model_version": "v0001", "counts": {}}
+        store.write_json(document, "drift", f"dt={day}", COUNTS_FILE, readable=False)
+    counting = _counted(config, monkeypatch, meet=COUNTS_FILE)
+    window = rolling_reference(
+        Location(config.store), "2024-03-01", ReferenceProfile({}), "v0002", 7
+    )
+    assert window.name == "training:v0002" and window.partitions == ()
+    assert "no partition before 2024-03-01" in window.warning
+    assert counting.calls[f"GET {COUNTS_FILE}"] == 30
