@@ -37,6 +37,7 @@ from batchscore.storage import (
     holder_alive,
     is_data_file,
     parse_partition_dir,
+    read_json_in_one_request,
 )
 from batchscore.validation import (
     FileProblem,
@@ -204,9 +205,10 @@ def listed_partitions(
 
 def manifest(config: Config, partition: str) -> dict | None:
     """The partition's `_SUCCESS`; None when it has none. `UnreadableJSON` when it cannot be
-    read (emptied or truncated after it was written)."""
-    return Location(config.store).read_json_or_none(
-        "scores", f"dt={partition}", SUCCESS, shape=SUCCESS_SHAPE
+    read (emptied or truncated after it was written). One GET on S3
+    (`read_json_in_one_request`)."""
+    return read_json_in_one_request(
+        Location(config.store), "scores", f"dt={partition}", SUCCESS, shape=SUCCESS_SHAPE
     )
 
 

@@ -26,7 +26,13 @@ from batchscore.config import Config
 from batchscore.labels import read_labels, with_join_types
 from batchscore.metrics import metrics, undefined
 from batchscore.partitions import MANIFEST_READERS, SUCCESS, SUCCESS_SHAPE, listed_partitions
-from batchscore.storage import Location, Shape, UnreadableJSON, parse_partition_dir
+from batchscore.storage import (
+    Location,
+    Shape,
+    UnreadableJSON,
+    parse_partition_dir,
+    read_json_in_one_request,
+)
 from batchscore.training import labelled_partitions  # noqa: F401 - batchscore.workers asks it here
 
 SCHEMA = pa.schema(
@@ -87,8 +93,8 @@ def pending(config: Config, unreadable: list[str] | None = None) -> list[str]:
 
     def check(partition: str) -> tuple[bool, str | None]:
         try:
-            scores = store.read_json_or_none(
-                "scores", f"dt={partition}", SUCCESS, shape=SUCCESS_SHAPE
+            scores = read_json_in_one_request(
+                store, "scores", f"dt={partition}", SUCCESS, shape=SUCCESS_SHAPE
             )
             if scores is None:
                 return False, None
@@ -99,8 +105,8 @@ def pending(config: Config, unreadable: list[str] | None = None) -> list[str]:
             return False, None
         problem = None
         try:
-            done = store.read_json_or_none(
-                "performance", f"dt={partition}", SUCCESS, shape=PERFORMANCE_SHAPE
+            done = read_json_in_one_request(
+                store, "performance", f"dt={partition}", SUCCESS, shape=PERFORMANCE_SHAPE
             )
         except UnreadableJSON as exc:
             problem = f"{exc}; computing the realised performance again"

@@ -5,6 +5,8 @@ that passes every call to the local one (real files), per number of scored parti
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import re
 import threading
 from collections import Counter
 from pathlib import Path
@@ -119,16 +121,18 @@ def config(tmp_path):
 MODEL = ModelRef("", "churn", "v0001", "0" * 64)
 
 
+def _days(n: int) -> list[str]:
+    return [(FIRST + dt.timedelta(days=i)).isoformat() for i in range(n)]
+
+
 def _history(config, days: int) -> list[str]:
     """`days` partitions scored by MODEL, each with labels and its realised performance; the
     newest partition's labels have not arrived."""
     rows = pq.read_table(SAMPLE / "incoming" / "dt=2026-10-02").slice(0, 50)
     labels = pq.read_table(SAMPLE / "labels" / "dt=2026-10-02").slice(0, 50)
     source, store = Path(config.source), Location(config.store)
-    out = []
-    for i in range(days):
-        day = (FIRST + dt.timedelta(days=i)).isoformat()
-        out.append(day)
+    out = _days(days)
+    for i, day in enumerate(out):
         rel = f"incoming/dt={day}/part-0.parquet"
         (source / rel).parent.mkdir(parents=True)
         pq.write_table(rows, source / rel)
@@ -252,3 +256,59 @@ def test_a_rolling_reference_after_a_promotion_reads_the_earlier_counts_several_
     assert window.name == "training:v0002" and window.partitions == ()
     assert "no partition before 2024-03-01" in window.warning
     assert counting.calls[f"GET {COUNTS_FILE}"] == 30
+
+
+class _Requests(logging.Handler):
+    """The requests the moto server served, by method (a GET with `list-type` is a LIST)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: Counter = Counter()
+
+    def emit(self, record):
+        text = re.sub(r"\x1b\[[0-9;]*m", "", record.getMessage())  # its colours
+        request = re.search(r'"([A-Z]+) (\S+) HTTP/', text)
+        if request is not None:
+            method, target = request.groups()
+            self.seen["LIST" if method == "GET" and "list-type" in target else method] += 1
+
+
+def test_on_s3_finding_nothing_to_do_is_one_get_a_manifest_and_a_few_listings(tmp_path, s3_api):
+    """On S3 (moto), each manifest is one GET: pyarrow sent a HEAD before each, so 3 HEAD
+    requests a scored day were left after the listings; the HEAD and LIST requests do not
+    grow with the days."""
+    from objectstore import new_bucket, upload
+
+    seen = {}
+    access = logging.getLogger("werkzeug")
+    for days in (10, 30):
+        local = _config(tmp_path / str(days))
+        _history(local, days)
+        bucket = new_bucket()
+        source, store = f"s3://{bucket}/source", f"s3://{bucket}/store"
+        upload(Path(local.source), source)
+        upload(Path(local.store), store)
+        config = _config(tmp_path / f"s3-{days}")
+        path = write_config(
+            Path(config.path),
+            Path(config.path).read_text(),
+            storage={"source": source, "store": store},
+        )
+        config = load_config(path)
+        remote = Location(config.store)
+        for day in _days(days)[:-1]:  # the upload gave the labels new modification times
+            done = {"computed_from": performance._fingerprint(config, day)}
+            remote.write_json(done, "performance", f"dt={day}", "_SUCCESS")
+        requests = _Requests()
+        level = access.level
+        access.setLevel(logging.INFO)
+        access.addHandler(requests)
+        try:
+            assert _find_work(config) == ([], [])
+        finally:
+            access.removeHandler(requests)
+            access.setLevel(level)
+        seen[days] = requests.seen
+        assert seen[days]["GET"] == days + 2 * (days - 1), seen
+    assert seen[10]["HEAD"] == seen[30]["HEAD"] and seen[10]["LIST"] == seen[30]["LIST"], seen
+    assert seen[30]["HEAD"] + seen[30]["LIST"] <= 8, seen
