@@ -33,7 +33,6 @@ from batchscore.storage import (
     parse_partition_dir,
     read_json_in_one_request,
 )
-from batchscore.training import labelled_partitions  # noqa: F401 - batchscore.workers asks it here
 
 SCHEMA = pa.schema(
     [

@@ -263,6 +263,7 @@ def runs_in_flow_process(config, partition: str | None, rescore: bool) -> bool:
         from batchscore import partitions, performance
         from batchscore.registry import Registry
         from batchscore.storage import Location
+        from batchscore.training import labelled_partitions
 
         if not (Location(config.store).is_local and Location(config.source).is_local):
             return False
@@ -272,7 +273,7 @@ def runs_in_flow_process(config, partition: str | None, rescore: bool) -> bool:
         todo = partitions.pending(config, model, candidates, rescore, listed=found.files)
         if not partitions.rows_at_most(config, todo, config.scoring.chunk_rows):
             return False
-        labelled = set(performance.labelled_partitions(config))
+        labelled = set(labelled_partitions(config))
         return not (labelled & set(todo) or performance.pending(config))
     except Exception:  # noqa: BLE001 - a guess: the flow reports real problems
         return False

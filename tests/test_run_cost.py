@@ -195,7 +195,7 @@ def test_finding_nothing_to_do_costs_listings_that_do_not_grow_with_history(tmp_
 
 def test_what_is_pending_among_many_partitions_is_found_as_one_by_one(config, monkeypatch):
     """With the listings, a partition whose source changed (a file added, one rewritten),
-    whose `_SUCCESS` is unreadable, that another model scored, that was held beside its
+    whose `_SUCCESS` is unreadable, that an older model version scored, that was held beside its
     output, or that is new, is found exactly as `pending` finds it asked about alone."""
     days = _history(config, 12)
     source, store = Path(config.source), Path(config.store)
