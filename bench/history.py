@@ -20,13 +20,11 @@ import argparse
 import datetime as dt
 import logging
 import os
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -107,21 +105,6 @@ def fix_performance(config_path: Path, n: int) -> None:
         store.write_json(done, "performance", f"dt={day}", "_SUCCESS")
 
 
-class Requests(logging.Handler):
-    """The S3 requests moto served, by kind, from werkzeug's access log."""
-
-    def __init__(self):
-        super().__init__()
-        self.seen: Counter = Counter()
-
-    def emit(self, record):
-        text = re.sub(r"\x1b\[[0-9;]*m", "", record.getMessage())  # its colours
-        request = re.search(r'"([A-Z]+) (\S+) HTTP/', text)
-        if request is not None:
-            method, target = request.groups()
-            self.seen["LIST" if method == "GET" and "list-type" in target else method] += 1
-
-
 def find_work(config_path: Path) -> float:
     """Seconds this process takes to find what a run would do (the find-partitions and
     find-labelled-partitions steps), the median of three."""
@@ -158,7 +141,9 @@ def main(argv: list[str] | None = None) -> int:
 
     with ExitStack() as stack:
         os.environ["PREFECT_API_URL"] = stack.enter_context(one_api())
-        requests = Requests()
+        from objectstore import RequestCounter
+
+        requests = RequestCounter()
         if args.s3:
             from objectstore import moto_s3
 

@@ -3,9 +3,12 @@ to move folders between it and local disk (importable as `objectstore`)."""
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import socket
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,12 +24,27 @@ ENV = {
 }
 
 
+class RequestCounter(logging.Handler):
+    """The requests a `moto_s3` server served, by method (a GET with `list-type` is a LIST),
+    from werkzeug's access log: attach it to the `werkzeug` logger at INFO."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: Counter = Counter()
+
+    def emit(self, record):
+        text = re.sub(r"\x1b\[[0-9;]*m", "", record.getMessage())  # its colours
+        request = re.search(r'"([A-Z]+) (\S+) HTTP/', text)
+        if request is not None:
+            method, target = request.groups()
+            self.seen["LIST" if method == "GET" and "list-type" in target else method] += 1
+
+
 @contextmanager
 def moto_s3() -> Iterator[str]:
     """A real S3 API (moto) on 127.0.0.1 and a free port. The standard AWS variables point at
     it while it runs, so this process and every process it starts (workers, Dask, the CLI)
     reach it the way they would reach MinIO or AWS; the old values come back after."""
-    import logging
 
     from moto.server import ThreadedMotoServer
 

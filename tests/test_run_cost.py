@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import re
 import threading
 from collections import Counter
 from pathlib import Path
@@ -258,26 +257,11 @@ def test_a_rolling_reference_after_a_promotion_reads_the_earlier_counts_several_
     assert counting.calls[f"GET {COUNTS_FILE}"] == 30
 
 
-class _Requests(logging.Handler):
-    """The requests the moto server served, by method (a GET with `list-type` is a LIST)."""
-
-    def __init__(self):
-        super().__init__()
-        self.seen: Counter = Counter()
-
-    def emit(self, record):
-        text = re.sub(r"\x1b\[[0-9;]*m", "", record.getMessage())  # its colours
-        request = re.search(r'"([A-Z]+) (\S+) HTTP/', text)
-        if request is not None:
-            method, target = request.groups()
-            self.seen["LIST" if method == "GET" and "list-type" in target else method] += 1
-
-
 def test_on_s3_finding_nothing_to_do_is_one_get_a_manifest_and_a_few_listings(tmp_path, s3_api):
     """On S3 (moto), each manifest is one GET: pyarrow sent a HEAD before each, so 3 HEAD
     requests a scored day were left after the listings; the HEAD and LIST requests do not
     grow with the days."""
-    from objectstore import new_bucket, upload
+    from objectstore import RequestCounter, new_bucket, upload
 
     seen = {}
     access = logging.getLogger("werkzeug")
@@ -299,7 +283,7 @@ def test_on_s3_finding_nothing_to_do_is_one_get_a_manifest_and_a_few_listings(tm
         for day in _days(days)[:-1]:  # the upload gave the labels new modification times
             done = {"computed_from": performance._fingerprint(config, day)}
             remote.write_json(done, "performance", f"dt={day}", "_SUCCESS")
-        requests = _Requests()
+        requests = RequestCounter()
         level = access.level
         access.setLevel(logging.INFO)
         access.addHandler(requests)
