@@ -3,6 +3,7 @@ clear error, before anything is scored."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -40,9 +41,8 @@ def test_a_tampered_model_file_is_refused_and_nothing_is_scored(trained, prefect
 def test_a_missing_champion_alias_is_refused(trained):
     _, config, models = trained
     (models / "champion.json").unlink()
-    with pytest.raises(
-        RegistryError, match="model 'churn' has no champion under .*batchscore train --config F"
-    ):
+    train = re.escape(f"`batchscore train --config {config.path}`")  # the config as given
+    with pytest.raises(RegistryError, match=f"model 'churn' has no champion under .*{train}"):
         resolve_champion.fn(config)
 
 
