@@ -17,7 +17,6 @@ import hashlib
 import json
 import time
 from collections.abc import Set as AbstractSet
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -37,6 +36,7 @@ from batchscore.storage import (
     holder_alive,
     is_data_file,
     parse_partition_dir,
+    read_each,
     read_json_in_one_request,
 )
 from batchscore.validation import (
@@ -288,10 +288,8 @@ def read_manifests(
     config: Config, partitions: list[str]
 ) -> dict[str, dict | None | UnreadableJSON]:
     """Each partition's `manifest`: its `_SUCCESS`, None when it has none, or the
-    `UnreadableJSON` it raised. On an object store each is a GET of ~10-50 ms, so up to
-    `MANIFEST_READERS` are read at a time (pyarrow's filesystems are thread-safe); a
-    local folder reads them one by one (~0.1 ms each, mostly parsing). A storage error
-    other than a missing file is raised, as one read's was."""
+    `UnreadableJSON` it raised; several at a time on an object store (`read_each`). A
+    storage error other than a missing file is raised, as one read's was."""
 
     def read(partition: str) -> dict | None | UnreadableJSON:
         try:
@@ -299,15 +297,7 @@ def read_manifests(
         except UnreadableJSON as exc:
             return exc
 
-    if Location(config.store).is_local or len(partitions) < 2:
-        return {p: read(p) for p in partitions}
-    with ThreadPoolExecutor(MANIFEST_READERS, thread_name_prefix="read-manifest") as pool:
-        return dict(zip(partitions, pool.map(read, partitions), strict=True))
-
-
-# Manifests read at a time from an object store (`read_manifests`): 1,000 `_SUCCESS`
-# GETs of ~20 ms each take ~1.3 s at 16, ~20 s one by one.
-MANIFEST_READERS = 16
+    return dict(zip(partitions, read_each(Location(config.store), read, partitions), strict=True))
 
 
 def source_changes(

@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,12 +24,13 @@ from pyarrow import fs as pafs
 from batchscore.config import Config
 from batchscore.labels import read_labels, with_join_types
 from batchscore.metrics import metrics, undefined
-from batchscore.partitions import MANIFEST_READERS, SUCCESS, SUCCESS_SHAPE, listed_partitions
+from batchscore.partitions import SUCCESS, SUCCESS_SHAPE, listed_partitions, manifest
 from batchscore.storage import (
     Location,
     Shape,
     UnreadableJSON,
     parse_partition_dir,
+    read_each,
     read_json_in_one_request,
 )
 
@@ -84,7 +84,7 @@ def pending(config: Config, unreadable: list[str] | None = None) -> list[str]:
 
     The labels' files come from one listing of `labels/`, and each partition's two
     `_SUCCESS` files are read several partitions at a time on an object store
-    (`partitions.read_manifests`): asked partition by partition, a store of 1,000 labelled
+    (`storage.read_each`): asked partition by partition, a store of 1,000 labelled
     days cost ~5,000 requests on every run."""
     store = Location(config.store)
     top, listed = listed_partitions(Location(config.source), "labels")
@@ -92,9 +92,7 @@ def pending(config: Config, unreadable: list[str] | None = None) -> list[str]:
 
     def check(partition: str) -> tuple[bool, str | None]:
         try:
-            scores = read_json_in_one_request(
-                store, "scores", f"dt={partition}", SUCCESS, shape=SUCCESS_SHAPE
-            )
+            scores = manifest(config, partition)
             if scores is None:
                 return False, None
             computed_from = _fingerprint(config, partition, scores, listed.get(partition, []))
@@ -112,12 +110,8 @@ def pending(config: Config, unreadable: list[str] | None = None) -> list[str]:
             done = None
         return done is None or done.get("computed_from") != computed_from, problem
 
-    if store.is_local or len(labelled) < 2:
-        checked = [check(p) for p in labelled]
-    else:
-        with ThreadPoolExecutor(MANIFEST_READERS, thread_name_prefix="read-manifest") as pool:
-            checked = list(pool.map(check, labelled))
     out = []
+    checked = read_each(store, check, labelled)
     for partition, (stale, problem) in zip(labelled, checked, strict=True):
         if problem is not None and unreadable is not None:
             unreadable.append(problem)

@@ -39,6 +39,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
@@ -863,6 +864,21 @@ class _S3Conditional:
 
 def _precondition_failed(exc) -> bool:
     return exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412")
+
+
+# Documents read at a time from an object store (`read_each`): 1,000 `_SUCCESS` GETs of
+# ~20 ms each take ~1.3 s at 16, ~20 s one by one.
+READERS = 16
+
+
+def read_each(location: Location, read: Callable[[str], Any], names: list[str]) -> list[Any]:
+    """`read(name)` for each of `names`, in their order: on an object store up to `READERS`
+    at a time (each a round trip of ~10-50 ms; pyarrow's filesystems and boto3's clients
+    are thread-safe), on a local one one by one (~0.1 ms each, mostly parsing)."""
+    if location.is_local or len(names) < 2:
+        return [read(n) for n in names]
+    with ThreadPoolExecutor(READERS, thread_name_prefix="read-each") as pool:
+        return list(pool.map(read, names))
 
 
 def read_json_in_one_request(
