@@ -398,6 +398,23 @@ def test_a_nested_one_api_uses_the_server_of_the_enclosing_one():
     assert "Starting temporary server" not in done.stderr
 
 
+@contextlib.contextmanager
+def _records(logger: str):
+    """The records `logger` handles while the block runs, as Prefect's filters leave them."""
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record)
+
+    records: list[logging.LogRecord] = []
+    keep = Keep()
+    logging.getLogger(logger).addHandler(keep)
+    try:
+        yield records
+    finally:
+        logging.getLogger(logger).removeHandler(keep)
+
+
 def test_a_held_partitions_task_run_is_logged_without_its_traceback(prefect_api):
     """A task run that ends Failed because its partition is held (or its labels cannot be
     used) is logged with its one-line reason: Prefect's traceback said it three more times
@@ -429,17 +446,8 @@ def test_a_held_partitions_task_run_is_logged_without_its_traceback(prefect_api)
             with contextlib.suppress(Exception):
                 one()
 
-    class Keep(logging.Handler):
-        def emit(self, record):
-            records.append(record)
-
-    records: list[logging.LogRecord] = []
-    keep = Keep()
-    logging.getLogger("prefect.task_runs").addHandler(keep)
-    try:
+    with _records("prefect.task_runs") as records:
         run_them()
-    finally:
-        logging.getLogger("prefect.task_runs").removeHandler(keep)
     failed = {
         r.getMessage().split("exception: ")[1].split("(")[0]: r
         for r in records
@@ -469,14 +477,7 @@ def test_a_flow_run_failed_by_the_users_setup_is_logged_without_its_traceback(pr
 
         return fails
 
-    class Keep(logging.Handler):
-        def emit(self, record):
-            records.append(record)
-
-    records: list[logging.LogRecord] = []
-    keep = Keep()
-    logging.getLogger("prefect.flow_runs").addHandler(keep)
-    try:
+    with _records("prefect.flow_runs") as records:
         for exc in (
             SourceError("store/scores/dt=D/_SUCCESS was written for model 'churn'"),
             ConfigError("[scoring] workers: must be >= 0"),
@@ -485,8 +486,6 @@ def test_a_flow_run_failed_by_the_users_setup_is_logged_without_its_traceback(pr
         ):
             with contextlib.suppress(Exception):
                 failing(exc)()
-    finally:
-        logging.getLogger("prefect.flow_runs").removeHandler(keep)
     failed = {
         r.getMessage().split("execution: ")[1].split("(")[0]: r
         for r in records
