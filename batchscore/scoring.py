@@ -797,9 +797,10 @@ def _delete_staging(store: Location, partition: str, replaced: bool = False) -> 
 
     `replaced` (its new outputs are in place) also deletes the old outputs a killed
     publishing had moved aside (`scores-dt=D-trash-...`, `Location.publish_dir`), a whole
-    copy each, never deleted otherwise. A hold keeps them: killed between its two renames,
-    a publishing left the partition's earlier scores there alone. (Realised performance,
-    published without that lease, is not touched.)"""
+    copy each, never deleted otherwise. A hold keeps them: where the filesystem cannot
+    exchange two folders in one step, a publishing killed between its two renames left the
+    partition's earlier scores there alone. (Realised performance, published without that
+    lease, is not touched.)"""
     kinds = ("scores", DRIFT_DIR, "quarantine") if replaced else ()
     own = (f"dt={partition}-", f"held-{partition}-", *(f"{k}-dt={partition}-" for k in kinds))
     for entry in store.list(STAGING):

@@ -6,11 +6,13 @@ Owns the rules that keep readers safe, on a local disk and on object storage (S3
   (`.name.<uuid>.tmp`, which neither pyarrow.dataset nor a `*.parquet` glob picks up), flushed
   and renamed. On object storage a PUT (or a multipart upload) is already atomic, so objects
   are written at their final key and no temporary object ever exists.
-- A partition folder is published whole. Locally a finished staging folder is renamed into
-  place. On object storage, which has no rename of folders, the old folder's manifests
-  (`_SUCCESS`, `_MANIFEST`, ... : names starting with `_`) are deleted first, the new data
-  objects copied in server-side, stale ones deleted, and the new manifests copied last: a
-  reader that trusts a partition only when its `_SUCCESS` exists never sees a mix.
+- A partition folder is published whole. Locally a finished staging folder trades places
+  with the old one in one step (`renameat2` with `RENAME_EXCHANGE`; two renames where the
+  filesystem cannot), or is renamed into place when there is none. On object storage, which
+  has no rename of folders, the old folder's manifests (`_SUCCESS`, `_MANIFEST`, ... : names
+  starting with `_`) are deleted first, the new data objects copied in server-side, stale
+  ones deleted, and the new manifests copied last: a reader that trusts a partition only
+  when its `_SUCCESS` exists never sees a mix.
 - Leases (one run per partition, one promotion at a time): an exclusive create (O_EXCL
   locally, a conditional PUT with `If-None-Match: *` on S3), taken over when stale by a
   rename (locally) or a PUT conditional on the stale lease's ETag (S3), so only one
@@ -28,13 +30,16 @@ standard AWS variables or profile.
 
 from __future__ import annotations
 
+import ctypes
 import datetime as dt
+import errno
 import functools
 import json
 import logging
 import os
 import re
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -392,15 +397,22 @@ class Location:
     ) -> None:
         """Move a finished staging folder to `parts`, replacing what was there.
 
-        Locally a reader sees the old folder or the new one, never a mix: the old one is
-        first moved aside under `_staging/`, then the new one renamed into place, then the old
-        one deleted. It is moved aside as `_staging/<parts>-trash-<uuid>`
-        (`scores-dt=D-trash-...`): a process killed before it had deleted it (a folder of
-        many files takes seconds) left a full copy of the old output as `.trash-<uuid>`,
-        which nothing could tell apart or ever deleted; named, the partition's next
-        publishing deletes it (`scoring._delete_staging`). On object
-        storage see the module's docstring; `last` names the files written after all others
-        (default: those starting with `_`, the manifests).
+        Locally a reader, and a process killed at any instant, sees the old folder or the new
+        one, never a mix and never neither. The new folder first takes a name of its own,
+        `_staging/<parts>-trash-<uuid>` (`scores-dt=D-trash-...`), then trades places with
+        the old one in one step (`exchange_paths`: Linux's `renameat2` with
+        `RENAME_EXCHANGE`), and that name, now the old folder's, is deleted. A process
+        killed before the delete (a folder of many files takes seconds) leaves a whole old
+        copy under it, which the partition's next publishing deletes
+        (`scoring._delete_staging`). The attempt's own staging folder never holds the old
+        output (a resumed attempt would take its files for staged chunks). Where the
+        filesystem cannot exchange, the old folder is moved to a second such name and the
+        new one renamed into place: killed between those two renames, the folder is absent
+        and the old output is left under the second name. Two runs publishing the same folder
+        at once (realised performance takes no lease) each replace it whole; the last wins.
+
+        On object storage see the module's docstring; `last` names the files written after
+        all others (default: those starting with `_`, the manifests).
         """
         if not self.is_local:
             self._publish_by_copy(staging, parts, last)
@@ -411,14 +423,27 @@ class Location:
                 self.fs.delete_file(staging.path(rel))
         final = self.path(*parts)
         self.fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
-        if self.exists(*parts):
-            self.fs.create_dir(self.path("_staging"), recursive=True)
-            trash = self.path("_staging", f"{'-'.join(parts)}-trash-{uuid.uuid4().hex}")
-            self.fs.move(final, trash)
-            self.fs.move(staging.root, final)
-            self._delete_moved_aside(trash)
-        else:
-            self.fs.move(staging.root, final)
+        if not self.exists(*parts):
+            try:
+                os.rename(staging.root, final)
+                return
+            except OSError as exc:  # published meanwhile by another run: replaced below
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+        self.fs.create_dir(self.path("_staging"), recursive=True)
+
+        def moved_aside() -> str:
+            return self.path("_staging", f"{'-'.join(parts)}-trash-{uuid.uuid4().hex}")
+
+        new = moved_aside()
+        os.rename(staging.root, new)
+        if exchange_paths(new, final):
+            self._delete_moved_aside(new)  # the old folder, now
+            return
+        old = moved_aside()
+        os.rename(final, old)
+        os.rename(new, final)
+        self._delete_moved_aside(old)
 
     def _delete_moved_aside(self, trash: str) -> None:
         self.fs.delete_dir(trash)
@@ -959,6 +984,38 @@ def _lease_body(data: bytes, path: str, changed: float) -> dict:
 
 # How long an empty or unparsable lease file counts as being written by its holder.
 UNWRITTEN_LEASE_SECONDS = 60.0
+
+
+_AT_FDCWD = -100  # <fcntl.h>: paths relative to the working directory
+_RENAME_EXCHANGE = 2  # <linux/fs.h>
+
+
+@functools.cache
+def _renameat2() -> Callable[..., int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        call = ctypes.CDLL(None, use_errno=True).renameat2  # glibc 2.28+, musl 1.2.2+
+    except (OSError, AttributeError):
+        return None
+    call.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    call.restype = ctypes.c_int
+    return call
+
+
+def exchange_paths(a: str, b: str) -> bool:
+    """Swap two existing local paths in one atomic step: True; False where this system or
+    filesystem cannot (not Linux, a C library without `renameat2`, a kernel before 3.15, a
+    filesystem without `RENAME_EXCHANGE`), having changed nothing."""
+    call = _renameat2()
+    if call is None:
+        return False
+    if call(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), a, None, b)
 
 
 def _temporary(folder: str, name: str) -> str:

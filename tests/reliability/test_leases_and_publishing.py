@@ -354,6 +354,117 @@ def test_old_outputs_a_publishing_left_moved_aside_go_with_the_partitions_next_p
     assert pq.read_table(store / "quarantine" / f"dt={DAY}").num_rows == done["rows_quarantined"]
 
 
+def _staged(store: Location, run: int, files: list[str]) -> Location:
+    staging = store.child("_staging", f"dt={DAY}-attempt-{run}")
+    for name in files:
+        staging.write_bytes(f"{name} of run {run}".encode(), name)
+    staging.write_json({"run": run}, "_SUCCESS")
+    return staging
+
+
+def _folder(path: Path) -> dict[str, bytes] | None:
+    return {p.name: p.read_bytes() for p in path.iterdir()} if path.exists() else None
+
+
+def _publish_killed_after(kill_at: int, store: Location, staging: Location, monkeypatch):
+    """Publish `staging` as scores/dt=DAY, killed after its `kill_at`-th filesystem step
+    (a rename, an exchange, the delete of what was moved aside): the steps done, or None
+    when it finished first."""
+    from batchscore import storage
+
+    steps: list[str] = []
+
+    def killed_after(step, real):
+        def run(*args):
+            result = real(*args)
+            steps.append(step)
+            if len(steps) == kill_at:
+                raise KeyboardInterrupt
+            return result
+
+        return run
+
+    with monkeypatch.context() as m:
+        m.setattr(storage.os, "rename", killed_after("rename", os.rename))
+        m.setattr(storage, "exchange_paths", killed_after("exchange", storage.exchange_paths))
+        m.setattr(
+            Location, "_delete_moved_aside", killed_after("delete", Location._delete_moved_aside)
+        )
+        try:
+            store.publish_dir(staging, "scores", f"dt={DAY}")
+        except KeyboardInterrupt:
+            return steps
+    return None
+
+
+@pytest.mark.parametrize("exchange", ["renameat2", "two renames"])
+def test_a_publishing_killed_at_any_step_leaves_the_old_folder_or_the_new(
+    exchange, tmp_path, monkeypatch
+):
+    """Locally a folder being replaced trades places with the new one in one step
+    (`renameat2` with `RENAME_EXCHANGE`): a kill after any step leaves the old folder or
+    the new one in place, never neither. Where the filesystem cannot exchange, two renames
+    do it, and a kill between them leaves the folder absent with the old one kept under
+    `_staging/`. Either way the attempt's staging folder never holds the old output (a
+    resumed attempt would take its files for its own)."""
+    from batchscore import storage
+
+    if exchange == "two renames":
+        monkeypatch.setattr(storage, "exchange_paths", lambda a, b: False)
+    kill_at, outcomes = 1, []
+    while True:
+        store = Location(str(tmp_path / f"kill-{kill_at}"))
+        store.publish_dir(_staged(store, 1, ["a", "b"]), "scores", f"dt={DAY}")
+        old = _folder(tmp_path / f"kill-{kill_at}" / "scores" / f"dt={DAY}")
+        staging = _staged(store, 2, ["c"])
+        new = _folder(Path(staging.root))
+        steps = _publish_killed_after(kill_at, store, staging, monkeypatch)
+        if steps is None:
+            break
+        final = _folder(tmp_path / f"kill-{kill_at}" / "scores" / f"dt={DAY}")
+        assert _folder(Path(staging.root)) in (new, None), f"old output staged after {steps}"
+        aside = [_folder(p) for p in (tmp_path / f"kill-{kill_at}" / "_staging").iterdir()]
+        if final is None:
+            assert exchange == "two renames" and old in aside, f"after {steps}"
+        else:
+            assert final in (old, new), f"after {steps}"
+        outcomes.append((steps[-1], "old" if final == old else "new" if final else "absent"))
+        kill_at += 1
+    assert _folder(tmp_path / f"kill-{kill_at}" / "scores" / f"dt={DAY}") == new
+    assert not (tmp_path / f"kill-{kill_at}" / "_staging").exists() or not list(
+        (tmp_path / f"kill-{kill_at}" / "_staging").iterdir()
+    )
+    expected = {
+        "renameat2": [("rename", "old"), ("exchange", "new"), ("delete", "new")],
+        "two renames": [
+            ("rename", "old"),
+            ("exchange", "old"),  # it could not
+            ("rename", "absent"),
+            ("rename", "new"),
+            ("delete", "new"),
+        ],
+    }
+    assert outcomes == expected[exchange]
+
+
+def test_two_runs_publishing_a_new_folder_at_once_each_replace_it_whole(tmp_path, monkeypatch):
+    """Realised performance takes no lease: two runs measuring one partition may both find
+    its folder absent and publish it. The second replaces the first's folder whole, as any
+    earlier output; it failed with "Directory not empty"."""
+    store = Location(str(tmp_path / "store"))
+    first, second = _staged(store, 1, ["a"]), _staged(store, 2, ["b"])
+    expected = _folder(Path(second.root))
+    store.publish_dir(first, "performance", f"dt={DAY}")
+    real = Location.exists
+    # The second run looked before the first had published.
+    monkeypatch.setattr(
+        Location, "exists", lambda self, *parts: parts[0] != "performance" and real(self, *parts)
+    )
+    store.publish_dir(second, "performance", f"dt={DAY}")
+    assert _folder(tmp_path / "store" / "performance" / f"dt={DAY}") == expected
+    assert list((tmp_path / "store" / "_staging").iterdir()) == []
+
+
 def test_publishing_refuses_when_a_finished_chunks_staged_file_is_gone(champion):
     config, model = champion
     plan, results = _stage(config, model)
