@@ -27,6 +27,7 @@ Every rejected row gets a readable reason naming the column and the value.
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections import Counter
 from collections.abc import Callable
@@ -160,11 +161,9 @@ def check_schema(
         FileProblem(file, f"column {c!r} appears {n} times; column names must be unique")
         for c, n in repeated.items()
     ]
-    problems += [
-        FileProblem(file, f"missing column {c!r} (required as an id or feature)")
-        for c in [*ds.id_columns, *ds.features]
-        if c not in names
-    ]
+    missing = [c for c in [*ds.id_columns, *ds.features] if c not in names]
+    if missing:
+        problems.append(FileProblem(file, _missing_columns(missing, schema.names, config)))
     for col, allowed, kind in (
         *((c, _is_id, "an id (integer or string)") for c in ds.id_columns),
         *((c, _is_numeric, "a numeric feature") for c in ds.numeric),
@@ -184,6 +183,30 @@ def check_schema(
     wanted = {*ds.id_columns, *ds.features, ds.label}
     extra = [c for c in dict.fromkeys(schema.names) if c not in wanted]
     return problems, extra
+
+
+def _missing_columns(missing: list[str], names: list[str], config: Config) -> str:
+    """One reason for all of a file's missing columns, with the file's columns whose names
+    are close to one of them (`contract` for `contract_type`): a column renamed by an
+    export, or a config written from memory, is then one message away from fixed."""
+    ds = config.dataset
+    unused = [n for n in dict.fromkeys(names) if n not in {*ds.id_columns, *ds.features}]
+    close = {}
+    for column in missing:
+        match = [n for n in unused if n.casefold() == column.casefold()]
+        match = match or difflib.get_close_matches(column, unused, n=1, cutoff=0.75)
+        if match:
+            close[column] = match[0]
+            unused.remove(match[0])
+    if len(missing) == 1:
+        reason = f"missing column {missing[0]!r} (required as an id or feature"
+    else:
+        listed = ", ".join(repr(c) for c in missing[:-1]) + f" and {missing[-1]!r}"
+        reason = f"missing columns {listed} (required as ids or features"
+    if close:
+        pairs = ", ".join(f"{found!r}, close to {column!r}" for column, found in close.items())
+        reason += f"; the file has {pairs}"
+    return reason + ")"
 
 
 def check_category_kinds(

@@ -286,13 +286,38 @@ def test_a_good_schema_has_no_problems_and_the_label_is_not_extra():
 def test_a_missing_column_is_named_with_its_file():
     file = "incoming/dt=2026-10-01/part-0.parquet"
 
+    problems, extra = check_schema(_schema(b=None), file, _config())
+    assert problems == [FileProblem(file, "missing column 'b' (required as an id or feature)")]
+    assert extra == []
+
+    # Every missing column in one reason: a hold says each reason once, for all its files.
     problems, extra = check_schema(_schema(b=None, id=None), file, _config())
+    assert problems == [
+        FileProblem(file, "missing columns 'id' and 'b' (required as ids or features)")
+    ]
+
+
+def test_a_missing_column_names_the_files_column_with_a_close_name():
+    """A column renamed by an export, or named otherwise in [dataset]: the message shows
+    the file's column of a close name, the same ignoring case first; never a column the
+    config uses, nor one merely sharing a prefix."""
+    file = "incoming/dt=2026-10-01/part-0.parquet"
+    config = _config({"features": ["a", "contract_type", "num_products"], "categorical": []})
+    schema = pa.schema(
+        [("ID", pa.int64()), ("a", pa.float64()), ("contract", pa.string()),
+         ("num_devices", pa.int32())]
+    )  # fmt: skip
+
+    problems, extra = check_schema(schema, file, config)
 
     assert problems == [
-        FileProblem(file, "missing column 'id' (required as an id or feature)"),
-        FileProblem(file, "missing column 'b' (required as an id or feature)"),
+        FileProblem(
+            file,
+            "missing columns 'id', 'contract_type' and 'num_products' (required as ids or "
+            "features; the file has 'ID', close to 'id', 'contract', close to 'contract_type')",
+        )
     ]
-    assert extra == []
+    assert extra == ["ID", "contract", "num_devices"]
 
 
 @pytest.mark.parametrize(
