@@ -11,6 +11,8 @@ are left out; a day left with no labelled rows is left out of the window, and a 
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -30,6 +32,10 @@ from drift import ReferenceProfile
 
 if TYPE_CHECKING:  # imported where it trains: the score flow imports this module, and
     import lightgbm as lgb  # LightGBM brings SciPy and pandas (half a second)
+
+
+# How often a long step of training says where it is (`train`'s `progress`).
+PROGRESS_SECONDS = 10.0
 
 
 class TrainingError(RuntimeError):
@@ -186,6 +192,7 @@ def train(
     force: bool = False,
     run_id: str | None = None,
     trigger: dict | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Train a challenger on the labelled window; register it; promote it through the gate.
 
@@ -194,7 +201,14 @@ def train(
     it beats the champion on the configured metric by at least `min_improvement` (or when
     there is no champion, or with `force`), and only if the champion it was compared with is
     still the champion: of two retrains racing, at most one promotes.
+
+    `progress` is told each step as it ends (the days read, the fit, the holdout, the
+    registration), and, while a step takes longer, where it is every `PROGRESS_SECONDS`:
+    training on a year of labels takes minutes, and a run that says nothing for minutes
+    looks hung.
     """
+    say = progress or (lambda message: None)
+    started = time.perf_counter()
     ds, rt = config.dataset, config.retrain
     registry = Registry.for_config(config)
     # The champion this run competes with is the one in place when it starts: a champion
@@ -203,12 +217,16 @@ def train(
     window = labelled_partitions(config)[-rt.window_days :]
     needed = rt.validation_days + rt.holdout_days + 1
     tables, days, warnings = [], [], []
-    for day in window:
+    told = started
+    for i, day in enumerate(window):
         table, notes = labelled_rows(config, day)
         warnings += notes
         if table.num_rows:
             tables.append(table)
             days.append(day)
+        if time.perf_counter() - told >= PROGRESS_SECONDS and i + 1 < len(window):
+            told = time.perf_counter()
+            say(f"reading labelled days: {i + 1} of {len(window)} read, up to {day}")
     left_out = [d for d in window if d not in days]
 
     def skip(why: str) -> TrainResult:
@@ -236,18 +254,28 @@ def train(
     in_holdout = pc.is_in(part, pa.array(holdout_days)).to_numpy(zero_copy_only=False)
     in_valid = pc.is_in(part, pa.array(valid_days)).to_numpy(zero_copy_only=False)
     in_fit = ~(in_holdout | in_valid)
+    say(
+        f"read {len(days)} labelled day(s), {days[0]}..{days[-1]}: {data.num_rows:,} rows "
+        f"in {time.perf_counter() - started:.1f} s; fitting on {int(in_fit.sum()):,} rows "
+        f"({fit_days[0]}..{fit_days[-1]}), early stopping on {int(in_valid.sum()):,} "
+        f"({', '.join(valid_days)}), at most {rt.lightgbm.max_rounds} rounds"
+    )
 
     profile = TrainingProfile.fit(data, ds.features, ds.categorical)
     schema = profile.schema(ds.features)
     X = schema.to_matrix(data)
     y = data.column(ds.label).to_numpy(zero_copy_only=False).astype(np.float64)
-    booster = _fit(config, schema, X[in_fit], y[in_fit], X[in_valid], y[in_valid])
+    booster = _fit(config, schema, X[in_fit], y[in_fit], X[in_valid], y[in_valid], say)
     best = booster.best_iteration or None
     held_out = in_valid | in_holdout
     challenger_metrics = metrics(
         ds.task, y[in_holdout], booster.predict(X[in_holdout], num_iteration=best)
     )
     not_defined = undefined(ds.task, y[in_holdout])
+    say(
+        f"on the holdout ({int(in_holdout.sum()):,} rows of {', '.join(holdout_days)}): "
+        + ", ".join(f"{k}={_shown(v)}" for k, v in sorted(challenger_metrics.items()))
+    )
 
     champion_metrics: dict[str, float | None] = {}
     champion, not_compared = champion_to_compare(registry, parent, force)
@@ -295,6 +323,7 @@ def train(
         data, ds.features, ds.categorical, booster.predict(X[held_out], num_iteration=best)
     )
     version = registry.register(text, metadata, {"reference.json": reference.to_json().encode()})
+    say(f"registered {registry.name} {version} ({time.perf_counter() - started:.1f} s in all)")
 
     metric = config.metric
     with lease(registry.root, PROMOTION_LOCK):
@@ -428,6 +457,7 @@ def _fit(
     y: np.ndarray,
     X_valid: np.ndarray,
     y_valid: np.ndarray,
+    say: Callable[[str], None] = lambda message: None,
 ) -> lgb.Booster:
     import lightgbm as lgb
 
@@ -454,13 +484,43 @@ def _fit(
     valid_set = lgb.Dataset(
         X_valid, y_valid, reference=train_set, feature_name=names, categorical_feature=cats
     )
-    return lgb.train(
+    started = time.perf_counter()
+    told, best, rounds = started, None, 0
+
+    def progress(env) -> None:  # every PROGRESS_SECONDS: the round and the validation metric
+        nonlocal told, best, rounds
+        rounds = env.iteration + 1
+        _, name, value, higher_is_better = env.evaluation_result_list[0]
+        if best is None or (value > best[0] if higher_is_better else value < best[0]):
+            best = (value, rounds)
+        if time.perf_counter() - told >= PROGRESS_SECONDS:
+            told = time.perf_counter()
+            say(
+                f"fitting: round {rounds} of at most {p.max_rounds}, validation {name} "
+                f"{value:.5g} (best {best[0]:.5g}, round {best[1]})"
+            )
+
+    booster = lgb.train(
         params,
         train_set,
         num_boost_round=p.max_rounds,
         valid_sets=[valid_set],
-        callbacks=[lgb.early_stopping(p.early_stopping_rounds, verbose=False)],
+        callbacks=[lgb.early_stopping(p.early_stopping_rounds, verbose=False), progress],
     )
+    kept = booster.current_iteration()
+    stopped = (
+        f" (early stopping: no better validation {params['metric']} in the last "
+        f"{rounds - kept} rounds)"
+        if kept < rounds
+        else ""
+    )
+    seconds = time.perf_counter() - started
+    say(f"fitted {rounds} rounds in {seconds:.1f} s; the model keeps {kept}{stopped}")
+    return booster
+
+
+def _shown(value: float | None) -> str:
+    return "undefined" if value is None else f"{value:.4f}"
 
 
 def _lightgbm_version() -> str:

@@ -25,7 +25,7 @@ def train_challenger(
 ) -> TrainResult:
     logger = get_run_logger()
     try:
-        result = training.train(config, reason, force, run_id, trigger)
+        result = training.train(config, reason, force, run_id, trigger, logger.info)
     except training.TrainingError as exc:  # labels it cannot use: the message says which
         result = training.not_trained(config, "failed", str(exc), reason, run_id, trigger)
         logger.error("%s", result.decision)

@@ -155,3 +155,33 @@ def auc_by_counting(y: np.ndarray, score: np.ndarray) -> float:
     below = np.searchsorted(negatives, positives, side="left")
     tied = np.searchsorted(negatives, positives, side="right") - below
     return float((below.sum() + tied.sum() / 2) / (len(positives) * len(negatives)))
+
+
+def test_training_says_each_step_and_where_a_long_fit_is(fast_sample, monkeypatch):
+    """Training on a year of labels takes minutes: `progress` hears each step as it ends,
+    and, every PROGRESS_SECONDS of a longer step, where it is (here every round)."""
+    from batchscore import training
+
+    monkeypatch.setattr(training, "PROGRESS_SECONDS", 0.0)
+    config = load_config(fast_sample)
+    said: list[str] = []
+
+    result = train(config, reason="first", progress=said.append)
+
+    reading = [m for m in said if m.startswith("reading labelled days: ")]
+    assert reading[0] == "reading labelled days: 1 of 10 read, up to 2026-10-01"
+    assert len(reading) == 9  # not after the last day: the next message says it
+    read = said[len(reading)]
+    assert read.startswith("read 10 labelled day(s), 2026-10-01..2026-10-10: ")
+    assert f"fitting on {result.rows['fit']:,} rows (2026-10-01..2026-10-08)" in read
+    assert f"early stopping on {result.rows['validation']:,} (2026-10-09)" in read
+    rounds = [m for m in said if m.startswith("fitting: round ")]
+    assert rounds[0].startswith("fitting: round 1 of at most 60, validation binary_logloss ")
+    assert len(rounds) == len({m.split(",")[0] for m in rounds})  # once per round
+    fitted = next(m for m in said if m.startswith("fitted "))
+    kept = Registry(config.store, "churn").metadata("v0001")["best_iteration"] or len(rounds)
+    assert fitted.startswith(f"fitted {len(rounds)} rounds in ")
+    assert f"the model keeps {kept}" in fitted
+    holdout = ", ".join(f"{k}={v:.4f}" for k, v in sorted(result.challenger_metrics.items()))
+    assert f"on the holdout ({result.rows['holdout']:,} rows of 2026-10-10): {holdout}" in said
+    assert said[-1].startswith("registered churn v0001 (")
