@@ -25,7 +25,7 @@ from batchscore.config import HIGHER_IS_BETTER, Config
 from batchscore.features import FeatureSchema, TrainingProfile, feature_columns
 from batchscore.labels import LabelError, read_labels, with_join_types
 from batchscore.metrics import metrics, undefined
-from batchscore.registry import PROMOTION_LOCK, ModelIntegrityError, Registry
+from batchscore.registry import PROMOTION_LOCK, ModelIntegrityError, Registry, sha256_hex
 from batchscore.storage import Location, lease, parse_partition_dir
 from batchscore.validation import check_schema
 from drift import ReferenceProfile
@@ -352,6 +352,10 @@ def train(
                 + not_defined.get(metric, "no value"),
             )
             status = "promoted" if ok else "registered"
+        if champion is not None and sha256_hex(text.encode()) == champion.ref.sha256:
+            # Training is reproducible to the bit: the same labelled rows and settings make
+            # the same model, which a user reading "promoted" would not guess.
+            decision += f"; {version} is the same model as {parent}, byte for byte"
         if status == "promoted":
             registry.promote(version, f"{reason}: {decision}", run_id)
     result = TrainResult(

@@ -115,7 +115,8 @@ def test_train_reports_the_version_and_whether_it_became_champion(trained: dict)
     lines = out.splitlines()
     assert re.fullmatch(
         r"registered: auc: v0002 0\.\d{5} vs champion v0001 0\.\d{5} \(improvement "
-        r"[+-]0\.\d{5}, required \+0\.50000\): not promoted",
+        r"[+-]0\.\d{5}, required \+0\.50000\): not promoted; v0002 is the same model as v0001, "
+        r"byte for byte",
         lines[0],
     ), lines[0]
     assert lines[2:] == [

@@ -243,8 +243,8 @@ def test_a_holdout_of_one_class_records_auc_as_null_with_the_reason_and_the_gate
     assert result.decision == (
         f"auc: undefined on the holdout {DAYS[-1]}: {why}. v0002 not promoted: it cannot be "
         "compared with champion v0001 (train with --force to promote it, or set [retrain] "
-        "metric to one the holdout defines)"
-    )
+        "metric to one the holdout defines); v0002 is the same model as v0001, byte for byte"
+    )  # only the holdout's labels changed: the rows it is fitted and stopped on did not
     models = Path(config.store) / "models" / "churn"
     meta = _strict_json(models / "v0002" / "metadata.json")
     assert meta["metrics"]["auc"] is None and meta["champion_metrics"]["auc"] is None
@@ -255,7 +255,8 @@ def test_a_holdout_of_one_class_records_auc_as_null_with_the_reason_and_the_gate
     assert records[-1]["undefined_metrics"] == {"auc": why}
 
     forced = train(config, reason="on purpose", force=True)
-    assert forced.promoted and forced.decision == "forced: on purpose"
+    assert forced.promoted
+    assert forced.decision == "forced: on purpose; v0003 is the same model as v0001, byte for byte"
 
     measured = performance.measure(config, DAYS[-1], "run")
     assert {r["metric"]: r["value"] for r in measured.rows}["auc"] is None

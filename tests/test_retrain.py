@@ -145,6 +145,9 @@ def test_drift_starts_exactly_one_retrain_and_labels_give_realised_performance(
     # Same labelled data, so the challenger ties the champion and is promoted (not worse);
     # the new champion rescored every partition and met the same drift.
     assert triggered[0]["status"] == "promoted" and registry.champion() == "v0002"
+    assert triggered[0]["decision"].endswith(
+        ": promoted; v0002 is the same model as v0001, byte for byte"
+    )
     assert not last["retrain"] and "cooldown_hours = 24" in last["reasons"][0]
 
 
