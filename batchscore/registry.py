@@ -411,13 +411,28 @@ class Registry:
 
     def last_retrain_at(self, unreadable: list[str] | None = None) -> dt.datetime | None:
         """When a model was last retrained: trained while a champion existed (the first model
-        is not a retrain, so it does not start the drift policy's cooldown)."""
-        done = [
-            r
-            for r in self.retrains(unreadable)
-            if r["status"] in ("promoted", "registered") and r.get("parent")
+        is not a retrain, so it does not start the drift policy's cooldown).
+
+        Every scoring run asks. The records are read newest first (their file names start
+        with the time), up to the first retrain: a year of nightly attempts was a year of
+        reads (GETs on S3) on every run. An unreadable record on the way is left out, its
+        reason put in `unreadable` when given (else an error, as `retrains`)."""
+        names = [
+            e.base_name
+            for e in self.root.list("retrains")
+            if e.base_name.endswith(".json") and not e.base_name.startswith(".")
         ]
-        return dt.datetime.fromisoformat(done[-1]["at"]) if done else None
+        for name in reversed(names):
+            try:
+                record = self.root.read_json("retrains", name, shape=RETRAIN_SHAPE)
+            except UnreadableJSON as exc:
+                if unreadable is None:
+                    raise RegistryError(f"model {self.name!r}: its retrains record {exc}") from exc
+                unreadable.append(str(exc))
+                continue
+            if record["status"] in ("promoted", "registered") and record.get("parent"):
+                return dt.datetime.fromisoformat(record["at"])
+        return None
 
     def _read_log(
         self, folder: str, unreadable: list[str] | None = None, since: dt.datetime | None = None

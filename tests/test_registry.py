@@ -548,6 +548,43 @@ def test_an_unreadable_audit_or_retrain_record_is_named_and_left_out_where_that_
     assert unreadable[0].startswith(f"{last_retrain}: not valid JSON (0 bytes): Expecting value")
 
 
+def test_the_cooldown_reads_retrain_records_newest_first_up_to_the_last_retrain(
+    registry: Registry, monkeypatch
+):
+    """Every scoring run asks when the last retrain was: a year of nightly attempts was a
+    year of reads (one GET each on S3). Attempts that trained nothing (skipped, failed) and
+    the first model are not retrains, and are read past."""
+    from batchscore.storage import Location
+
+    def record(status: str, parent: str | None, **more) -> None:
+        registry.record_retrain(
+            {"status": status, "parent": parent, "version": None, "decision": "-", **more}
+        )
+
+    for day in range(40):
+        record("promoted", "v0001", day=day)
+    record("skipped", "v0001")
+    record("failed", "v0001")
+    newest = sorted(Path(registry.root.path("retrains")).glob("*.json"))
+    expected = json.loads(newest[-3].read_text())
+    assert expected["day"] == 39
+    reads: list[str] = []
+    real = Location.read_json
+    monkeypatch.setattr(
+        Location,
+        "read_json",
+        lambda self, *parts, **kw: reads.append(parts[-1]) or real(self, *parts, **kw),
+    )
+
+    assert registry.last_retrain_at() == dt.datetime.fromisoformat(expected["at"])
+    assert reads == [p.name for p in reversed(newest[-3:])]
+    # With nothing but a first model and skipped attempts, there was no retrain.
+    for path in newest[:-2]:
+        path.unlink()
+    record("promoted", None)
+    assert registry.last_retrain_at() is None
+
+
 @pytest.mark.parametrize(
     ("folder", "changes", "problem"),
     [
