@@ -198,14 +198,14 @@ def _log(o: PartitionOutcome) -> None:
         logger.error("partition %s HELD: %s", o.partition, "; ".join(o.reasons))
     else:
         logger.info(
-            "partition %s %s: %d rows in, %d scored, %d quarantined, %.1f s, %.0f rows/s",
+            "partition %s %s: %s rows in, %s scored, %s quarantined, %.1f s, %s rows/s",
             o.partition,
             o.status,
-            o.rows_in,
-            o.rows_scored,
-            o.rows_quarantined,
+            f"{o.rows_in:,}",  # as the command's table writes them
+            f"{o.rows_scored:,}",
+            f"{o.rows_quarantined:,}",
             o.seconds,
-            o.rows_per_second,
+            f"{o.rows_per_second:,.0f}",
         )
     for warning in o.drift_warnings:
         logger.warning("partition %s drift: %s", o.partition, warning)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from pathlib import Path
@@ -173,7 +174,9 @@ def test_rescore_replaces_a_partition_with_identical_scores(sample, prefect_api)
     assert not list((store / "_staging").iterdir())
 
 
-def test_a_file_arriving_late_in_a_scored_partition_is_scored_with_it(sample, prefect_api, caplog):
+def test_a_file_arriving_late_in_a_scored_partition_is_scored_with_it(
+    sample, prefect_api, caplog, capfd
+):
     """A scored partition whose files changed since (here a file arrived late) is scored
     again, whole: its late rows were otherwise left out for good, as the partition counted
     as done. Unchanged, it is not."""
@@ -192,10 +195,17 @@ def test_a_file_arriving_late_in_a_scored_partition_is_scored_with_it(sample, pr
     late = late.set_column(ids, "customer_id", pa.array(late_ids, type=pa.int64()))
     pq.write_table(late, folder / "late.parquet")
 
+    capfd.readouterr()
     with caplog.at_level(logging.WARNING):
         state = score(config=str(sample), partition=day, return_state=True)
     assert state.is_completed() and state.name == "Completed", state.message
     second = _manifest(store, day)
+    # Its counts are written as the command's table writes them (by a worker: its console).
+    assert re.search(
+        rf"partition {day} scored: {second['rows_in']:,} rows in, {second['rows_scored']:,} "
+        r"scored, 0 quarantined, \d+\.\d s, [\d,]+ rows/s",
+        capfd.readouterr().err,
+    )
     assert second["run_id"] != first["run_id"]
     assert second["rows_in"] == first["rows_in"] + 500
     assert f"incoming/dt={day}/late.parquet" in second["files"]
