@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 
+from batchscore import manifest_cache
 from batchscore.config import Config
 from batchscore.registry import ModelRef
 from batchscore.storage import (
@@ -36,8 +37,6 @@ from batchscore.storage import (
     holder_alive,
     is_data_file,
     parse_partition_dir,
-    read_each,
-    read_json_in_one_request,
 )
 from batchscore.validation import (
     FileProblem,
@@ -203,15 +202,6 @@ def listed_partitions(
     return sorted(top, key=lambda e: e.base_name), inside
 
 
-def manifest(config: Config, partition: str) -> dict | None:
-    """The partition's `_SUCCESS`; None when it has none. `UnreadableJSON` when it cannot be
-    read (emptied or truncated after it was written). One GET on S3
-    (`read_json_in_one_request`)."""
-    return read_json_in_one_request(
-        Location(config.store), "scores", f"dt={partition}", SUCCESS, shape=SUCCESS_SHAPE
-    )
-
-
 def pending(
     config: Config,
     model: ModelRef,
@@ -236,9 +226,9 @@ def pending(
     A `_SUCCESS` written for another model stops the run (`SourceError`), rescore or not:
     a store holds one model's outputs, and scoring the partition replaced them.
 
-    What a run costs does not grow with the partitions already scored beyond one read of
-    each `_SUCCESS` (`read_manifests`, several at a time on an object store): the held
-    markers and the source's files come from one listing each."""
+    What a run costs does not grow with the partitions already scored: the held markers and
+    the source's files come from one listing each, and on S3 only the `_SUCCESS` files new
+    or changed since the last run are read (`read_manifests`); locally each is read."""
     out = []
     stopped = {} if rescore else interrupted_publishing(config)
     held = set() if rescore else held_beside_outputs(config, partitions)
@@ -287,17 +277,12 @@ def another_models_output(config: Config, partition: str, theirs: str, ours: str
 def read_manifests(
     config: Config, partitions: list[str]
 ) -> dict[str, dict | None | UnreadableJSON]:
-    """Each partition's `manifest`: its `_SUCCESS`, None when it has none, or the
-    `UnreadableJSON` it raised; several at a time on an object store (`read_each`). A
-    storage error other than a missing file is raised, as one read's was."""
-
-    def read(partition: str) -> dict | None | UnreadableJSON:
-        try:
-            return manifest(config, partition)
-        except UnreadableJSON as exc:
-            return exc
-
-    return dict(zip(partitions, read_each(Location(config.store), read, partitions), strict=True))
+    """Each partition's `_SUCCESS` (the keys of `SUCCESS_SHAPE`), None when it has none, or
+    the `UnreadableJSON` it raised; several at a time on an object store, and on S3 only
+    those new or changed since a run last read them (`manifest_cache`). A storage error
+    other than a missing file is raised, as one read's was."""
+    wanted = {"scores": (partitions, SUCCESS_SHAPE)}
+    return manifest_cache.read_manifests(Location(config.store), SUCCESS, wanted)["scores"]
 
 
 def source_changes(

@@ -932,6 +932,74 @@ def read_json_in_one_request(
     return json_object(data, path, shape)
 
 
+def listed_etags(location: Location, *parts: str) -> dict[str, tuple[str, int]] | None:
+    """Every object under the folder `parts` of an S3 store (recursively), by its path
+    relative to `location`: its ETag and size, as ListObjectsV2 lists them (1,000 objects a
+    request). pyarrow's listing leaves the ETag out, so this lists with boto3, with the
+    client the leases use. None on other filesystems, whose listings give no ETag (a local
+    file's modification time may not change when it is rewritten within one tick). A
+    storage error is an OSError naming the folder."""
+    if not isinstance(location.fs, pafs.S3FileSystem):
+        return None
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    folder = location.path(*parts).rstrip("/")
+    bucket, _, prefix = folder.partition("/")
+    root = location.path().rstrip("/").partition("/")[2]
+    found: dict[str, tuple[str, int]] = {}
+    try:
+        pages = _s3_client(location.uri, location.fs.region).get_paginator("list_objects_v2")
+        for page in pages.paginate(Bucket=bucket, Prefix=f"{prefix}/" if prefix else ""):
+            for obj in page.get("Contents", []):
+                rel = obj["Key"][len(root) + 1 :] if root else obj["Key"]
+                found[rel] = (obj.get("ETag") or "", obj["Size"])
+    except (BotoCoreError, ClientError) as exc:
+        raise OSError(f"cannot list {folder}: {exc}") from exc
+    return found
+
+
+def read_json_and_etag(
+    location: Location, *parts: str, shape: Shape | None = None
+) -> tuple[dict[str, Any] | None, str, int]:
+    """`read_json_in_one_request` on an S3 store, with the ETag and size of the object as
+    read (the GET's own, not a listing's: an object rewritten between a listing and the
+    read has the new version's). (None, "", 0) when there is no such object. A storage
+    error other than a missing object is an OSError naming the path; content that is not
+    the JSON object `shape` describes, `UnreadableJSON`."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    path = location.path(*parts)
+    bucket, _, key = path.partition("/")
+    try:
+        got = _s3_client(location.uri, location.fs.region).get_object(Bucket=bucket, Key=key)
+        data = got["Body"].read()
+    except ClientError as exc:
+        if _not_found(exc):
+            return None, "", 0
+        raise OSError(f"cannot read {path}: {exc}") from exc
+    except BotoCoreError as exc:
+        raise OSError(f"cannot read {path}: {exc}") from exc
+    return json_object(data, path, shape), got.get("ETag") or "", len(data)
+
+
+def write_json_in_one_request(location: Location, obj: Any, *parts: str) -> None:
+    """`location.write_json(obj, *parts, readable=False)`, in one request on S3: pyarrow
+    writes an object by a multipart upload (create, part, complete: 3 requests). A PUT
+    is atomic: the object appears whole. A storage error is an OSError naming the path."""
+    if not isinstance(location.fs, pafs.S3FileSystem):
+        location.write_json(obj, *parts, readable=False)
+        return
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    data = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":")).encode()
+    path = location.path(*parts)
+    bucket, _, key = path.partition("/")
+    try:
+        _s3_client(location.uri, location.fs.region).put_object(Bucket=bucket, Key=key, Body=data)
+    except (BotoCoreError, ClientError) as exc:
+        raise OSError(f"cannot write {path}: {exc}") from exc
+
+
 def _not_found(exc) -> bool:
     return exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound")
 

@@ -31,12 +31,15 @@ class RequestCounter(logging.Handler):
     def __init__(self):
         super().__init__()
         self.seen: Counter = Counter()
+        # Each request as (method, path and query), in the order served.
+        self.requests: list[tuple[str, str]] = []
 
     def emit(self, record):
         text = re.sub(r"\x1b\[[0-9;]*m", "", record.getMessage())  # its colours
         request = re.search(r'"([A-Z]+) (\S+) HTTP/', text)
         if request is not None:
             method, target = request.groups()
+            self.requests.append((method, target))
             self.seen["LIST" if method == "GET" and "list-type" in target else method] += 1
 
 
