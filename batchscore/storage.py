@@ -916,20 +916,7 @@ def read_json_in_one_request(
     reads it. A storage error other than a missing object is an OSError naming the path."""
     if not isinstance(location.fs, pafs.S3FileSystem):
         return location.read_json_or_none(*parts, shape=shape)
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    path = location.path(*parts)
-    bucket, _, key = path.partition("/")
-    try:
-        body = _s3_client(location.uri, location.fs.region).get_object(Bucket=bucket, Key=key)
-        data = body["Body"].read()
-    except ClientError as exc:
-        if _not_found(exc):
-            return None
-        raise OSError(f"cannot read {path}: {exc}") from exc
-    except BotoCoreError as exc:
-        raise OSError(f"cannot read {path}: {exc}") from exc
-    return json_object(data, path, shape)
+    return read_json_and_etag(location, *parts, shape=shape)[0]
 
 
 def listed_etags(location: Location, *parts: str) -> dict[str, tuple[str, int]] | None:
@@ -1008,6 +995,7 @@ def _not_found(exc) -> bool:
 def _s3_client(uri: str, region: str | None):
     """A boto3 S3 client for the same endpoint, region and credentials pyarrow uses."""
     import boto3
+    import botocore.config
 
     options = {k: v[-1] for k, v in parse_qs(_split_query(uri)[1]).items()}
     endpoint = options.get("endpoint_override")
@@ -1018,7 +1006,11 @@ def _s3_client(uri: str, region: str | None):
         kwargs["aws_access_key_id"] = options["access_key"]
         kwargs["aws_secret_access_key"] = options.get("secret_key")
     # Without an endpoint in the URI, boto3 reads AWS_ENDPOINT_URL(_S3) itself, as pyarrow does.
-    return boto3.client("s3", **{k: v for k, v in kwargs.items() if v is not None})
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    # A connection for each of `read_each`'s threads: botocore keeps 10, and dropped (then
+    # opened again) the others' connections at every read ("Connection pool is full").
+    config = botocore.config.Config(max_pool_connections=READERS)
+    return boto3.client("s3", config=config, **kwargs)
 
 
 def _split_query(uri: str) -> tuple[str, str]:
