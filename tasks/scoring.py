@@ -192,20 +192,19 @@ def release_partitions(leases: list[dict]) -> None:
         release_lease(held)
 
 
+def outcome_line(o: PartitionOutcome) -> str:
+    """A partition's counts, written as the command's table writes them."""
+    return (
+        f"partition {o.partition} {o.status}: {o.rows_in:,} rows in, {o.rows_scored:,} scored, "
+        f"{o.rows_quarantined:,} quarantined, {o.seconds:.1f} s, {o.rows_per_second:,.0f} rows/s"
+    )
+
+
 def _log(o: PartitionOutcome) -> None:
     logger = get_run_logger()
     if o.status == "held":
         logger.error("partition %s HELD: %s", o.partition, "; ".join(o.reasons))
     else:
-        logger.info(
-            "partition %s %s: %s rows in, %s scored, %s quarantined, %.1f s, %s rows/s",
-            o.partition,
-            o.status,
-            f"{o.rows_in:,}",  # as the command's table writes them
-            f"{o.rows_scored:,}",
-            f"{o.rows_quarantined:,}",
-            o.seconds,
-            f"{o.rows_per_second:,.0f}",
-        )
+        logger.info("%s", outcome_line(o))
     for warning in o.drift_warnings:
         logger.warning("partition %s drift: %s", o.partition, warning)
