@@ -18,6 +18,7 @@ import hashlib
 import re
 import shlex
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from typing import TYPE_CHECKING, Any
@@ -407,7 +408,7 @@ class Registry:
         """The retrain records (`record_retrain`), oldest first; with `since` (UTC), only
         those written from then on, found by their file names, which start with the time:
         the others are not read (one GET each on S3)."""
-        return self._read_log("retrains", unreadable, since)
+        return list(self._records("retrains", unreadable, since))
 
     def last_retrain_at(self, unreadable: list[str] | None = None) -> dt.datetime | None:
         """When a model was last retrained: trained while a champion existed (the first model
@@ -417,48 +418,41 @@ class Registry:
         with the time), up to the first retrain: a year of nightly attempts was a year of
         reads (GETs on S3) on every run. An unreadable record on the way is left out, its
         reason put in `unreadable` when given (else an error, as `retrains`)."""
-        names = [
-            e.base_name
-            for e in self.root.list("retrains")
-            if e.base_name.endswith(".json") and not e.base_name.startswith(".")
-        ]
-        for name in reversed(names):
-            try:
-                record = self.root.read_json("retrains", name, shape=RETRAIN_SHAPE)
-            except UnreadableJSON as exc:
-                if unreadable is None:
-                    raise RegistryError(f"model {self.name!r}: its retrains record {exc}") from exc
-                unreadable.append(str(exc))
-                continue
+        for record in self._records("retrains", unreadable, newest_first=True):
             if record["status"] in ("promoted", "registered") and record.get("parent"):
                 return dt.datetime.fromisoformat(record["at"])
         return None
 
-    def _read_log(
-        self, folder: str, unreadable: list[str] | None = None, since: dt.datetime | None = None
-    ) -> list[dict[str, Any]]:
+    def _records(
+        self,
+        folder: str,
+        unreadable: list[str] | None = None,
+        since: dt.datetime | None = None,
+        newest_first: bool = False,
+    ) -> Iterator[dict[str, Any]]:
         """The records of `audit/` or `retrains/`, oldest first (from `since` on, when
-        given). One that cannot be read is left out and its reason put in `unreadable` when
-        given, for readers to whom the others are enough (a listing, the drift policy's
-        cooldown); else it is an error."""
-        records = []
+        given), or newest first; each read when the caller asks for it, so one that stops
+        early reads no more. One that cannot be read is left out and its reason put in
+        `unreadable` when given, for readers to whom the others are enough (a listing, the
+        drift policy's cooldown); else it is an error."""
         shape = AUDIT_SHAPE if folder == "audit" else RETRAIN_SHAPE
         first = since.strftime(STAMP[:-3]) if since else ""  # to the second, as "at"
-        for e in self.root.list(folder):
-            if not e.base_name.endswith(".json") or e.base_name.startswith("."):
-                continue
-            if e.base_name < first:
-                continue
+        names = [
+            e.base_name
+            for e in self.root.list(folder)
+            if e.base_name.endswith(".json") and not e.base_name.startswith(".")
+            if e.base_name >= first
+        ]
+        for name in reversed(names) if newest_first else names:
             try:
-                records.append(self.root.read_json(folder, e.base_name, shape=shape))
+                yield self.root.read_json(folder, name, shape=shape)
             except UnreadableJSON as exc:
                 if unreadable is None:
                     raise RegistryError(f"model {self.name!r}: its {folder} record {exc}") from exc
                 unreadable.append(str(exc))
-        return records
 
     def audit(self, unreadable: list[str] | None = None) -> list[dict[str, Any]]:
-        return self._read_log("audit", unreadable)
+        return list(self._records("audit", unreadable))
 
 
 @lru_cache(maxsize=4)
