@@ -240,11 +240,16 @@ class ForkedProcessPool(ProcessPoolTaskRunner):
         workers now: Prefect's exit waits for the chunks they are scoring, and the ones
         queued next. Chunks already staged are kept; the next run reuses them. The task
         runs the workers were running are then recorded Crashed, or Cancelled when the
-        signal is Prefect cancelling the flow run (`end_task_runs_left_running`)."""
+        signal is Prefect cancelling the flow run (`end_task_runs_left_running`).
+
+        A pool that lost a worker (the out-of-memory killer's SIGKILL) is shut down the same
+        way: the worker may have died holding the lock of the queue that carries the
+        workers' logs and events (`_terminate_workers`), and the command then hung at its
+        exit, after printing the run's result (a fresh-clone run of the killed-worker test)."""
         interrupted = exc_type is not None and issubclass(
             exc_type, (KeyboardInterrupt, ExternalSignal)
         )
-        if interrupted:
+        if interrupted or getattr(self._executor, "_broken", False) or self.lost_workers():
             self._terminate_workers()
         super().__exit__(exc_type, exc_value, traceback)
         if interrupted:

@@ -148,6 +148,23 @@ def start_score(config: Path, *, temporary_server: bool = False):
     )
 
 
+def output_of(proc, timeout: float) -> str:
+    """`start_score`'s process's output once it has ended. One still running after
+    `timeout` seconds is killed with its workers (its process group), not left behind, and
+    the test fails with what it printed."""
+    import os
+    import signal
+    import subprocess
+
+    try:
+        return proc.communicate(timeout=timeout)[0]
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output = proc.communicate()[0]
+        said = f"still running after {timeout:g} s, killed; it printed:\n{output}"
+        raise AssertionError(said) from None
+
+
 def flow_runs_since(flow: str, started, config: str) -> list:
     """The API's runs of `flow` started after `started` with this `config` parameter (asked
     by start time: the API answers one page, 200 runs, sorted by random id)."""

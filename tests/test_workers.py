@@ -360,6 +360,49 @@ def test_an_interrupted_pool_ends_though_a_killed_worker_held_the_message_queues
     assert done.stdout.startswith("shut down"), done.stdout
 
 
+def test_a_pool_that_lost_a_worker_ends_though_the_worker_held_the_message_queues_lock():
+    """`ForkedProcessPool.__exit__` with no interrupt, after a worker was killed (the
+    out-of-memory killer's SIGKILL) while it held the write lock of the queue carrying the
+    workers' logs and events: the pool's exit waited 5 s for the queue's reader, and the
+    interpreter's exit for ever (a fresh-clone run of the killed-worker test hung after
+    printing `run Failed`). Here the lock is taken by hand and the worker killed."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        import os
+        from concurrent.futures.process import BrokenProcessPool
+        from flows.score import ForkedProcessPool
+
+        pool = ForkedProcessPool(max_workers=1).__enter__()
+        assert pool._executor.submit(os.getpid).result(timeout=60) != os.getpid()
+        pool._subprocess_message_queue._wlock.acquire()  # as by the worker, killed next
+        (worker,) = pool._executor._processes.values()
+        worker.kill()
+        worker.join(timeout=60)
+        lost = pool.lost_workers()
+        try:
+            pool._executor.submit(os.getpid).result(timeout=60)
+        except BrokenProcessPool:
+            pass
+        pool.__exit__(None, None, None)
+        print("shut down:", lost, flush=True)
+        """
+    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(f"the process did not exit: {exc.stdout!r}") from None
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Timed out waiting for process-pool message forwarding" not in done.stderr
+    assert done.stdout.startswith("shut down: worker process "), done.stdout
+    assert "was killed by SIGKILL" in done.stdout, done.stdout
+
+
 def test_recording_stopped_task_runs_as_crashed_gives_up_on_an_api_that_does_not_answer(
     prefect_api, monkeypatch, caplog
 ):

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from helpers import copy_sample, start_score, write_config
+from helpers import copy_sample, output_of, start_score, write_config
 from objectstore import download, keys, new_bucket, upload
 
 from batchscore.config import load_config
@@ -151,7 +151,7 @@ def test_kill_at_random_points_then_resume_gives_the_uninterrupted_scores(stores
         if i % 2 == 0 and (workers := _children(proc.pid)):
             os.kill(int(rng.choice(workers)), signal.SIGKILL)  # one worker dies
             kills.append("worker")
-            proc.wait(timeout=300)
+            output_of(proc, timeout=300)
         else:
             os.killpg(proc.pid, signal.SIGKILL)  # the flow process and its workers
             kills.append("flow")
@@ -159,7 +159,7 @@ def test_kill_at_random_points_then_resume_gives_the_uninterrupted_scores(stores
         _assert_readers_see_only_complete_partitions(_victim(stores), on_s3)
 
     final = start_score(configs["victim"])
-    output, _ = final.communicate(timeout=600)
+    output = output_of(final, timeout=600)
     assert final.returncode == 0, output
     victim = _victim(stores)
     _assert_readers_see_only_complete_partitions(victim, on_s3)
@@ -185,7 +185,7 @@ def test_kill_at_random_points_then_resume_gives_the_uninterrupted_scores(stores
 def test_two_writers_never_score_the_same_partition_twice(stores):
     configs = stores["configs"]
     first, second = start_score(configs["victim"]), start_score(configs["victim"])
-    outputs = [p.communicate(timeout=600)[0] for p in (first, second)]
+    outputs = [output_of(p, timeout=600) for p in (first, second)]
     assert first.returncode == 0 and second.returncode == 0, outputs
     store = _victim(stores)
     scored = []
@@ -219,7 +219,7 @@ def test_a_worker_killed_while_scoring_is_named_with_its_signal(stores):
     workers = [w for child in _children(proc.pid) for w in _children(child)]
     assert workers, "no worker process found"
     os.kill(workers[0], signal.SIGKILL)
-    output, _ = proc.communicate(timeout=300)
+    output = output_of(proc, timeout=300)
     if "FAILED" not in output:
         pytest.skip("the run finished before the kill reached a worker")  # too fast to catch
     assert proc.returncode != 0, output
