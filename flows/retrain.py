@@ -14,7 +14,7 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, Failed
 
 from batchscore.config import DEFAULT_CONFIG, load_config
-from tasks.retrain import DRIFT_EVENT, report_retrain, train_challenger
+from tasks.retrain import DRIFT_EVENT, TrainingFailed, report_retrain, train_challenger
 
 
 @flow(name="retrain")
@@ -30,7 +30,10 @@ def retrain(
     trigger = (
         {"event": DRIFT_EVENT, "event_id": event_id, "partition": partition} if event_id else None
     )
-    result = train_challenger(cfg, reason, force, flow_run.get_id(), trigger)
+    try:
+        result = train_challenger(cfg, reason, force, flow_run.get_id(), trigger)
+    except TrainingFailed as failed:  # its task run ended Failed with the one-line reason
+        result = failed.result
     report_retrain(cfg, result, reason)
     if result.status == "failed":
         return Failed(data=asdict(result), message=result.decision)

@@ -11,12 +11,29 @@ from prefect.artifacts import create_markdown_artifact
 from batchscore import training
 from batchscore.config import Config
 from batchscore.policy import RetrainDecision, should_retrain
+from batchscore.prefect_api import log_failures_without_tracebacks
 from batchscore.registry import ModelRef, Registry
 from batchscore.scoring import PartitionOutcome
 from batchscore.training import TrainResult
 from tasks.common import TASK_DEFAULTS
 
 DRIFT_EVENT = "batchscore.drift.detected"
+
+
+class TrainingFailed(RuntimeError):
+    """A retrain that ended on its data (labels it cannot use): `result` is its failed
+    `TrainResult`, already recorded in `retrains/`. Raised by `train_challenger` so that
+    its task run ends Failed, as its flow run does, and caught by the flow."""
+
+    def __init__(self, result: TrainResult):
+        super().__init__(result.decision)
+        self.result = result
+
+    def __reduce__(self):  # an exception unpickles as its class called with its args
+        return type(self), (self.result,)
+
+
+log_failures_without_tracebacks(TrainingFailed)  # the message names the file and column
 
 
 @task(name="train-challenger", **TASK_DEFAULTS)
@@ -27,9 +44,8 @@ def train_challenger(
     try:
         result = training.train(config, reason, force, run_id, trigger, logger.info)
     except training.TrainingError as exc:  # labels it cannot use: the message says which
-        result = training.not_trained(config, "failed", str(exc), reason, run_id, trigger)
-        logger.error("%s", result.decision)
-        return result
+        failed = training.not_trained(config, "failed", str(exc), reason, run_id, trigger)
+        raise TrainingFailed(failed) from None
     for warning in result.warnings:
         logger.warning("%s", warning)
     (logger.info if result.status != "skipped" else logger.warning)(

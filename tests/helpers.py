@@ -198,3 +198,32 @@ class SlowToPickle:
 def submission_index(i: int, slow=None) -> int:
     """A task that returns its parameter (where it runs matters not)."""
     return i
+
+
+def final_task_runs(flow_run_id, names: list[str], timeout: float = 30.0) -> dict:
+    """The flow run's task runs by name, once one of each of `names` (a run's name, or a
+    pattern such as `train-challenger-*` for the names Prefect makes) is recorded as final.
+
+    The server records task runs from the events the client sends in the background, so the
+    last ones of a run can reach it a moment after the flow call returns.
+    """
+    import fnmatch
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.events.worker import EventsWorker
+
+    EventsWorker.drain_all(timeout=10)
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while True:
+            runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+            )
+            by_name = {r.name: r for r in runs}
+            # A task run can be recorded before its first state is: `state` is then None.
+            final = [name for name, r in by_name.items() if r.state and r.state.is_final()]
+            waiting = [n for n in names if not fnmatch.filter(final, n)]
+            if not waiting or time.monotonic() > deadline:
+                return by_name
+            time.sleep(0.2)

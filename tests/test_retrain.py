@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
-from helpers import flow_runs_since, write_config
+from helpers import final_task_runs, flow_runs_since, write_config
 
 from batchscore.config import load_config
 from batchscore.registry import Registry
@@ -70,6 +70,39 @@ def test_a_worse_challenger_is_not_promoted_force_is_and_rollback_restores(
         ("promote", "v0001", "v0003"),
         ("rollback", "v0003", "v0001"),
     ]
+
+
+def test_labels_it_cannot_use_fail_the_training_task_as_well_as_the_run(fast_sample, prefect_api):
+    """The UI shows which step failed: train-challenger ended Completed in a Failed run,
+    after logging the reason as an error itself. Its log line has no traceback."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogWorker
+
+    config = load_config(fast_sample)
+    path = Path(config.source, "labels", "dt=2026-10-09", "part-0.parquet")
+    pq.write_table(pq.read_table(path).rename_columns(["customer_id", "label"]), path)
+
+    state = retrain(config=str(fast_sample), reason="renamed", return_state=True)
+
+    why = (
+        "no training: labels/dt=2026-10-09/part-0.parquet has no column 'churned' "
+        "([dataset] label); it has: customer_id, label"
+    )
+    assert (state.is_failed(), state.message) == (True, why)
+    run_id = state.state_details.flow_run_id
+    runs = final_task_runs(run_id, ["train-challenger-*", "report-retrain-*"])
+    states = {name.rsplit("-", 1)[0]: r.state for name, r in runs.items()}
+    assert states["train-challenger"].is_failed()
+    assert why in states["train-challenger"].message
+    assert states["report-retrain"].is_completed()  # the summary says why nothing was trained
+    APILogWorker.drain_all(timeout=10)
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+    failed = [log.message for log in logs if "Task run failed" in log.message]
+    assert failed == [f"Task run failed with exception: TrainingFailed({why!r})"]
+    assert not [log.message for log in logs if "Traceback" in log.message]
+    assert Registry(config.store, "churn").retrains([])[-1]["status"] == "failed"
 
 
 def test_two_retrains_at_once_promote_at_most_one(fast_sample):

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from helpers import write_config
+from helpers import final_task_runs, write_config
 from objectstore import download, new_bucket, s3, upload
 
 from batchscore.config import load_config
@@ -165,35 +165,6 @@ def broken_run(request, tmp_path_factory, prefect_api):
     }
 
 
-def _final_task_runs(flow_run_id, names: list[str], timeout: float = 30.0) -> dict:
-    """The flow run's task runs by name, once every one of `names` is recorded as final.
-
-    The server records task runs from the events the client sends in the background, so the
-    last ones of a run can reach it a moment after the flow call returns.
-    """
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-    from prefect.events.worker import EventsWorker
-
-    EventsWorker.drain_all(timeout=10)
-    deadline = time.monotonic() + timeout
-    with get_client(sync_client=True) as client:
-        while True:
-            runs = client.read_task_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
-            )
-            by_name = {r.name: r for r in runs}
-            # A task run can be recorded before its first state is: `state` is then None.
-            waiting = [
-                n
-                for n in names
-                if n not in by_name or by_name[n].state is None or not by_name[n].state.is_final()
-            ]
-            if not waiting or time.monotonic() > deadline:
-                return by_name
-            time.sleep(0.2)
-
-
 def _held(run, partition: str) -> dict:
     return json.loads((run["store"] / "quarantine" / f"dt={partition}" / "_HELD").read_text())
 
@@ -259,7 +230,7 @@ def test_a_file_level_problem_holds_its_partition_naming_file_and_column(
 
 def test_held_partitions_end_their_prefect_task_failed_with_the_reason(broken_run):
     names = [*(f"hold {p}" for p in FILE_CASES), f"publish {TOO_BAD}", f"publish {GOOD}"]
-    by_name = _final_task_runs(broken_run["state"].state_details.flow_run_id, names)
+    by_name = final_task_runs(broken_run["state"].state_details.flow_run_id, names)
     for partition in FILE_CASES:
         run = by_name[f"hold {partition}"]
         assert run.state.is_failed()
