@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
+from contextlib import suppress
 from dataclasses import dataclass
 
 import numpy as np
@@ -175,25 +176,30 @@ def measure(config: Config, partition: str, run_id: str) -> Measurement:
                     "run_id": run_id,
                 }
             )
-    staging = store.child("_staging", f"performance-{partition}-{uuid.uuid4().hex[:8]}")
-    staging.write_parquet(pa.Table.from_pylist(rows, schema=SCHEMA), "part-00000.parquet")
-    staging.write_json(
-        {
-            "partition": partition,
-            "computed_from": computed_from,
-            "run_id": run_id,
-            "rows": len(rows),
-            "labels": {
-                "rows_read": read.rows_read,
-                "used": labels.num_rows,
-                "repeated": read.repeated,
-                "conflicting_ids": read.conflicting,
-            },
-            "notes": notes,
-            "undefined_metrics": {v: why for v, why in not_defined.items() if why},
-            "written_at": now.isoformat(),
+    manifest = {
+        "partition": partition,
+        "computed_from": computed_from,
+        "run_id": run_id,
+        "rows": len(rows),
+        "labels": {
+            "rows_read": read.rows_read,
+            "used": labels.num_rows,
+            "repeated": read.repeated,
+            "conflicting_ids": read.conflicting,
         },
-        SUCCESS,
-    )
-    store.publish_dir(staging, "performance", f"dt={partition}")
+        "notes": notes,
+        "undefined_metrics": {v: why for v, why in not_defined.items() if why},
+        "written_at": now.isoformat(),
+    }
+    staging = store.child("_staging", f"performance-{partition}-{uuid.uuid4().hex[:8]}")
+    try:
+        staging.write_parquet(pa.Table.from_pylist(rows, schema=SCHEMA), "part-00000.parquet")
+        staging.write_json(manifest, SUCCESS)
+        store.publish_dir(staging, "performance", f"dt={partition}")
+    except BaseException:
+        # A failed attempt (a full disk; each retry is an attempt of its own) leaves nothing
+        # behind: realised performance takes no lease, so no later run may delete this name.
+        with suppress(Exception):
+            staging.delete_dir()
+        raise
     return Measurement(partition, json.loads(json.dumps(rows, default=str)), tuple(notes))

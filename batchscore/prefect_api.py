@@ -29,7 +29,7 @@ import threading
 import time
 import tomllib
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager, suppress
 from pathlib import Path
 
@@ -400,21 +400,29 @@ class _SharedVerifiedContexts:
 
 
 class _WithoutTraceback:
-    """A logging filter: a record of one of `types` keeps its message, not its traceback."""
+    """A logging filter: a record of one of `types`, or of an exception `matches` accepts,
+    keeps its message, not its traceback."""
 
-    def __init__(self, types: tuple[type[BaseException], ...]):
+    def __init__(self, types: tuple[type[BaseException], ...], matches: tuple = ()):
         self.types = types
+        self.matches = matches
 
     def filter(self, record) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], self.types):
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and (
+            isinstance(exc, self.types) or any(match(exc) for match in self.matches)
+        ):
             record.exc_info = record.exc_text = None
         return True
 
 
-def log_failures_without_tracebacks(*types: type[BaseException]) -> None:
-    """Task and flow runs that end Failed by one of `types`, an outcome the flow expects or
-    the user's to fix, whose message says it all (a partition held for its data, labels
-    that cannot be used, a store holding another model's outputs), are logged by Prefect
+def log_failures_without_tracebacks(
+    *types: type[BaseException], matches: Callable[[BaseException], bool] | None = None
+) -> None:
+    """Task and flow runs that end Failed by one of `types` (or by an exception `matches`
+    accepts: a full disk is an OSError of one errno), an outcome the flow expects or the
+    user's to fix, whose message says it all (a partition held for its data, labels that
+    cannot be used, a store holding another model's outputs), are logged by Prefect
     (`Task run failed with exception: ...`, `Encountered exception during execution: ...`)
     without their traceback: a held partition's said the reason three more times in 15
     lines, a store's ~60 lines of Prefect's engine, in the terminal and the UI. Any other
@@ -426,9 +434,11 @@ def log_failures_without_tracebacks(*types: type[BaseException]) -> None:
         for existing in logger.filters:
             if isinstance(existing, _WithoutTraceback):
                 existing.types = tuple(dict.fromkeys((*existing.types, *types)))
+                if matches is not None:
+                    existing.matches = tuple(dict.fromkeys((*existing.matches, matches)))
                 break
         else:
-            logger.addFilter(_WithoutTraceback(types))
+            logger.addFilter(_WithoutTraceback(types, (matches,) if matches else ()))
 
 
 def _free_port() -> int:

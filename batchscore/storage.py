@@ -76,6 +76,39 @@ class UnreadableJSON(StorageError):
 
 _JSON_KINDS = {list: "array", str: "string", bool: "true/false", type(None): "null"}
 
+# A full filesystem, or a quota used up: it stays full for the seconds a retry waits.
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in DISK_FULL
+
+
+def disk_full_reason(exc: BaseException, store: str) -> str:
+    """A full disk's error as a reason that says where and what to do: pyarrow's says
+    `[Errno 28] Error writing bytes to file. Detail: [errno 28] No space left on device`,
+    naming neither the file nor the filesystem."""
+    location = Location(store)
+    if location.is_local:
+        where = f"the store's filesystem is full ({location.root}"
+        try:
+            usage = os.statvfs(location.root)
+            free, total = usage.f_bavail * usage.f_frsize, usage.f_blocks * usage.f_frsize
+            where += f": {_mib(free)} free of {_mib(total)})"
+        except OSError:
+            where += ")"
+    else:
+        where = "a filesystem of this machine is full"
+    return (
+        f"{exc}: {where}. Free space, or point [storage] store at a larger disk, and run "
+        "again: the partitions already published are complete, and the chunks already "
+        "finished are reused"
+    )
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:,.1f} MiB"
+
 
 def json_object(data: bytes, path: str, shape: Shape | None = None) -> dict[str, Any]:
     """`data`, the content of the file at `path`, as a JSON object, with the keys of
@@ -516,8 +549,15 @@ def try_lease(location: Location, name: str, ttl_seconds: float) -> tuple[dict |
                         os.rename(path, aside)
                         os.remove(aside)
             continue
-        with os.fdopen(fd, "w") as fh:
-            json.dump(body, fh)
+        try:
+            with os.fdopen(fd, "w") as fh:
+                json.dump(body, fh)
+        except BaseException:
+            # Not written (a full disk): an empty lease would hold the partition from the
+            # next run for a minute (it counts as being written), so it is not left.
+            with suppress(OSError):
+                os.remove(path)
+            raise
         return body, None
     raise LeaseBusy(f"{path}: could not take the lease after 10 attempts")
 

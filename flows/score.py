@@ -44,7 +44,7 @@ from batchscore.config import DEFAULT_CONFIG, Config, load_config
 from batchscore.policy import RetrainDecision
 from batchscore.registry import ModelRef
 from batchscore.scoring import PartitionHeld, PartitionOutcome, UnreadableFile
-from batchscore.storage import LeaseKeeper
+from batchscore.storage import LeaseKeeper, disk_full, disk_full_reason
 from batchscore.validation import FileProblem
 from flows.retrain import retrain
 from tasks.common import Sealed
@@ -69,6 +69,18 @@ def score(config: str = DEFAULT_CONFIG, partition: str | None = None, rescore: b
     """Score every partition not yet scored by the champion (or one, or all with rescore)."""
     started = time.time()
     cfg = load_config(config)
+    try:
+        return _score(cfg, started, partition, rescore)
+    except OSError as exc:
+        if not disk_full(exc):
+            raise
+        # A store too full to take the run's leases, or its retrain decision: the run ends
+        # Failed saying where, not with `OSError: [Errno 28] No space left on device`.
+        # (A partition it fails on says so in its own reason: `_reason`.)
+        return Failed(message=disk_full_reason(exc, cfg.store))
+
+
+def _score(cfg: Config, started: float, partition: str | None, rescore: bool):
     run_id = flow_run.get_id() or "local"
     model = resolve_champion(cfg)
     pending = find_partitions(cfg, model, partition, rescore)
@@ -484,7 +496,7 @@ def score_partitions(
         try:
             plan = future.result()
         except Exception as exc:  # an unplannable partition must not stop the others
-            why = _with_lost_workers(runner, exc)
+            why = _reason(runner, cfg, exc)
             get_run_logger().error("partition %s FAILED while planning: %s", p, why)
             failures.append((p, why))
             continue
@@ -535,7 +547,7 @@ def score_partitions(
         except PartitionHeld as held:  # its task ended Failed with the reason; the run goes on
             outcomes.append(held.outcome)
         except Exception as exc:  # one partition's failure must not hide the others'
-            why = _with_lost_workers(runner, exc)
+            why = _reason(runner, cfg, exc)
             get_run_logger().error("partition %s FAILED: %s", plan.partition, why)
             failures.append((plan.partition, why))
     for future in warming:
@@ -555,9 +567,12 @@ def failed_message(failures: list[tuple[str, str]]) -> str:
     )
 
 
-def _with_lost_workers(runner: TaskRunner, exc: Exception) -> str:
-    """`exc` as a partition's reason, with which worker ended and how when the process pool
-    broke (Python says only "A process in the process pool was terminated abruptly")."""
+def _reason(runner: TaskRunner, cfg: Config, exc: Exception) -> str:
+    """`exc` as a partition's reason: with which worker ended and how when the process pool
+    broke (Python says only "A process in the process pool was terminated abruptly"), and
+    where a full disk is (`disk_full_reason`)."""
+    if disk_full(exc):
+        return disk_full_reason(exc, cfg.store)
     lost = getattr(runner, "lost_workers", None)
     broken = isinstance(exc, BrokenProcessPool) or "terminated abruptly" in str(exc)
     if not broken or lost is None or not (said := lost()):
@@ -642,8 +657,9 @@ def measure_all(runner: TaskRunner, cfg: Config, run_id: str) -> tuple[list[dict
         try:
             rows += future.result()
         except Exception as exc:  # noqa: BLE001 - as above; the task run has the traceback
-            logger.warning("realised performance of %s not measured: %s", partition, exc)
-            not_measured[partition] = str(exc)
+            why = disk_full_reason(exc, cfg.store) if disk_full(exc) else str(exc)
+            logger.warning("realised performance of %s not measured: %s", partition, why)
+            not_measured[partition] = why
     return rows, not_measured
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import suppress
+
 from prefect import get_run_logger, task
 
 from batchscore import partitions, scoring
@@ -158,31 +160,37 @@ def claim_partitions(
     leases_at = Location(config.store).child("_leases")
     ttl = config.scoring.lease_minutes * 60.0
     claimed, leases = [], []
-    for partition in todo:
-        ours, holder = try_lease(leases_at, f"dt={partition}.lease", ttl)
-        if ours is None:
-            if holder.get("unreadable"):
-                logger.warning(
-                    "partition %s: its lease %s cannot be read; it counts as being written "
-                    "by its holder until a minute after it last changed, then is taken over; "
-                    "skipped",
-                    partition,
-                    leases_at.path(f"dt={partition}.lease"),
-                )
+    try:
+        for partition in todo:
+            ours, holder = try_lease(leases_at, f"dt={partition}.lease", ttl)
+            if ours is None:
+                if holder.get("unreadable"):
+                    logger.warning(
+                        "partition %s: its lease %s cannot be read; it counts as being written "
+                        "by its holder until a minute after it last changed, then is taken over; "
+                        "skipped",
+                        partition,
+                        leases_at.path(f"dt={partition}.lease"),
+                    )
+                else:
+                    logger.warning(
+                        "partition %s is being scored by pid %s on %s; skipped",
+                        partition,
+                        holder.get("pid"),
+                        holder.get("host"),
+                    )
+                continue
+            if rescore or partitions.pending(config, model, [partition], False):
+                claimed.append(partition)
+                leases.append(ours)
             else:
-                logger.warning(
-                    "partition %s is being scored by pid %s on %s; skipped",
-                    partition,
-                    holder.get("pid"),
-                    holder.get("host"),
-                )
-            continue
-        if rescore or partitions.pending(config, model, [partition], False):
-            claimed.append(partition)
-            leases.append(ours)
-        else:
-            release_lease(ours)
-            logger.info("partition %s was published by another run meanwhile", partition)
+                release_lease(ours)
+                logger.info("partition %s was published by another run meanwhile", partition)
+    except BaseException:  # a lease not written (a full disk): the others go too, for the next run
+        for held in leases:
+            with suppress(Exception):
+                release_lease(held)
+        raise
     return claimed, leases
 
 
