@@ -88,7 +88,7 @@ def _read_folder(config: Config, location: Location, folder: str) -> pa.Table | 
                 found, _ = check_schema(parquet.schema_arrow, f"{folder}/{entry.base_name}", config)
                 problems += found
                 if not found:
-                    tables.append(parquet.read(columns=columns).select(columns))
+                    tables.append(_decoded(parquet.read(columns=columns).select(columns)))
         except (pa.ArrowInvalid, OSError, KeyError) as exc:
             raise TrainingError(f"cannot read {entry.path}: {exc}") from exc
     if problems:
@@ -110,6 +110,41 @@ def _read_folder(config: Config, location: Location, folder: str) -> pa.Table | 
             f"cannot train on {folder}: its files' columns have types that do not combine "
             f"({exc}). Fix the export, or move its labels aside to train without that day"
         ) from exc
+
+
+def _decoded(table: pa.Table) -> pa.Table:
+    """`table` with its dictionary-encoded columns as their values. pandas writes a
+    `category` column dictionary-encoded, and Arrow combines a dictionary with plain values
+    of no type ("Unable to merge: Field plan has incompatible types"), so a day with one
+    such file, or a window with one such day, could not be trained on; a score run reads
+    the same values either way."""
+    for at, f in enumerate(table.schema):
+        if pa.types.is_dictionary(f.type):
+            table = table.set_column(at, f.name, table.column(at).cast(f.type.value_type))
+    return table
+
+
+def _combined_days(tables: list[pa.Table], days: list[str]) -> pa.Table:
+    """The labelled days' rows as one table; a day whose column types do not combine with
+    the days before it (a categorical as text, then as integers) is named."""
+    try:
+        return pa.concat_tables(tables, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        problem = exc
+    schema = tables[0].schema
+    for table, day in zip(tables[1:], days[1:], strict=True):
+        try:
+            schema = pa.unify_schemas([schema, table.schema], promote_options="permissive")
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            raise TrainingError(
+                f"cannot train on incoming/dt={day}: its column types do not combine with "
+                f"the labelled days before it ({exc}). Fix the export, or move its labels "
+                f"(labels/dt={day}) aside to train without that day"
+            ) from exc
+    raise TrainingError(
+        f"cannot train on the labelled days {days[0]}..{days[-1]}: their column types do "
+        f"not combine ({problem}). Fix the export"
+    ) from problem
 
 
 def labelled_rows(config: Config, partition: str) -> tuple[pa.Table, list[str]]:
@@ -241,7 +276,7 @@ def train(
             + (f" ({len(left_out)} more left out: {', '.join(left_out)})" if left_out else "")
             + f"; training needs at least {needed} (validation_days + holdout_days + 1)",
         )
-    data = pa.concat_tables(tables, promote_options="permissive")
+    data = _combined_days(tables, days)
     if data.num_rows < rt.min_labelled_rows:
         return skip(
             f"{data.num_rows} labelled rows in {days[0]}..{days[-1]}; "

@@ -335,3 +335,35 @@ def test_a_labelled_days_file_without_a_feature_or_of_another_type_is_named_by_t
         f"cannot train on incoming/dt={DAYS[1]}: part-0.parquet, part-1.parquet: missing "
         "column 'age' (required as an id or feature). "
     )
+
+
+def test_a_category_dictionary_encoded_in_some_files_or_days_trains_as_plain_text(four_days):
+    """A pandas `category` column is written dictionary-encoded; a score run scores such a
+    partition beside plain-text files. Training failed on it: within a day with "its files'
+    columns have types that do not combine", across days with an uncaught ArrowTypeError
+    (`batchscore train` exited 1 with a traceback)."""
+    config = four_days
+    clean = train(config, reason="plain text")
+
+    incoming = Path(config.source) / "incoming"
+    rows = pq.read_table(incoming / f"dt={DAYS[0]}" / "part-0.parquet")
+    at, half = rows.schema.get_field_index("plan"), rows.num_rows // 2
+    as_dictionary = rows.set_column(at, "plan", pc.dictionary_encode(rows.column("plan")))
+    pq.write_table(as_dictionary.slice(0, half), incoming / f"dt={DAYS[0]}" / "part-0.parquet")
+    large = rows.set_column(at, "plan", rows.column("plan").cast(pa.large_string()))
+    pq.write_table(large.slice(half), incoming / f"dt={DAYS[0]}" / "part-1.parquet")
+    day = pq.read_table(incoming / f"dt={DAYS[1]}" / "part-0.parquet")
+    at = day.schema.get_field_index("contract")
+    encoded = day.set_column(at, "contract", pc.dictionary_encode(day.column("contract")))
+    pq.write_table(encoded, incoming / f"dt={DAYS[1]}" / "part-0.parquet")
+
+    again = train(config, reason="dictionary-encoded categories")
+    assert again.rows == clean.rows
+    assert again.challenger_metrics == pytest.approx(clean.challenger_metrics, rel=1e-12)
+
+    # Integers in one day where the others hold text are still refused, and named.
+    codes = pc.cast(pc.utf8_length(day.column("contract")), pa.int64())
+    as_codes = day.set_column(at, "contract", codes)
+    pq.write_table(as_codes, incoming / f"dt={DAYS[1]}" / "part-0.parquet")
+    with pytest.raises(TrainingError, match=rf"cannot train on incoming/dt={DAYS[1]}: its column"):
+        train(config, reason="a categorical as integers on one day")
