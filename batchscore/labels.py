@@ -82,10 +82,17 @@ def read_labels(config: Config, partition: str, rows: pa.Schema, rows_name: str)
                 table = file.read(columns=list(wanted))
         except (pa.ArrowInvalid, KeyError) as exc:
             raise LabelError(f"cannot read {name}: {exc}") from exc
-        tables.append(_cast_ids(table, rows, ds.id_columns, name, rows_name))
+        tables.append(_as_number(_cast_ids(table, rows, ds.id_columns, name, rows_name), ds.label))
     if not tables:
         raise LabelError(f"no Parquet files under {source.path(folder)}")
-    table = pa.concat_tables(tables, promote_options="permissive")
+    try:
+        table = pa.concat_tables(tables, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        types = ", ".join(f"{t.column(ds.label).type}" for t in tables)
+        raise LabelError(
+            f"{folder}: its files' columns have types that do not combine ({exc}; "
+            f"{ds.label!r} is {types} in its files); fix the labels' export"
+        ) from exc
     rows_read = table.num_rows
     valid = pc.is_valid(table.column(ds.label))
     for c in ds.id_columns:
@@ -166,6 +173,21 @@ def _cast_ids(
                 f"{name}: id column {c!r} of type {have} cannot be cast to {want}, the type "
                 f"of {rows_name}: {exc}"
             ) from exc
+    return table
+
+
+def _as_number(table: pa.Table, label: str) -> pa.Table:
+    """`table` with a boolean label as 0/1 (int8) and a dictionary-encoded one as its values.
+    A binary label may be delivered as booleans by one export and 0/1 by another; Arrow
+    combines neither bool with int8 nor a dictionary with plain values, and the files of a
+    day, or the days of a training window, were then refused with an uncaught
+    ArrowTypeError."""
+    at = table.schema.get_field_index(label)
+    t = table.schema.field(at).type
+    if pa.types.is_dictionary(t):
+        table, t = table.set_column(at, label, table.column(at).cast(t.value_type)), t.value_type
+    if pa.types.is_boolean(t):
+        table = table.set_column(at, label, table.column(at).cast(pa.int8()))
     return table
 
 

@@ -367,3 +367,39 @@ def test_a_category_dictionary_encoded_in_some_files_or_days_trains_as_plain_tex
     pq.write_table(as_codes, incoming / f"dt={DAYS[1]}" / "part-0.parquet")
     with pytest.raises(TrainingError, match=rf"cannot train on incoming/dt={DAYS[1]}: its column"):
         train(config, reason="a categorical as integers on one day")
+
+
+def test_labels_delivered_as_booleans_in_some_files_or_days_count_as_0_and_1(four_days):
+    """One export writes a binary label as booleans, another as 0/1: Arrow combines neither
+    bool with int8, and `batchscore train` (and realised performance) failed with an
+    uncaught ArrowTypeError ("Unable to merge: Field churned has incompatible types")."""
+    config = four_days
+    clean = train(config, reason="0/1 labels")
+    _score(config, DAYS[1])
+    before = performance.measure(config, DAYS[1], "run").rows
+
+    def as_booleans(table: pa.Table) -> pa.Table:
+        return table.set_column(1, "churned", table.column("churned").cast(pa.bool_()))
+
+    path = _labels(config, DAYS[1]) / "part-0.parquet"
+    labels = pq.read_table(path)
+    half = labels.num_rows // 2
+    pq.write_table(labels.slice(0, half), path)
+    pq.write_table(as_booleans(labels.slice(half)), _labels(config, DAYS[1]) / "part-1.parquet")
+    whole_day = _labels(config, DAYS[2]) / "part-0.parquet"
+    pq.write_table(as_booleans(pq.read_table(whole_day)), whole_day)
+
+    again = train(config, reason="boolean labels")
+    assert again.rows == clean.rows
+    assert again.challenger_metrics == pytest.approx(clean.challenger_metrics, rel=1e-12)
+    measured = performance.measure(config, DAYS[1], "run").rows
+    assert [(r["metric"], r["n_joined"]) for r in measured] == [
+        (r["metric"], r["n_joined"]) for r in before
+    ]
+    assert [r["value"] for r in measured] == pytest.approx([r["value"] for r in before])
+
+    # Labels of no common type (text beside numbers) are named, not a traceback.
+    text = labels.slice(half).set_column(1, "churned", pa.array(["0"] * (labels.num_rows - half)))
+    pq.write_table(text, _labels(config, DAYS[1]) / "part-1.parquet")
+    with pytest.raises(TrainingError, match=rf"labels/dt={DAYS[1]}: its files' columns have"):
+        train(config, reason="text labels")
