@@ -332,8 +332,6 @@ def test_an_interrupted_pool_ends_though_a_killed_worker_held_the_message_queues
     held. Prefect stopped the queue's reader with a message that waited for that lock: the
     pool's exit waited 5 s, and the interpreter's exit for ever. Here the lock is taken by
     hand; the pool must shut down at once, and the process exit."""
-    import subprocess
-    import sys
     import textwrap
 
     code = textwrap.dedent(
@@ -348,6 +346,16 @@ def test_an_interrupted_pool_ends_though_a_killed_worker_held_the_message_queues
         print("shut down", flush=True)
         """
     )
+    done = _exits_with_the_queues_reader_stopped(code)
+    assert done.stdout.startswith("shut down"), done.stdout
+
+
+def _exits_with_the_queues_reader_stopped(code: str):
+    """`python -c code`, which must exit, by itself and with status 0, its pool's message
+    queue reader stopped (not given up after 5 s)."""
+    import subprocess
+    import sys
+
     try:
         done = subprocess.run(
             [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
@@ -355,9 +363,8 @@ def test_an_interrupted_pool_ends_though_a_killed_worker_held_the_message_queues
     except subprocess.TimeoutExpired as exc:
         raise AssertionError(f"the process did not exit: {exc.stdout!r}") from None
     assert done.returncode == 0, done.stderr[-3000:]
-    # the queue's reader stopped, not given up after 5 s
     assert "Timed out waiting for process-pool message forwarding" not in done.stderr
-    assert done.stdout.startswith("shut down"), done.stdout
+    return done
 
 
 def test_a_pool_that_lost_a_worker_ends_though_the_worker_held_the_message_queues_lock():
@@ -366,8 +373,6 @@ def test_a_pool_that_lost_a_worker_ends_though_the_worker_held_the_message_queue
     workers' logs and events: the pool's exit waited 5 s for the queue's reader, and the
     interpreter's exit for ever (a fresh-clone run of the killed-worker test hung after
     printing `run Failed`). Here the lock is taken by hand and the worker killed."""
-    import subprocess
-    import sys
     import textwrap
 
     code = textwrap.dedent(
@@ -391,14 +396,7 @@ def test_a_pool_that_lost_a_worker_ends_though_the_worker_held_the_message_queue
         print("shut down:", lost, flush=True)
         """
     )
-    try:
-        done = subprocess.run(
-            [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise AssertionError(f"the process did not exit: {exc.stdout!r}") from None
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "Timed out waiting for process-pool message forwarding" not in done.stderr
+    done = _exits_with_the_queues_reader_stopped(code)
     assert done.stdout.startswith("shut down: worker process "), done.stdout
     assert "was killed by SIGKILL" in done.stdout, done.stdout
 
