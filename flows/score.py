@@ -657,7 +657,7 @@ def measure_all(runner: TaskRunner, cfg: Config, run_id: str) -> tuple[list[dict
         try:
             rows += future.result()
         except Exception as exc:  # noqa: BLE001 - as above; the task run has the traceback
-            why = disk_full_reason(exc, cfg.store) if disk_full(exc) else str(exc)
+            why = _reason(runner, cfg, exc)
             logger.warning("realised performance of %s not measured: %s", partition, why)
             not_measured[partition] = why
     return rows, not_measured
