@@ -277,6 +277,14 @@ class ForkedProcessPool(ProcessPoolTaskRunner):
         workers that end after it (the others, once the pool is broken, some with status
         255) are its consequences, and every partition it failed gets the same reason."""
         if not self._lost:
+            # A worker's exit status comes from the fork server's pipe, and is there to be
+            # read once: the executor's manager thread, joining the workers of a broken pool,
+            # and this thread read it at once, and the one that met the pipe's end took it
+            # for status 255 (a SIGKILLed worker named as `exited with status 255`, in a
+            # fresh-clone run). Once the pool is broken, its manager reads them all first.
+            manager = getattr(self._executor, "_executor_manager_thread", None)
+            if getattr(self._executor, "_broken", False) and manager is not None:
+                manager.join(timeout=30)
             processes = getattr(self._executor, "_processes", None) or {}
             ended = {pid: p.exitcode for pid, p in processes.items() if p.exitcode not in (None, 0)}
             first = {pid: code for pid, code in ended.items() if code != -signal.SIGTERM} or ended

@@ -377,7 +377,7 @@ def test_a_pool_that_lost_a_worker_ends_though_the_worker_held_the_message_queue
 
     code = textwrap.dedent(
         """
-        import os
+        import os, time
         from concurrent.futures.process import BrokenProcessPool
         from flows.score import ForkedProcessPool
 
@@ -386,7 +386,9 @@ def test_a_pool_that_lost_a_worker_ends_though_the_worker_held_the_message_queue
         pool._subprocess_message_queue._wlock.acquire()  # as by the worker, killed next
         (worker,) = pool._executor._processes.values()
         worker.kill()
-        worker.join(timeout=60)
+        deadline = time.monotonic() + 60
+        while not pool._executor._broken and time.monotonic() < deadline:
+            time.sleep(0.01)
         lost = pool.lost_workers()
         try:
             pool._executor.submit(os.getpid).result(timeout=60)
