@@ -15,7 +15,7 @@ T = TypeVar("T")
 def transient(task, task_run, state) -> bool:
     """Retry storage and network errors; never a validation, accounting or integrity failure,
     nor a full disk (its 1 + 4 + 16 s of retries for each chunk made a run on a full store
-    fail after 200 s instead of 15)."""
+    fail after 200 s instead of 13.6)."""
     try:
         state.result()
     except (OSError, TimeoutError, ConnectionError) as exc:
