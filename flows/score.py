@@ -126,14 +126,7 @@ def _finish(
     report_performance(cfg, performance, not_measured)
     # A partition's scores stand whatever its labels are: a measurement that failed is told
     # in the run's message, and fails no run.
-    also = ""
-    if not_measured:  # the first reason: the others are often the same, and in their tasks
-        first, why = next(iter(not_measured.items()))
-        others = " (the others' reasons: their performance tasks)" if len(not_measured) > 1 else ""
-        also = (
-            f"; realised performance not measured for {len(not_measured)} partition(s) "
-            f"({', '.join(not_measured)}): {first}: {why}{others}"
-        )
+    also = not_measured_message(not_measured, failures)
     if not todo:
         busy = len(pending) - len(todo)
         # One partition asked for and already scored: say so, and how to score it again.
@@ -274,8 +267,8 @@ class ForkedProcessPool(ProcessPoolTaskRunner):
         """Which workers ended while the pool was in use, and how, as a sentence; "" when
         none did. The pool stops the others once one is gone (SIGTERM): those are named
         only when no other is. The first answer stands for the rest of the run: the
-        workers that end after it (the others, once the pool is broken, some with status
-        255) are its consequences, and every partition it failed gets the same reason."""
+        workers that end after it (the others, SIGTERMed once the pool is broken) are its
+        consequences, and every partition it failed gets the same reason."""
         if not self._lost:
             # A worker's exit status comes from the fork server's pipe, and is there to be
             # read once: the executor's manager thread, joining the workers of a broken pool,
@@ -572,6 +565,24 @@ def failed_message(failures: list[tuple[str, str]]) -> str:
         partitions.setdefault(why, []).append(partition)
     return f"{len(failures)} partition(s) failed: " + " | ".join(
         f"{', '.join(ps)}: {why}" for why, ps in partitions.items()
+    )
+
+
+def not_measured_message(not_measured: dict[str, str], failures: list[tuple[str, str]]) -> str:
+    """What the run's message adds for realised performance it could not measure: the first
+    reason (the others are often the same, and in their tasks), or "the same reason" when a
+    failed partition's reason already says it (a lost worker fails both, with three lines)."""
+    if not not_measured:
+        return ""
+    first, why = next(iter(not_measured.items()))
+    if any(why == failed for _, failed in failures):
+        reason = f", {first} for the same reason as the failed partitions"
+    else:
+        reason = f": {first}: {why}"
+    others = " (the others' reasons: their performance tasks)" if len(not_measured) > 1 else ""
+    return (
+        f"; realised performance not measured for {len(not_measured)} partition(s) "
+        f"({', '.join(not_measured)}){reason}{others}"
     )
 
 

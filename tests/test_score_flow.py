@@ -17,7 +17,7 @@ from helpers import corrupt_a_data_page, dictionary_encoded, write_config
 from batchscore.config import load_config
 from batchscore.training import train
 from drift import DRIFT_REPORT_SCHEMA
-from flows.score import failed_message, score
+from flows.score import failed_message, not_measured_message, score
 
 SAMPLE_DAYS = [f"2026-10-{d:02d}" for d in range(1, 15)]
 
@@ -635,6 +635,26 @@ def test_a_reason_shared_by_failed_partitions_is_said_once_in_the_runs_message()
     assert failed_message(failures) == (
         f"3 partition(s) failed: 2026-10-01, 2026-10-03: {lost} | 2026-10-02: cannot read x.parquet"
     )
+
+
+def test_a_reason_shared_by_failed_partitions_and_performance_is_said_once():
+    """A lost worker fails the partitions being scored and the performance being measured,
+    with the same reason: the run's message said it twice (a CI run failed so)."""
+    lost = "worker process 7 was killed by SIGKILL (...). Run again"
+    failures = [("2026-10-02", lost)]
+    message = failed_message(failures) + not_measured_message({"2026-10-01": lost}, failures)
+
+    assert message.count(lost) == 1, message
+    assert message.endswith(
+        "; realised performance not measured for 1 partition(s) (2026-10-01), "
+        "2026-10-01 for the same reason as the failed partitions"
+    )
+    other = {"2026-10-01": "labels are bad", "2026-10-03": lost}
+    assert not_measured_message(other, failures) == (
+        "; realised performance not measured for 2 partition(s) (2026-10-01, 2026-10-03): "
+        "2026-10-01: labels are bad (the others' reasons: their performance tasks)"
+    )
+    assert not_measured_message({}, failures) == ""
 
 
 def test_a_partitions_log_line_writes_its_counts_as_the_commands_table_does():
