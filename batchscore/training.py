@@ -104,7 +104,7 @@ def _read_folder(config: Config, location: Location, folder: str) -> pa.Table | 
             f"(labels/{folder.removeprefix('incoming/')}) aside to train without that day"
         )
     try:
-        return pa.concat_tables(tables, promote_options="permissive") if tables else None
+        return _concatenated(tables, _numeric(config)) if tables else None
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         raise TrainingError(
             f"cannot train on {folder}: its files' columns have types that do not combine "
@@ -124,13 +124,44 @@ def _decoded(table: pa.Table) -> pa.Table:
     return table
 
 
-def _combined_days(tables: list[pa.Table], days: list[str]) -> pa.Table:
-    """The labelled days' rows as one table; a day whose column types do not combine with
-    the days before it (a categorical as text, then as integers) is named."""
+def _numeric(config: Config) -> list[str]:
+    return [f for f in config.dataset.features if f not in config.dataset.categorical]
+
+
+def _concatenated(tables: list[pa.Table], numeric: list[str]) -> pa.Table:
+    """`tables` as one table. A numeric feature of types Arrow does not combine (booleans
+    beside integers, decimals beside integers, uint64 beyond int64) is taken as float64 in
+    every table, as the model sees it (`FeatureSchema.to_matrix`): a score run scores such
+    files, and training refused them. Categories of other kinds (text in one table,
+    integers in another) still do not combine: codes beside names are an export's mistake."""
     try:
         return pa.concat_tables(tables, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        pass
+    return pa.concat_tables(
+        [_numbers_as_float(t, numeric) for t in tables], promote_options="permissive"
+    )
+
+
+def _numbers_as_float(table: pa.Table, numeric: list[str]) -> pa.Table:
+    for name in numeric:
+        at = table.schema.get_field_index(name)
+        if at >= 0 and not pa.types.is_float64(table.schema.field(at).type):
+            # Unsafe as `numeric_values`: an int64 beyond 2**53 is the nearest float.
+            as_float = pc.cast(table.column(at), pa.float64(), safe=False)
+            table = table.set_column(at, name, as_float)
+    return table
+
+
+def _combined_days(tables: list[pa.Table], days: list[str], numeric: list[str]) -> pa.Table:
+    """The labelled days' rows as one table (`_concatenated`); a day whose column types do
+    not combine with the days before it (a categorical as text, then as integers) is
+    named."""
+    try:
+        return _concatenated(tables, numeric)
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         problem = exc
+    tables = [_numbers_as_float(t, numeric) for t in tables]
     schema = tables[0].schema
     for table, day in zip(tables[1:], days[1:], strict=True):
         try:
@@ -276,7 +307,7 @@ def train(
             + (f" ({len(left_out)} more left out: {', '.join(left_out)})" if left_out else "")
             + f"; training needs at least {needed} (validation_days + holdout_days + 1)",
         )
-    data = _combined_days(tables, days)
+    data = _combined_days(tables, days, _numeric(config))
     if data.num_rows < rt.min_labelled_rows:
         return skip(
             f"{data.num_rows} labelled rows in {days[0]}..{days[-1]}; "

@@ -403,3 +403,40 @@ def test_labels_delivered_as_booleans_in_some_files_or_days_count_as_0_and_1(fou
     pq.write_table(text, _labels(config, DAYS[1]) / "part-1.parquet")
     with pytest.raises(TrainingError, match=rf"labels/dt={DAYS[1]}: its files' columns have"):
         train(config, reason="text labels")
+
+
+def test_a_numeric_feature_of_other_types_in_some_files_or_days_trains_as_numbers(four_days):
+    """A flag exported as booleans one day and as 0/1 another, or a count as a decimal in
+    one file: a score run scores such files (every number is a float64 to the model), and
+    training refused them ("bool vs int64", "Precision is not great enough") with exit 2."""
+    config = four_days
+    incoming = Path(config.source) / "incoming"
+
+    def day(d: str) -> Path:
+        return incoming / f"dt={d}" / "part-0.parquet"
+
+    def retyped(table: pa.Table, name: str, values) -> pa.Table:
+        return table.set_column(table.schema.get_field_index(name), name, values)
+
+    for d in DAYS:  # a flag: the calls count as 0/1, int64 everywhere to begin with
+        rows = pq.read_table(day(d))
+        flag = pc.cast(pc.greater(rows.column("num_support_calls"), 0), pa.int64())
+        pq.write_table(retyped(rows, "num_support_calls", flag), day(d))
+    first = pq.read_table(day(DAYS[0]))
+    half = first.num_rows // 2
+    pq.write_table(first.slice(0, half), day(DAYS[0]))
+    pq.write_table(first.slice(half), incoming / f"dt={DAYS[0]}" / "part-1.parquet")
+    clean = train(config, reason="numbers of one type")
+
+    second = pq.read_table(day(DAYS[1]))
+    as_bool = pc.cast(second.column("num_support_calls"), pa.bool_())
+    pq.write_table(retyped(second, "num_support_calls", as_bool), day(DAYS[1]))
+    part = first.slice(0, half)  # within a day, beside a file of integers
+    flags = pc.cast(part.column("num_support_calls"), pa.bool_())
+    devices = pc.cast(part.column("num_devices"), pa.decimal128(19, 0))
+    part = retyped(retyped(part, "num_support_calls", flags), "num_devices", devices)
+    pq.write_table(part, day(DAYS[0]))
+
+    again = train(config, reason="a flag as booleans, a count as decimals")
+    assert again.status == clean.status and again.rows == clean.rows
+    assert again.challenger_metrics == clean.challenger_metrics
