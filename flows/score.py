@@ -570,16 +570,20 @@ def failed_message(failures: list[tuple[str, str]]) -> str:
 
 def not_measured_message(not_measured: dict[str, str], failures: list[tuple[str, str]]) -> str:
     """What the run's message adds for realised performance it could not measure: the first
-    reason (the others are often the same, and in their tasks), or "the same reason" when a
-    failed partition's reason already says it (a lost worker fails both, with three lines)."""
+    reason, after the partitions it applies to (the other reasons are in their tasks), or
+    "the same reason" when a failed partition's reason already says it (a lost worker or a
+    full disk fails both, with three lines)."""
     if not not_measured:
         return ""
-    first, why = next(iter(not_measured.items()))
+    partitions: dict[str, list[str]] = {}
+    for partition, why in not_measured.items():
+        partitions.setdefault(why, []).append(partition)
+    (why, first), *rest = partitions.items()
     if any(why == failed for _, failed in failures):
-        reason = f", {first} for the same reason as the failed partitions"
+        reason = f", {', '.join(first)} for the same reason as the failed partitions"
     else:
-        reason = f": {first}: {why}"
-    others = " (the others' reasons: their performance tasks)" if len(not_measured) > 1 else ""
+        reason = f": {', '.join(first)}: {why}"
+    others = " (the others' reasons: their performance tasks)" if rest else ""
     return (
         f"; realised performance not measured for {len(not_measured)} partition(s) "
         f"({', '.join(not_measured)}){reason}{others}"

@@ -654,6 +654,11 @@ def test_a_reason_shared_by_failed_partitions_and_performance_is_said_once():
         "; realised performance not measured for 2 partition(s) (2026-10-01, 2026-10-03): "
         "2026-10-01: labels are bad (the others' reasons: their performance tasks)"
     )
+    both = {"2026-10-01": lost, "2026-10-03": lost}
+    assert not_measured_message(both, failures) == (
+        "; realised performance not measured for 2 partition(s) (2026-10-01, 2026-10-03), "
+        "2026-10-01, 2026-10-03 for the same reason as the failed partitions"
+    )
     assert not_measured_message({}, failures) == ""
 
 
