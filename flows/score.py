@@ -16,6 +16,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import ExitStack, suppress
 from dataclasses import replace
@@ -560,12 +561,17 @@ def score_partitions(
 def failed_message(failures: list[tuple[str, str]]) -> str:
     """The run's Failed message: each reason once, after the partitions it failed (a lost
     worker fails every partition still being scored with the same long reason)."""
-    partitions: dict[str, list[str]] = {}
-    for partition, why in failures:
-        partitions.setdefault(why, []).append(partition)
     return f"{len(failures)} partition(s) failed: " + " | ".join(
-        f"{', '.join(ps)}: {why}" for why, ps in partitions.items()
+        f"{', '.join(ps)}: {why}" for why, ps in _by_reason(failures).items()
     )
+
+
+def _by_reason(reasons: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
+    """(partition, reason) pairs as each reason, first seen first, with its partitions."""
+    partitions: dict[str, list[str]] = {}
+    for partition, why in reasons:
+        partitions.setdefault(why, []).append(partition)
+    return partitions
 
 
 def not_measured_message(not_measured: dict[str, str], failures: list[tuple[str, str]]) -> str:
@@ -575,10 +581,7 @@ def not_measured_message(not_measured: dict[str, str], failures: list[tuple[str,
     full disk fails both, with three lines)."""
     if not not_measured:
         return ""
-    partitions: dict[str, list[str]] = {}
-    for partition, why in not_measured.items():
-        partitions.setdefault(why, []).append(partition)
-    (why, first), *rest = partitions.items()
+    (why, first), *rest = _by_reason(not_measured.items()).items()
     if any(why == failed for _, failed in failures):
         reason = f", {', '.join(first)} for the same reason as the failed partitions"
     else:
